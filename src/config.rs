@@ -1,0 +1,806 @@
+//! One `Settings` struct for the whole server, built from (highest first)
+//! the command line, a TOML config file (`-c FILE`), a few environment
+//! variables Gunicorn users expect (`WEB_CONCURRENCY`, `VIRTUAL_ENV`), and
+//! defaults — the same names and defaults as Gunicorn's settings.
+//!
+//! Why one struct: the master, the workers and the WSGI layer all read the
+//! same values, and a reload (HUP) re-reads them in one place. Every check
+//! lives here, so a bad value is refused before anything is bound or forked,
+//! with a message naming the key and the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::http::Limits;
+
+/// Exit status when the configuration is invalid (documented in README and
+/// `docs/SIGNALS.md`; units use it in `RestartPreventExitStatus=`).
+pub const EXIT_CONFIG_ERROR: i32 = 2;
+/// Exit status when the application cannot be imported (Gunicorn's
+/// WORKER_BOOT_ERROR). systemd units list it in `RestartPreventExitStatus=`.
+pub const EXIT_APP_LOAD_ERROR: i32 = 3;
+
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
+    r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferricorn",
+    version,
+    about = "A pre-fork Python WSGI server in Rust, systemd-native, Gunicorn-compatible",
+    long_about = "ferricorn serves a WSGI application (MODULE:CALLABLE) with a Rust master \
+process and pre-forked worker processes that embed CPython.\n\nExit status: 0 after a clean \
+stop, 1 on a runtime error, 2 for a configuration or usage error, 3 when the application \
+cannot be imported.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Options,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the man page (roff) or a shell completion script to stdout.
+    Generate {
+        /// man, bash, zsh or fish
+        what: String,
+    },
+    /// Write a systemd socket+service pair named NAME for one app.
+    SystemdUnits(UnitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UnitArgs {
+    /// Unit name: writes NAME.socket and NAME.service.
+    pub name: String,
+    /// Config file the service runs with (made absolute).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// What the socket listens on (ListenStream=): HOST:PORT, PORT, or a unix path. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// User the service runs as.
+    #[arg(long, default_value = "ferricorn")]
+    pub user: String,
+    /// Group the service runs as [default: the user]
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Directory to write the units into; '-' prints them.
+    #[arg(
+        long = "output-dir",
+        value_name = "DIR",
+        default_value = "/etc/systemd/system"
+    )]
+    pub output_dir: PathBuf,
+    /// Overwrite existing unit files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Every server option. All are `Option` so that "not given" can fall back
+/// to the config file, then the default.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Options {
+    /// The WSGI application: MODULE:CALLABLE or MODULE:FACTORY() (default callable: application).
+    #[arg(value_name = "APP_MODULE")]
+    pub wsgi_app: Option<String>,
+    /// TOML config file; keys use Gunicorn's setting names (bind, workers, ...).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Socket to bind: HOST:PORT, [V6]:PORT, unix:PATH, fd://N or fd://NAME. Repeatable.
+    #[arg(short = 'b', long = "bind", value_name = "ADDRESS")]
+    pub bind: Vec<String>,
+    /// Number of worker processes [env: WEB_CONCURRENCY] [default: 1]
+    #[arg(short = 'w', long)]
+    pub workers: Option<usize>,
+    /// Threads per worker that run application calls [default: 1]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Maximum simultaneous clients per worker [default: 1000]
+    #[arg(long = "worker-connections")]
+    pub worker_connections: Option<usize>,
+    /// listen(2) backlog [default: 2048]
+    #[arg(long)]
+    pub backlog: Option<i32>,
+    /// Seconds to wait for the next request on a keep-alive connection [default: 2]
+    #[arg(long = "keep-alive")]
+    pub keepalive: Option<u64>,
+    /// Workers silent for more than this many seconds are killed; 0 disables [default: 30]
+    #[arg(short = 't', long)]
+    pub timeout: Option<u64>,
+    /// Seconds in-flight requests get to finish on a graceful stop or reload [default: 30]
+    #[arg(long = "graceful-timeout")]
+    pub graceful_timeout: Option<u64>,
+    /// Recycle a worker after this many requests; 0 disables [default: 0]
+    #[arg(long = "max-requests")]
+    pub max_requests: Option<u64>,
+    /// Random extra requests (0..=J) added to --max-requests per worker [default: 0]
+    #[arg(long = "max-requests-jitter")]
+    pub max_requests_jitter: Option<u64>,
+    /// Change to this directory before loading the app.
+    #[arg(long)]
+    pub chdir: Option<PathBuf>,
+    /// Comma-separated directories to add to the Python path.
+    #[arg(long)]
+    pub pythonpath: Option<String>,
+    /// Set an environment variable for the app: KEY=VALUE. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The app's virtualenv (made with the Python ferricorn links) [env: VIRTUAL_ENV]
+    #[arg(long)]
+    pub virtualenv: Option<PathBuf>,
+    /// SCRIPT_NAME for the app (the prefix a proxy mounts it at) [env: SCRIPT_NAME]
+    #[arg(long = "root-path")]
+    pub root_path: Option<String>,
+    /// Maximum size of the request line in bytes; 0 = unlimited [default: 4094]
+    #[arg(long = "limit-request-line")]
+    pub limit_request_line: Option<usize>,
+    /// Maximum number of header fields [default: 100]
+    #[arg(long = "limit-request-fields")]
+    pub limit_request_fields: Option<usize>,
+    /// Maximum size of one header field line in bytes; 0 = unlimited [default: 8190]
+    #[arg(long = "limit-request-field_size", alias = "limit-request-field-size")]
+    pub limit_request_field_size: Option<usize>,
+    /// Addresses trusted to set X-Forwarded-Proto & co; '*' trusts all [default: 127.0.0.1,::1]
+    #[arg(long = "forwarded-allow-ips")]
+    pub forwarded_allow_ips: Option<String>,
+    /// Error log file; '-' is stderr [default: -]
+    #[arg(long = "error-logfile", alias = "log-file")]
+    pub errorlog: Option<String>,
+    /// debug, info, warning, error, critical [default: info]
+    #[arg(long = "log-level")]
+    pub loglevel: Option<String>,
+    /// Access log file; '-' is stdout. Off unless set (as in Gunicorn).
+    #[arg(long = "access-logfile")]
+    pub accesslog: Option<String>,
+    /// Access log format with Gunicorn's atoms (%(h)s, %(r)s, %(s)s, ...)
+    #[arg(long = "access-logformat")]
+    pub access_log_format: Option<String>,
+    /// Where log records go: auto (journald when stderr is the journal), stderr, journald [default: auto]
+    #[arg(long = "log-target")]
+    pub log_target: Option<String>,
+    /// Import the app in the master before forking workers.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub preload: Option<bool>,
+    /// Restart workers when Python source files change (development only).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub reload: Option<bool>,
+    /// Switch worker processes to this user after binding.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Switch worker processes to this group after binding.
+    #[arg(short = 'g', long)]
+    pub group: Option<String>,
+    /// umask (octal) for the server's processes [default: 0]
+    #[arg(short = 'm', long)]
+    pub umask: Option<String>,
+    /// Write the master's PID to this file.
+    #[arg(short = 'p', long = "pid")]
+    pub pidfile: Option<PathBuf>,
+    /// Process name shown in ps: "ferricorn: master [NAME]".
+    #[arg(short = 'n', long = "name")]
+    pub proc_name: Option<String>,
+    /// Request bodies larger than this many bytes are spooled to a temp file [default: 1048576]
+    #[arg(long = "body-buffer-size")]
+    pub body_buffer_size: Option<usize>,
+}
+
+/// The TOML file: the same keys as the long options, in snake_case.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    wsgi_app: Option<String>,
+    bind: Option<OneOrMany>,
+    workers: Option<usize>,
+    threads: Option<usize>,
+    worker_connections: Option<usize>,
+    backlog: Option<i32>,
+    keepalive: Option<u64>,
+    timeout: Option<u64>,
+    graceful_timeout: Option<u64>,
+    max_requests: Option<u64>,
+    max_requests_jitter: Option<u64>,
+    chdir: Option<PathBuf>,
+    pythonpath: Option<String>,
+    raw_env: Option<OneOrMany>,
+    env: Option<BTreeMap<String, String>>,
+    virtualenv: Option<PathBuf>,
+    root_path: Option<String>,
+    limit_request_line: Option<usize>,
+    limit_request_fields: Option<usize>,
+    limit_request_field_size: Option<usize>,
+    forwarded_allow_ips: Option<OneOrMany>,
+    errorlog: Option<String>,
+    loglevel: Option<String>,
+    accesslog: Option<String>,
+    access_log_format: Option<String>,
+    log_target: Option<String>,
+    preload_app: Option<bool>,
+    preload: Option<bool>,
+    reload: Option<bool>,
+    user: Option<String>,
+    group: Option<String>,
+    umask: Option<TomlUmask>,
+    pidfile: Option<PathBuf>,
+    proc_name: Option<String>,
+    body_buffer_size: Option<usize>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum TomlUmask {
+    Int(u32),
+    Str(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "DEBUG",
+            LogLevel::Info => "INFO",
+            LogLevel::Warning => "WARNING",
+            LogLevel::Error => "ERROR",
+            LogLevel::Critical => "CRITICAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Auto,
+    Stderr,
+    Journald,
+}
+
+/// A forwarded-allow-ips entry: `*` or one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowIps {
+    Any,
+    List(Vec<std::net::IpAddr>),
+}
+
+impl AllowIps {
+    pub fn allows(&self, ip: &std::net::IpAddr) -> bool {
+        match self {
+            AllowIps::Any => true,
+            AllowIps::List(l) => {
+                // An IPv4 client seen on a dual-stack socket arrives as
+                // ::ffff:a.b.c.d; compare it as the IPv4 address it is.
+                let canon = match ip {
+                    std::net::IpAddr::V6(v6) => {
+                        v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(*ip)
+                    }
+                    _ => *ip,
+                };
+                l.contains(&canon)
+            }
+        }
+    }
+}
+
+/// The validated settings every part of the server reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub wsgi_app: String,
+    pub config_file: Option<PathBuf>,
+    pub bind: Vec<String>,
+    /// True when no `bind` was given anywhere (so socket activation, if
+    /// present, supplies every socket; otherwise 127.0.0.1:8000).
+    pub bind_is_default: bool,
+    pub workers: usize,
+    pub threads: usize,
+    pub worker_connections: usize,
+    pub backlog: i32,
+    pub keepalive: u64,
+    pub timeout: u64,
+    pub graceful_timeout: u64,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub chdir: Option<PathBuf>,
+    pub pythonpath: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub virtualenv: Option<PathBuf>,
+    pub root_path: String,
+    pub limits: Limits,
+    pub forwarded_allow_ips: AllowIps,
+    pub errorlog: String,
+    pub loglevel: LogLevel,
+    pub accesslog: Option<String>,
+    pub access_log_format: String,
+    pub log_target: LogTarget,
+    pub preload: bool,
+    pub reload: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub umask: u32,
+    pub pidfile: Option<PathBuf>,
+    pub proc_name: String,
+    pub body_buffer_size: usize,
+}
+
+/// A configuration error: which key, and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting `{}`: {}", self.key, self.reason)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message names the offending key ("unknown field `wokers`")
+        // and the line; keep it whole, it is the most useful part.
+        err(
+            "config",
+            format!("{}: {}", path.display(), e.to_string().trim_end()),
+        )
+    })
+}
+
+impl Settings {
+    /// Merge CLI > config file > environment > defaults, and validate.
+    pub fn load(cli: &Options) -> Result<Settings, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => load_file(p)?,
+            None => FileOptions::default(),
+        };
+        Self::merge(cli, file, &|k| std::env::var(k).ok())
+    }
+
+    fn merge(
+        cli: &Options,
+        file: FileOptions,
+        getenv: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let wsgi_app = cli.wsgi_app.clone().or(file.wsgi_app).ok_or_else(|| {
+            err(
+                "wsgi_app",
+                "no application given (e.g. `ferricorn myapp:app`)",
+            )
+        })?;
+        validate_app_spec(&wsgi_app)?;
+
+        let mut bind = cli.bind.clone();
+        if bind.is_empty() {
+            bind = file.bind.map(OneOrMany::into_vec).unwrap_or_default();
+        }
+        let bind_is_default = bind.is_empty();
+        if bind_is_default {
+            if let Some(port) = getenv("PORT").filter(|p| !p.is_empty()) {
+                // Gunicorn binds 0.0.0.0:$PORT when PORT is set (PaaS convention).
+                bind.push(format!("0.0.0.0:{port}"));
+            } else {
+                bind.push("127.0.0.1:8000".into());
+            }
+        }
+        for b in &bind {
+            crate::sock::BindSpec::parse(b).map_err(|r| err("bind", format!("{b:?}: {r}")))?;
+        }
+
+        let workers = match cli.workers.or(file.workers) {
+            Some(w) => w,
+            None => match getenv("WEB_CONCURRENCY") {
+                Some(v) => v.trim().parse().map_err(|_| {
+                    err("workers", format!("WEB_CONCURRENCY={v:?} is not a number"))
+                })?,
+                None => 1,
+            },
+        };
+        if workers == 0 || workers > 1024 {
+            return Err(err(
+                "workers",
+                format!("{workers} is out of range (1 to 1024)"),
+            ));
+        }
+        let threads = cli.threads.or(file.threads).unwrap_or(1);
+        if threads == 0 || threads > 256 {
+            return Err(err(
+                "threads",
+                format!("{threads} is out of range (1 to 256)"),
+            ));
+        }
+        let worker_connections = cli
+            .worker_connections
+            .or(file.worker_connections)
+            .unwrap_or(1000);
+        if worker_connections == 0 {
+            return Err(err("worker_connections", "must be at least 1"));
+        }
+        let backlog = cli.backlog.or(file.backlog).unwrap_or(2048);
+        if backlog <= 0 {
+            return Err(err("backlog", format!("{backlog} must be positive")));
+        }
+
+        let mut env: Vec<(String, String)> = Vec::new();
+        let raw_env = file.raw_env.map(OneOrMany::into_vec).unwrap_or_default();
+        for kv in raw_env.iter().chain(cli.env.iter()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| err("env", format!("{kv:?} is not KEY=VALUE")))?;
+            if k.is_empty() {
+                return Err(err("env", format!("{kv:?} has an empty name")));
+            }
+            env.push((k.to_string(), v.to_string()));
+        }
+        if let Some(map) = file.env {
+            env.extend(map);
+        }
+
+        let virtualenv = cli.virtualenv.clone().or(file.virtualenv).or_else(|| {
+            getenv("VIRTUAL_ENV")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        if let Some(v) = &virtualenv {
+            if !v.join("pyvenv.cfg").is_file() {
+                return Err(err(
+                    "virtualenv",
+                    format!("{} is not a virtualenv (no pyvenv.cfg)", v.display()),
+                ));
+            }
+        }
+        let chdir = cli.chdir.clone().or(file.chdir);
+        if let Some(d) = &chdir {
+            if !d.is_dir() {
+                return Err(err("chdir", format!("{} is not a directory", d.display())));
+            }
+        }
+        let pythonpath = cli
+            .pythonpath
+            .clone()
+            .or(file.pythonpath)
+            .map(|s| {
+                s.split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let root_path = cli
+            .root_path
+            .clone()
+            .or(file.root_path)
+            .or_else(|| getenv("SCRIPT_NAME"))
+            .unwrap_or_default();
+        if !root_path.is_empty() && !root_path.starts_with('/') {
+            return Err(err(
+                "root_path",
+                format!("{root_path:?} must start with '/'"),
+            ));
+        }
+        let root_path = root_path.trim_end_matches('/').to_string();
+
+        let limits = Limits {
+            request_line: cli
+                .limit_request_line
+                .or(file.limit_request_line)
+                .unwrap_or(4094),
+            fields: cli
+                .limit_request_fields
+                .or(file.limit_request_fields)
+                .unwrap_or(100),
+            field_size: cli
+                .limit_request_field_size
+                .or(file.limit_request_field_size)
+                .unwrap_or(8190),
+        };
+        if limits.request_line > 8190 {
+            // Gunicorn's documented maximum.
+            return Err(err("limit_request_line", "must be between 0 and 8190"));
+        }
+        if limits.fields > 32768 {
+            return Err(err("limit_request_fields", "must be at most 32768"));
+        }
+
+        let allow = match &cli.forwarded_allow_ips {
+            Some(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+            None => match file.forwarded_allow_ips {
+                Some(OneOrMany::One(s)) => s.split(',').map(|x| x.trim().to_string()).collect(),
+                Some(OneOrMany::Many(v)) => v,
+                None => match getenv("FORWARDED_ALLOW_IPS") {
+                    Some(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+                    None => vec!["127.0.0.1".to_string(), "::1".to_string()],
+                },
+            },
+        };
+        let forwarded_allow_ips = if allow.iter().any(|a| a == "*") {
+            AllowIps::Any
+        } else {
+            let mut ips = Vec::new();
+            for a in allow.iter().filter(|a| !a.is_empty()) {
+                ips.push(a.parse().map_err(|_| {
+                    err(
+                        "forwarded_allow_ips",
+                        format!("{a:?} is not an IP address or '*'"),
+                    )
+                })?);
+            }
+            AllowIps::List(ips)
+        };
+
+        let loglevel = match cli
+            .loglevel
+            .clone()
+            .or(file.loglevel)
+            .unwrap_or_else(|| "info".into())
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warning" | "warn" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            "critical" => LogLevel::Critical,
+            other => {
+                return Err(err(
+                    "loglevel",
+                    format!("{other:?} is not one of debug, info, warning, error, critical"),
+                ));
+            }
+        };
+        let log_target = match cli.log_target.clone().or(file.log_target).as_deref() {
+            None | Some("auto") => LogTarget::Auto,
+            Some("stderr") => LogTarget::Stderr,
+            Some("journald") | Some("journal") => LogTarget::Journald,
+            Some(other) => {
+                return Err(err(
+                    "log_target",
+                    format!("{other:?} is not auto, stderr or journald"),
+                ));
+            }
+        };
+
+        let umask = match cli.umask.clone() {
+            Some(s) => parse_umask(&s)?,
+            None => match file.umask {
+                Some(TomlUmask::Int(i)) => i,
+                Some(TomlUmask::Str(s)) => parse_umask(&s)?,
+                None => 0,
+            },
+        };
+        if umask > 0o777 {
+            return Err(err("umask", format!("{umask:o} is not a valid umask")));
+        }
+        let access_log_format = cli
+            .access_log_format
+            .clone()
+            .or(file.access_log_format)
+            .unwrap_or_else(|| DEFAULT_ACCESS_LOG_FORMAT.to_string());
+        let proc_name = cli
+            .proc_name
+            .clone()
+            .or(file.proc_name)
+            .unwrap_or_else(|| wsgi_app.clone());
+
+        Ok(Settings {
+            wsgi_app,
+            config_file: cli.config.clone(),
+            bind,
+            bind_is_default,
+            workers,
+            threads,
+            worker_connections,
+            backlog,
+            keepalive: cli.keepalive.or(file.keepalive).unwrap_or(2),
+            timeout: cli.timeout.or(file.timeout).unwrap_or(30),
+            graceful_timeout: cli.graceful_timeout.or(file.graceful_timeout).unwrap_or(30),
+            max_requests: cli.max_requests.or(file.max_requests).unwrap_or(0),
+            max_requests_jitter: cli
+                .max_requests_jitter
+                .or(file.max_requests_jitter)
+                .unwrap_or(0),
+            chdir,
+            pythonpath,
+            env,
+            virtualenv,
+            root_path,
+            limits,
+            forwarded_allow_ips,
+            errorlog: cli
+                .errorlog
+                .clone()
+                .or(file.errorlog)
+                .unwrap_or_else(|| "-".into()),
+            loglevel,
+            accesslog: cli.accesslog.clone().or(file.accesslog),
+            access_log_format,
+            log_target,
+            preload: cli
+                .preload
+                .or(file.preload_app)
+                .or(file.preload)
+                .unwrap_or(false),
+            reload: cli.reload.or(file.reload).unwrap_or(false),
+            user: cli.user.clone().or(file.user),
+            group: cli.group.clone().or(file.group),
+            umask,
+            pidfile: cli.pidfile.clone().or(file.pidfile),
+            proc_name,
+            body_buffer_size: cli
+                .body_buffer_size
+                .or(file.body_buffer_size)
+                .unwrap_or(1 << 20),
+        })
+    }
+}
+
+fn parse_umask(s: &str) -> Result<u32, ConfigError> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    u32::from_str_radix(digits, 8)
+        .map_err(|_| err("umask", format!("{s:?} is not an octal number")))
+}
+
+/// `module:callable`, `module:factory()` or `module` (callable defaults to
+/// `application`, as in Gunicorn).
+fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
+    let (module, obj) = spec.split_once(':').unwrap_or((spec, "application"));
+    let ident_path = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|p| {
+                !p.is_empty()
+                    && !p.starts_with(|c: char| c.is_ascii_digit())
+                    && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+            })
+    };
+    if !ident_path(module) {
+        return Err(err(
+            "wsgi_app",
+            format!("{spec:?}: {module:?} is not a module name"),
+        ));
+    }
+    let name = obj.split('(').next().unwrap_or("");
+    if !ident_path(name) || (obj.contains('(') && !obj.ends_with(')')) {
+        return Err(err(
+            "wsgi_app",
+            format!("{spec:?}: {obj:?} is not a variable name or a call like factory()"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Options {
+        let mut v = vec!["ferricorn"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap().opts
+    }
+
+    fn merge(o: &Options, file: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let f: FileOptions = toml::from_str(file).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Settings::merge(o, f, &|k| {
+            env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_match_gunicorn() {
+        let s = merge(&opts(&["app:app"]), "", &[]).unwrap();
+        assert_eq!(s.bind, vec!["127.0.0.1:8000"]);
+        assert_eq!(
+            (s.workers, s.threads, s.keepalive, s.timeout),
+            (1, 1, 2, 30)
+        );
+        assert_eq!(
+            s.limits,
+            Limits {
+                request_line: 4094,
+                fields: 100,
+                field_size: 8190
+            }
+        );
+        assert!(s.accesslog.is_none());
+        assert!(s.forwarded_allow_ips.allows(&"127.0.0.1".parse().unwrap()));
+        assert!(!s.forwarded_allow_ips.allows(&"10.0.0.1".parse().unwrap()));
+        assert!(
+            s.forwarded_allow_ips
+                .allows(&"::ffff:127.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn cli_beats_file_beats_env() {
+        let s = merge(
+            &opts(&["-w", "3", "app:app"]),
+            "workers = 5",
+            &[("WEB_CONCURRENCY", "7")],
+        )
+        .unwrap();
+        assert_eq!(s.workers, 3);
+        let s = merge(
+            &opts(&["app:app"]),
+            "workers = 5",
+            &[("WEB_CONCURRENCY", "7")],
+        )
+        .unwrap();
+        assert_eq!(s.workers, 5);
+        let s = merge(&opts(&["app:app"]), "", &[("WEB_CONCURRENCY", "7")]).unwrap();
+        assert_eq!(s.workers, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = merge(&opts(&["-w", "0", "app:app"]), "", &[]).unwrap_err();
+        assert_eq!(e.key, "workers");
+        let e = merge(&opts(&["-b", "nonsense", "app:app"]), "", &[]).unwrap_err();
+        assert_eq!(e.key, "bind");
+        let e = merge(&opts(&["--log-level", "loud", "app:app"]), "", &[]).unwrap_err();
+        assert_eq!(e.key, "loglevel");
+        let e = merge(&opts(&["app:app", "--forwarded-allow-ips", "x"]), "", &[]).unwrap_err();
+        assert_eq!(e.key, "forwarded_allow_ips");
+        let e = merge(&opts(&["1app:app"]), "", &[]).unwrap_err();
+        assert_eq!(e.key, "wsgi_app");
+        let e = toml::from_str::<FileOptions>("wokers = 2").unwrap_err();
+        assert!(e.to_string().contains("wokers"), "{e}");
+    }
+
+    #[test]
+    fn app_spec_forms() {
+        for ok in [
+            "app",
+            "app:app",
+            "pkg.mod:application",
+            "m:create_app()",
+            "m:make(debug=True)",
+        ] {
+            validate_app_spec(ok).unwrap();
+        }
+        for bad in ["", ":app", "a..b:app", "m:", "m:f(", "m:1x"] {
+            assert!(validate_app_spec(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! ferricorn: a pre-fork WSGI server. This file only wires the pieces:
+//! parse the command line, load settings, open sockets, run the master.
+//! See ARCHITECTURE.md for the map.
+
+mod config;
+mod http;
+mod log;
+mod master;
+mod preload;
+mod privileges;
+mod proctitle;
+mod scoreboard;
+mod sock;
+mod systemd;
+mod units;
+mod worker;
+mod wsgi;
+
+use clap::{CommandFactory, Parser};
+
+use config::{Cli, Command, EXIT_CONFIG_ERROR, Settings};
+use systemd::notify::{self, Notifier};
+
+fn main() {
+    master::remember_exe();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Generate { what }) => std::process::exit(generate(&what)),
+        Some(Command::SystemdUnits(args)) => std::process::exit(units::write(&args)),
+        None => {}
+    }
+    std::process::exit(serve(cli.opts));
+}
+
+fn generate(what: &str) -> i32 {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout();
+    match what {
+        "man" => {
+            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+                eprintln!("ferricorn: {e}");
+                return 1;
+            }
+        }
+        "bash" => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "ferricorn", &mut out)
+        }
+        "zsh" => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "ferricorn", &mut out)
+        }
+        "fish" => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "ferricorn", &mut out)
+        }
+        other => {
+            eprintln!("ferricorn: generate: unknown target {other:?} (man, bash, zsh, fish)");
+            return EXIT_CONFIG_ERROR;
+        }
+    }
+    0
+}
+
+fn serve(opts: config::Options) -> i32 {
+    let handoff = match master::take_handoff() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ferricorn: {e}");
+            return 1;
+        }
+    };
+    let settings = match Settings::load(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return EXIT_CONFIG_ERROR;
+        }
+    };
+    if let Err(e) = log::init(&settings) {
+        eprintln!("Error: {e}");
+        return EXIT_CONFIG_ERROR;
+    }
+    if let Err(e) = privileges::check(&settings) {
+        log::critical(&format!("invalid setting `user`/`group`: {e}"));
+        return EXIT_CONFIG_ERROR;
+    }
+    // SAFETY: umask(2) cannot fail.
+    unsafe { libc::umask(settings.umask as libc::mode_t) };
+
+    // systemd's variables are read once, then removed so the workers and
+    // the app do not inherit them (NotifyAccess=main; LISTEN_PID is ours).
+    let notifier = Notifier::from_env();
+    let watchdog = notify::watchdog_timeout();
+    notify::unset_env();
+
+    let listeners = match &handoff {
+        Some(h) => match master::adopt_listeners(&h.listeners) {
+            Ok(l) => l,
+            Err(e) => {
+                log::critical(&format!("upgrade: {e}"));
+                return 1;
+            }
+        },
+        None => {
+            let activated = match systemd::activation::take_from_env() {
+                Ok(a) => a,
+                Err(e) => {
+                    log::critical(&format!("socket activation: {e}"));
+                    if let Some(n) = &notifier {
+                        let _ = n.errno_status(libc::EBADF, &format!("socket activation: {e}"));
+                    }
+                    return 1;
+                }
+            };
+            match sock::open_listeners(
+                &settings.bind,
+                settings.bind_is_default,
+                settings.backlog,
+                activated,
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::critical(&format!("Cannot listen: {e}"));
+                    if let Some(n) = &notifier {
+                        let _ = n.errno_status(libc::EADDRINUSE, &format!("cannot listen: {e}"));
+                    }
+                    return 1;
+                }
+            }
+        }
+    };
+    if handoff.is_none() {
+        log::info(&format!("Starting ferricorn {}", env!("CARGO_PKG_VERSION")));
+    }
+    for l in &listeners {
+        log::info(&format!(
+            "Listening at: {} ({})",
+            l.addr,
+            std::process::id()
+        ));
+    }
+    log::info(&format!(
+        "Using worker: ferricorn (Python {}.{}, {} thread{} per worker)",
+        wsgi::linked_version().0,
+        wsgi::linked_version().1,
+        settings.threads,
+        if settings.threads == 1 { "" } else { "s" }
+    ));
+    if let Some(p) = &settings.pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            log::critical(&format!(
+                "invalid setting `pidfile`: cannot write {}: {e}",
+                p.display()
+            ));
+            return EXIT_CONFIG_ERROR;
+        }
+    }
+    proctitle::set(&format!("ferricorn: master [{}]", settings.proc_name));
+    match master::Master::new(opts, settings, listeners, notifier, watchdog, handoff) {
+        Ok(m) => m.run(),
+        Err(e) => {
+            log::critical(&e);
+            1
+        }
+    }
+}

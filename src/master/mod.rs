@@ -1,0 +1,855 @@
+//! The master ("arbiter"): owns the listening sockets, forks workers and
+//! keeps the right number of them alive, and turns signals into actions.
+//!
+//! It is one small state machine read top to bottom in `run`: each turn of
+//! the loop waits on a signalfd (signals are queued by the kernel and
+//! handled here, never in a handler), reaps children, enforces timeouts,
+//! spawns what is missing, and reports to systemd. The master runs no
+//! Python unless `--preload`.
+//!
+//! Signals: HUP reload (new generation, then retire the old), TERM graceful
+//! stop, INT/QUIT fast stop, TTIN/TTOU one worker more/less, USR1 reopen
+//! logs, USR2 in-place binary upgrade (exec of the same path, same PID, the
+//! workers adopted), CHLD reap. See docs/SIGNALS.md.
+
+mod upgrade;
+
+pub use upgrade::{remember_exe, take_handoff};
+
+/// Listeners handed over by the previous image (USR2).
+pub fn adopt_listeners(l: &[(std::os::fd::RawFd, String)]) -> Result<Vec<Listener>, String> {
+    l.iter()
+        .map(|(fd, name)| crate::sock::adopt(*fd, name))
+        .collect()
+}
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::config::LogLevel;
+use crate::config::{EXIT_APP_LOAD_ERROR, EXIT_CONFIG_ERROR, Options, Settings};
+use crate::log;
+use crate::scoreboard::{STATE_READY, Scoreboard, now_ms};
+use crate::sock::Listener;
+use crate::systemd::notify::Notifier;
+
+/// Slots in the heartbeat table: room for the largest worker count twice
+/// over (old and new generation during a reload) plus spares.
+const SCOREBOARD_SLOTS: usize = 2 * 1024 + 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerState {
+    Booting,
+    Serving,
+    /// Sent TERM (reload, TTOU, stop); may finish in-flight requests.
+    Retiring,
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: usize,
+    generation: u64,
+    state: WorkerState,
+    spawned: Instant,
+    /// When we sent SIGABRT for a timeout (SIGKILL follows if it lingers).
+    aborted: Option<Instant>,
+    retire_deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Running,
+    /// A new generation is booting; the old one serves until it is ready.
+    Reloading {
+        generation: u64,
+    },
+    Stopping {
+        graceful: bool,
+    },
+}
+
+pub struct Master {
+    cli: Options,
+    settings: Settings,
+    listeners: Vec<Listener>,
+    scoreboard: Scoreboard,
+    workers: BTreeMap<Pid, Worker>,
+    generation: u64,
+    target: usize,
+    mode: Mode,
+    stop_deadline: Option<Instant>,
+    sigfd: SignalFd,
+    notifier: Option<Notifier>,
+    watchdog: Option<Duration>,
+    last_watchdog: Instant,
+    ready_sent: bool,
+    last_status: String,
+    last_status_at: Instant,
+    /// Consecutive workers that died soon after starting (crash loop).
+    quick_deaths: u32,
+    next_spawn_at: Instant,
+    exit_code: i32,
+    preloaded: Option<pyo3::Py<pyo3::PyAny>>,
+    reload_started: Option<Instant>,
+    last_reload: Option<String>,
+}
+
+const HANDLED: [Signal; 10] = [
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCHLD,
+    Signal::SIGWINCH,
+];
+
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in HANDLED {
+        set.add(s);
+    }
+    set
+}
+
+impl Master {
+    /// Set up the master from validated settings and opened sockets.
+    pub fn new(
+        cli: Options,
+        settings: Settings,
+        listeners: Vec<Listener>,
+        notifier: Option<Notifier>,
+        watchdog: Option<Duration>,
+        adopted: Option<upgrade::Handoff>,
+    ) -> Result<Master, String> {
+        let set = signal_set();
+        set.thread_block()
+            .map_err(|e| format!("sigprocmask: {e}"))?;
+        let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        let (scoreboard, workers, generation) = match adopted {
+            Some(h) => {
+                let sb = Scoreboard::adopt(h.scoreboard_fd, h.capacity)
+                    .map_err(|e| format!("scoreboard: {e}"))?;
+                let mut workers = BTreeMap::new();
+                for (pid, slot, g) in h.workers {
+                    workers.insert(
+                        Pid::from_raw(pid),
+                        Worker {
+                            slot,
+                            generation: g,
+                            state: WorkerState::Serving,
+                            spawned: Instant::now(),
+                            aborted: None,
+                            retire_deadline: None,
+                        },
+                    );
+                }
+                (sb, workers, h.generation)
+            }
+            None => (
+                Scoreboard::create(SCOREBOARD_SLOTS).map_err(|e| format!("scoreboard: {e}"))?,
+                BTreeMap::new(),
+                0,
+            ),
+        };
+        let target = settings.workers;
+        Ok(Master {
+            cli,
+            settings,
+            listeners,
+            scoreboard,
+            workers,
+            generation,
+            target,
+            mode: Mode::Running,
+            stop_deadline: None,
+            sigfd,
+            notifier,
+            watchdog,
+            last_watchdog: Instant::now() - Duration::from_secs(3600),
+            ready_sent: false,
+            last_status: String::new(),
+            last_status_at: Instant::now(),
+            quick_deaths: 0,
+            next_spawn_at: Instant::now(),
+            exit_code: 0,
+            preloaded: None,
+            reload_started: None,
+            last_reload: None,
+        })
+    }
+
+    fn notify(&self, f: impl FnOnce(&Notifier) -> std::io::Result<()>) {
+        if let Some(n) = &self.notifier {
+            if let Err(e) = f(n) {
+                log::warning(&format!("sd_notify: {e}"));
+            }
+        }
+    }
+
+    /// Run until stopped; returns the process exit status.
+    pub fn run(mut self) -> i32 {
+        if self.settings.preload {
+            match crate::preload::load(&self.settings) {
+                Ok(app) => self.preloaded = Some(app),
+                Err(tb) => {
+                    log::critical(&format!(
+                        "Failed to load application {:?}:\n{}",
+                        self.settings.wsgi_app, tb
+                    ));
+                    self.notify(|n| n.errno_status(libc::ENOEXEC, "application failed to load"));
+                    return EXIT_APP_LOAD_ERROR;
+                }
+            }
+        }
+        if self.workers.is_empty() {
+            self.generation = 1;
+        } else {
+            // Adopted after an in-place upgrade: start a new generation on
+            // the new binary and retire the adopted ones once it serves.
+            log::info(&format!(
+                "Upgraded in place: adopted {} workers",
+                self.workers.len()
+            ));
+            self.generation += 1;
+            self.mode = Mode::Reloading {
+                generation: self.generation,
+            };
+            self.reload_started = Some(Instant::now());
+            self.ready_sent = true;
+        }
+        self.notify(|n| n.status("booting workers"));
+        loop {
+            self.wait_for_signals();
+            self.reap();
+            if let Some(code) = self.check_stopped() {
+                self.cleanup();
+                return code;
+            }
+            self.check_timeouts();
+            self.check_retiring();
+            self.maintain();
+            self.check_reload_done();
+            self.check_ready();
+            self.heartbeat_systemd();
+        }
+    }
+
+    fn wait_for_signals(&mut self) {
+        let timeout_ms: i32 = match self.watchdog {
+            Some(w) => (w.as_millis() as i32 / 2).clamp(10, 500),
+            None => 500,
+        };
+        let mut pfd = libc::pollfd {
+            fd: self.sigfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let mut queue = Vec::new();
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                queue.push(sig);
+            }
+        }
+        for sig in queue {
+            self.handle_signal(sig);
+        }
+    }
+
+    fn handle_signal(&mut self, sig: Signal) {
+        match sig {
+            Signal::SIGCHLD => {} // reaped every turn anyway
+            Signal::SIGTERM => self.begin_stop(true),
+            Signal::SIGINT | Signal::SIGQUIT => self.begin_stop(false),
+            Signal::SIGHUP => self.begin_reload(),
+            Signal::SIGTTIN => {
+                self.target += 1;
+                log::info(&format!(
+                    "Handling signal: ttin; workers now {}",
+                    self.target
+                ));
+            }
+            Signal::SIGTTOU => {
+                if self.target > 1 {
+                    self.target -= 1;
+                }
+                log::info(&format!(
+                    "Handling signal: ttou; workers now {}",
+                    self.target
+                ));
+            }
+            Signal::SIGUSR1 => {
+                log::info("Handling signal: usr1; reopening log files");
+                if let Err(e) = log::reopen() {
+                    log::error(&format!("reopening log files: {e}"));
+                }
+                self.signal_all(Signal::SIGUSR1, |_| true);
+            }
+            Signal::SIGUSR2 => self.upgrade(),
+            _ => {}
+        }
+    }
+
+    fn signal_all(&self, sig: Signal, filter: impl Fn(&Worker) -> bool) {
+        for (pid, w) in &self.workers {
+            if filter(w) {
+                let _ = kill(*pid, sig);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, graceful: bool) {
+        if let Mode::Stopping { graceful: g } = self.mode {
+            if g && !graceful {
+                // A fast stop while a graceful one runs: escalate.
+                self.mode = Mode::Stopping { graceful: false };
+                self.signal_all(Signal::SIGQUIT, |_| true);
+                self.stop_deadline = Some(Instant::now() + Duration::from_secs(1));
+            }
+            return;
+        }
+        log::info(&format!(
+            "Handling signal: {}; {} stop",
+            if graceful { "term" } else { "int/quit" },
+            if graceful { "graceful" } else { "fast" }
+        ));
+        self.notify(|n| n.stopping());
+        self.mode = Mode::Stopping { graceful };
+        if graceful {
+            self.signal_all(Signal::SIGTERM, |_| true);
+            self.stop_deadline =
+                Some(Instant::now() + Duration::from_secs(self.settings.graceful_timeout));
+        } else {
+            self.signal_all(Signal::SIGQUIT, |_| true);
+            self.stop_deadline = Some(Instant::now() + Duration::from_secs(1));
+        }
+        for w in self.workers.values_mut() {
+            w.state = WorkerState::Retiring;
+        }
+    }
+
+    fn check_stopped(&mut self) -> Option<i32> {
+        let Mode::Stopping { .. } = self.mode else {
+            return None;
+        };
+        if self.workers.is_empty() {
+            log::info("Shutting down: Master");
+            return Some(self.exit_code);
+        }
+        if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
+            for pid in self.workers.keys() {
+                log::warning(&format!(
+                    "Worker (pid:{pid}) did not stop in time; sending SIGKILL"
+                ));
+                let _ = kill(*pid, Signal::SIGKILL);
+            }
+            self.stop_deadline = Some(Instant::now() + Duration::from_secs(5));
+        }
+        None
+    }
+
+    fn begin_reload(&mut self) {
+        if !matches!(self.mode, Mode::Running) {
+            log::warning("Ignoring HUP: a reload or stop is already in progress");
+            return;
+        }
+        log::info("Handling signal: hup; reloading");
+        self.notify(|n| n.reloading());
+        if self.settings.preload {
+            // Preloaded code lives in the master: only a re-exec reloads it.
+            self.upgrade();
+            return;
+        }
+        match Settings::load(&self.cli) {
+            Ok(s) => {
+                if s.bind != self.settings.bind {
+                    log::warning(
+                        "bind changed in the config; sockets are kept (restart the service to rebind)",
+                    );
+                }
+                self.target = s.workers;
+                if let Err(e) = log::init(&s) {
+                    log::error(&format!("reloading log settings: {e}"));
+                }
+                self.settings = s;
+            }
+            Err(e) => {
+                log::error(&format!("Reload: {e}; keeping the running configuration"));
+            }
+        }
+        self.generation += 1;
+        self.mode = Mode::Reloading {
+            generation: self.generation,
+        };
+        self.reload_started = Some(Instant::now());
+    }
+
+    /// All workers of the new generation serve: retire the old ones.
+    fn check_reload_done(&mut self) {
+        let Mode::Reloading { generation } = self.mode else {
+            return;
+        };
+        let new: Vec<_> = self
+            .workers
+            .values()
+            .filter(|w| w.generation == generation)
+            .collect();
+        if new.len() < self.target || new.iter().any(|w| w.state != WorkerState::Serving) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(self.settings.graceful_timeout);
+        for (pid, w) in self.workers.iter_mut() {
+            if w.generation < generation && w.state != WorkerState::Retiring {
+                let _ = kill(*pid, Signal::SIGTERM);
+                w.state = WorkerState::Retiring;
+                w.retire_deadline = Some(deadline);
+            }
+        }
+        let took = self
+            .reload_started
+            .map(|t| t.elapsed().as_millis())
+            .unwrap_or(0);
+        log::info(&format!(
+            "Reload complete: generation {generation} serving ({took} ms)"
+        ));
+        self.last_reload = Some(format!("generation {generation}"));
+        self.mode = Mode::Running;
+        self.notify(|n| n.ready());
+        self.update_status(true);
+    }
+
+    fn abort_reload(&mut self, generation: u64, why: &str) {
+        log::error(&format!(
+            "Reload failed ({why}); the previous generation keeps serving"
+        ));
+        for (pid, w) in self.workers.iter_mut() {
+            if w.generation == generation {
+                let _ = kill(*pid, Signal::SIGKILL);
+                w.state = WorkerState::Retiring;
+            }
+        }
+        self.mode = Mode::Running;
+        self.last_reload = Some(format!("failed: {why}"));
+        self.notify(|n| n.ready());
+        self.update_status(true);
+    }
+
+    fn current_generation(&self) -> u64 {
+        match self.mode {
+            Mode::Reloading { generation } => generation,
+            _ => self
+                .workers
+                .values()
+                .filter(|w| w.state != WorkerState::Retiring)
+                .map(|w| w.generation)
+                .max()
+                .unwrap_or(self.generation)
+                .max(self.generation),
+        }
+    }
+
+    /// Reap exited workers, log how they died, decide what follows.
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(s) => s,
+            };
+            let (pid, code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Some(code), None),
+                WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
+                _ => continue,
+            };
+            let Some(w) = self.workers.remove(&pid) else {
+                continue;
+            };
+            self.scoreboard.release(w.slot);
+            let expected = w.state == WorkerState::Retiring;
+            let mut fields = vec![("WORKER_PID", pid.to_string())];
+            match (code, signal) {
+                (Some(c), _) => {
+                    fields.push(("EXIT_STATUS", c.to_string()));
+                    let lvl = if c == 0 || expected {
+                        LogLevel::Info
+                    } else {
+                        LogLevel::Error
+                    };
+                    log::event(
+                        lvl,
+                        &format!("Worker exiting (pid: {pid}) with status {c}"),
+                        &fields,
+                    );
+                }
+                (None, Some(s)) => {
+                    fields.push(("SIGNAL", s.as_str().to_string()));
+                    let msg = if s == Signal::SIGKILL && w.aborted.is_none() && !expected {
+                        format!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
+                    } else {
+                        format!("Worker (pid:{pid}) was terminated by signal {}", s.as_str())
+                    };
+                    let lvl = if expected {
+                        LogLevel::Info
+                    } else {
+                        LogLevel::Error
+                    };
+                    log::event(lvl, &msg, &fields);
+                }
+                _ => {}
+            }
+            if code == Some(EXIT_APP_LOAD_ERROR) && w.state == WorkerState::Booting {
+                match self.mode {
+                    Mode::Reloading { generation }
+                        if w.generation == generation
+                            && !self.workers.values().all(|o| o.generation == generation) =>
+                    {
+                        self.abort_reload(
+                            generation,
+                            "the application failed to load in a new worker",
+                        );
+                    }
+                    Mode::Stopping { .. } => {}
+                    _ if !self.ready_sent => {
+                        log::critical(
+                            "Worker failed to boot: the application could not be loaded. Shutting down.",
+                        );
+                        self.notify(|n| {
+                            n.errno_status(libc::ENOEXEC, "application failed to load; see the log")
+                        });
+                        self.exit_code = EXIT_APP_LOAD_ERROR;
+                        self.begin_stop(false);
+                    }
+                    _ => {
+                        // A respawn after boot failed to import: code on disk
+                        // is broken now. Back off rather than spin.
+                        self.quick_deaths += 1;
+                    }
+                }
+            } else if !expected && !matches!(self.mode, Mode::Stopping { .. }) {
+                if w.spawned.elapsed() < Duration::from_secs(5) {
+                    self.quick_deaths += 1;
+                } else {
+                    self.quick_deaths = 0;
+                }
+            }
+            if self.quick_deaths > 0 {
+                let backoff =
+                    Duration::from_millis((100u64 << self.quick_deaths.min(7)).min(10_000));
+                self.next_spawn_at = Instant::now() + backoff;
+                if self.quick_deaths >= 3 {
+                    log::warning(&format!(
+                        "Workers keep dying right after start; waiting {} ms before the next one",
+                        backoff.as_millis()
+                    ));
+                }
+            }
+            self.update_status(true);
+        }
+    }
+
+    /// Kill workers stuck in one request for longer than --timeout.
+    fn check_timeouts(&mut self) {
+        let now = now_ms();
+        let timeout_ms = self.settings.timeout * 1000;
+        for (pid, w) in self.workers.iter_mut() {
+            let slot = self.scoreboard.slot(w.slot);
+            if w.state == WorkerState::Booting && slot.state() == STATE_READY {
+                w.state = WorkerState::Serving;
+                w.spawned = Instant::now();
+            }
+            if let Some(at) = w.aborted {
+                if at.elapsed() > Duration::from_secs(2) {
+                    let _ = kill(*pid, Signal::SIGKILL);
+                }
+                continue;
+            }
+            if timeout_ms == 0 || w.state == WorkerState::Booting {
+                continue;
+            }
+            let stuck = match slot.oldest_busy() {
+                Some((since, desc)) if now.saturating_sub(since) > timeout_ms => Some(format!(
+                    "request {desc} ran longer than {}s",
+                    self.settings.timeout
+                )),
+                _ if now.saturating_sub(slot.last_beat_ms()) > timeout_ms.max(10_000) => {
+                    Some(format!(
+                        "its event loop has not run for {}s",
+                        now.saturating_sub(slot.last_beat_ms()) / 1000
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(why) = stuck {
+                log::event(
+                    LogLevel::Critical,
+                    &format!(
+                        "WORKER TIMEOUT (pid:{pid}): {why}; sending SIGABRT (Python traceback follows from the worker)"
+                    ),
+                    &[("WORKER_PID", pid.to_string())],
+                );
+                let _ = kill(*pid, Signal::SIGABRT);
+                w.aborted = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Retiring workers past their graceful deadline are killed.
+    fn check_retiring(&mut self) {
+        let now = Instant::now();
+        for (pid, w) in self.workers.iter_mut() {
+            if w.retire_deadline.is_some_and(|d| now >= d) {
+                log::warning(&format!(
+                    "Worker (pid:{pid}) did not finish within graceful_timeout; sending SIGKILL"
+                ));
+                let _ = kill(*pid, Signal::SIGKILL);
+                w.retire_deadline = Some(now + Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Spawn missing workers of the current generation; retire extras.
+    fn maintain(&mut self) {
+        if matches!(self.mode, Mode::Stopping { .. }) {
+            return;
+        }
+        let cur_gen = self.current_generation();
+        let active: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation == cur_gen && w.state != WorkerState::Retiring)
+            .map(|(p, _)| *p)
+            .collect();
+        if active.len() > self.target {
+            // TTOU: retire the oldest first (Gunicorn's order).
+            let mut by_age: Vec<(Instant, Pid)> = active
+                .iter()
+                .map(|p| (self.workers[p].spawned, *p))
+                .collect();
+            by_age.sort();
+            for (_, pid) in by_age.into_iter().take(active.len() - self.target) {
+                let _ = kill(pid, Signal::SIGTERM);
+                if let Some(w) = self.workers.get_mut(&pid) {
+                    w.state = WorkerState::Retiring;
+                    w.retire_deadline =
+                        Some(Instant::now() + Duration::from_secs(self.settings.graceful_timeout));
+                }
+            }
+            return;
+        }
+        let mut missing = self.target - active.len();
+        while missing > 0 {
+            if Instant::now() < self.next_spawn_at {
+                return;
+            }
+            if let Err(e) = self.spawn(cur_gen) {
+                log::error(&format!("cannot spawn worker: {e}"));
+                self.next_spawn_at = Instant::now() + Duration::from_secs(1);
+                return;
+            }
+            if self.quick_deaths > 0 {
+                // In a crash loop, start one at a time.
+                self.next_spawn_at = Instant::now()
+                    + Duration::from_millis((100u64 << self.quick_deaths.min(7)).min(10_000));
+            }
+            missing -= 1;
+        }
+    }
+
+    fn spawn(&mut self, generation: u64) -> Result<(), String> {
+        let slot = self
+            .scoreboard
+            .claim(generation)
+            .ok_or("heartbeat table is full")?;
+        let settings = self.settings.clone();
+        // SAFETY: the master is single-threaded, so the child starts with a
+        // consistent copy of everything; it never returns from worker::run.
+        let forked = if self.preloaded.is_some() {
+            crate::preload::fork()
+        } else {
+            unsafe { fork() }
+        };
+        match forked {
+            Ok(ForkResult::Child) => {
+                // SAFETY: PR_SET_PDEATHSIG so the worker dies with its master
+                // even on SIGKILL; then check the master did not die already.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                // SAFETY: the child never returns from worker::run, so this
+                // Master (and its scoreboard mapping) is never dropped here;
+                // the slot reference stays valid for the child's lifetime.
+                let sb_slot: &'static crate::scoreboard::Slot =
+                    unsafe { &*(self.scoreboard.slot(slot) as *const crate::scoreboard::Slot) };
+                sb_slot.set_pid(std::process::id() as i32);
+                if nix::unistd::getppid().as_raw() == 1 {
+                    unsafe { libc::_exit(0) };
+                }
+                crate::proctitle::set(&format!("ferricorn: worker [{}]", settings.proc_name));
+                let app = self.preloaded.take();
+                crate::worker::run(settings, &self.listeners, sb_slot, app);
+            }
+            Ok(ForkResult::Parent { child }) => {
+                self.scoreboard.slot(slot).set_pid(child.as_raw());
+                self.workers.insert(
+                    child,
+                    Worker {
+                        slot,
+                        generation,
+                        state: WorkerState::Booting,
+                        spawned: Instant::now(),
+                        aborted: None,
+                        retire_deadline: None,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.scoreboard.release(slot);
+                Err(format!("fork: {e}"))
+            }
+        }
+    }
+
+    /// READY=1 once every initial worker has imported the app and accepts.
+    fn check_ready(&mut self) {
+        if self.ready_sent || !matches!(self.mode, Mode::Running) {
+            return;
+        }
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Serving)
+            .count();
+        if serving >= self.target {
+            self.ready_sent = true;
+            log::info(&format!("All {serving} workers are serving"));
+            self.update_status(true);
+            self.notify(|n| n.ready());
+        } else if self.notifier.is_some() {
+            // Slow imports: keep systemd's start timeout from firing.
+            if self.last_status_at.elapsed() > Duration::from_secs(5) {
+                self.notify(|n| n.extend_timeout(Duration::from_secs(15)));
+                self.update_status(true);
+            }
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Serving)
+            .count();
+        let booting = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Booting)
+            .count();
+        let retiring = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Retiring)
+            .count();
+        let requests: u64 = self
+            .workers
+            .values()
+            .map(|w| self.scoreboard.slot(w.slot).requests())
+            .sum();
+        let mut s = format!(
+            "{serving} workers serving, {booting} booting, {retiring} retiring; {requests} requests by live workers; generation {}",
+            self.current_generation()
+        );
+        if let Some(r) = &self.last_reload {
+            s.push_str(&format!("; last reload: {r}"));
+        }
+        s
+    }
+
+    fn update_status(&mut self, force: bool) {
+        if self.notifier.is_none() {
+            return;
+        }
+        if !force && self.last_status_at.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        let s = self.status_text();
+        if s != self.last_status {
+            self.notify(|n| n.status(&s));
+            self.last_status = s;
+        }
+        self.last_status_at = Instant::now();
+    }
+
+    /// WATCHDOG=1 from this loop, only while at least one worker beats.
+    fn heartbeat_systemd(&mut self) {
+        self.update_status(false);
+        let Some(wd) = self.watchdog else { return };
+        if self.last_watchdog.elapsed() < wd / 2 {
+            return;
+        }
+        let now = now_ms();
+        let fresh_ms = (wd.as_millis() as u64).max(2000);
+        let alive = self.workers.values().any(|w| {
+            let s = self.scoreboard.slot(w.slot);
+            s.state() == STATE_READY && now.saturating_sub(s.last_beat_ms()) < fresh_ms
+        });
+        if alive {
+            self.notify(|n| n.watchdog());
+            self.last_watchdog = Instant::now();
+        }
+    }
+
+    /// USR2: exec the binary at our path in place (same PID), handing over
+    /// sockets, the heartbeat table and the running workers.
+    fn upgrade(&mut self) {
+        if matches!(self.mode, Mode::Stopping { .. }) {
+            return;
+        }
+        log::info("Handling signal: usr2; upgrading in place (re-exec)");
+        self.notify(|n| n.reloading());
+        let err = upgrade::reexec(
+            &self.listeners,
+            &self.scoreboard,
+            self.workers
+                .iter()
+                .map(|(p, w)| (p.as_raw(), w.slot, w.generation))
+                .collect(),
+            self.generation,
+            self.notifier.as_ref(),
+            self.watchdog,
+        );
+        // Only reached when exec failed.
+        log::error(&format!(
+            "In-place upgrade failed: {err}; carrying on with the running binary"
+        ));
+        self.notify(|n| n.ready());
+    }
+
+    fn cleanup(&mut self) {
+        for l in &self.listeners {
+            if l.owns_path {
+                if let crate::sock::ListenAddr::Unix(p) = &l.addr {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        if let Some(p) = &self.settings.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Exit status for a configuration problem found after start-up.
+pub fn config_error(msg: &str) -> i32 {
+    log::critical(msg);
+    EXIT_CONFIG_ERROR
+}

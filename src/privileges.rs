@@ -1,0 +1,67 @@
+//! Dropping root after the sockets are bound (`--user`, `--group`), and
+//! the `--umask`. Workers drop before they import the app, so application
+//! code never runs as root; the master keeps its privileges only to bind,
+//! re-exec and signal.
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::config::Settings;
+
+pub fn resolve_user(spec: &str) -> Result<User, String> {
+    let found = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(spec),
+    };
+    found
+        .map_err(|e| format!("looking up user {spec:?}: {e}"))?
+        .ok_or_else(|| format!("no such user {spec:?}"))
+}
+
+pub fn resolve_group(spec: &str) -> Result<Gid, String> {
+    if let Ok(gid) = spec.parse::<u32>() {
+        return Ok(Gid::from_raw(gid));
+    }
+    Group::from_name(spec)
+        .map_err(|e| format!("looking up group {spec:?}: {e}"))?
+        .map(|g| g.gid)
+        .ok_or_else(|| format!("no such group {spec:?}"))
+}
+
+/// Switch this process to the configured user/group (no-op without them).
+pub fn drop_to(s: &Settings) -> Result<(), String> {
+    if s.user.is_none() && s.group.is_none() {
+        return Ok(());
+    }
+    let user = s.user.as_deref().map(resolve_user).transpose()?;
+    let gid = match (&s.group, &user) {
+        (Some(g), _) => Some(resolve_group(g)?),
+        (None, Some(u)) => Some(u.gid),
+        (None, None) => None,
+    };
+    if let Some(gid) = gid {
+        if let Some(u) = &user {
+            let name = std::ffi::CString::new(u.name.as_str()).map_err(|e| e.to_string())?;
+            nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
+        } else {
+            nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+        }
+        nix::unistd::setgid(gid).map_err(|e| format!("setgid({gid}): {e}"))?;
+    }
+    if let Some(u) = &user {
+        nix::unistd::setuid(u.uid).map_err(|e| format!("setuid({}): {e}", u.uid))?;
+        // SAFETY: single-threaded here (fresh child); HOME for the app.
+        unsafe { std::env::set_var("HOME", &u.dir) };
+    }
+    Ok(())
+}
+
+/// Validate user/group before forking anything, so a typo is a config error.
+pub fn check(s: &Settings) -> Result<(), String> {
+    if let Some(u) = &s.user {
+        resolve_user(u)?;
+    }
+    if let Some(g) = &s.group {
+        resolve_group(g)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Listening sockets: parse `--bind` specs, bind them (or adopt fds that
+//! systemd or a previous master passed us), and describe them for logs.
+//!
+//! The master owns these; workers inherit the fds across fork and all
+//! accept on the same sockets (the kernel balances, EPOLLEXCLUSIVE avoids
+//! the thundering herd). No per-worker SO_REUSEPORT sockets: that would
+//! break socket activation.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
+    sockopt,
+};
+
+use crate::systemd::activation::{self, ActivatedSocket};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindSpec {
+    Tcp(String),
+    Unix(PathBuf),
+    /// `fd://N` or `fd://NAME`: an inherited or socket-activated fd.
+    Fd(String),
+}
+
+impl BindSpec {
+    pub fn parse(s: &str) -> Result<BindSpec, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            let p = p.strip_prefix("//").unwrap_or(p);
+            if p.is_empty() {
+                return Err("unix: needs a path".into());
+            }
+            return Ok(BindSpec::Unix(PathBuf::from(p)));
+        }
+        if let Some(f) = s.strip_prefix("fd://") {
+            if f.is_empty() {
+                return Err("fd:// needs a number or a socket name".into());
+            }
+            return Ok(BindSpec::Fd(f.to_string()));
+        }
+        let hp = s.strip_prefix("tcp://").unwrap_or(s);
+        if hp.is_empty() {
+            return Err("empty address".into());
+        }
+        // HOST:PORT, [V6]:PORT, or a bare HOST (port 8000, as Gunicorn).
+        let (host, port) = if let Some(rest) = hp.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p,
+                None if after.is_empty() => "8000",
+                None => return Err("expected :PORT after ']'".into()),
+            };
+            (h.to_string(), port)
+        } else {
+            match hp.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), p),
+                Some(_) => return Err("IPv6 addresses need brackets: [::1]:8000".into()),
+                None => (hp.to_string(), "8000"),
+            }
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{port:?} is not a port number"))?;
+        if host.is_empty() {
+            return Err("missing host".into());
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{host:?} is not an IPv6 address"));
+        }
+        Ok(BindSpec::Tcp(if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }))
+    }
+}
+
+/// One listening socket, as the workers see it.
+#[derive(Debug)]
+pub struct Listener {
+    pub fd: OwnedFd,
+    pub addr: ListenAddr,
+    /// The name systemd gave it (`FileDescriptorName=`), or the bind spec.
+    pub name: String,
+    /// Whether we created a unix socket file that we must remove on exit.
+    pub owns_path: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(String),
+}
+
+impl ListenAddr {
+    /// SERVER_NAME / SERVER_PORT for requests without a Host header.
+    pub fn server_name_port(&self) -> (String, String) {
+        match self {
+            ListenAddr::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
+            ListenAddr::Unix(p) => (p.clone(), String::new()),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "http://{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+pub fn listen_addr_of(fd: RawFd) -> std::io::Result<ListenAddr> {
+    let ss: SockaddrStorage = nix::sys::socket::getsockname(fd)?;
+    if let Some(v4) = ss.as_sockaddr_in() {
+        return Ok(ListenAddr::Tcp(SocketAddr::V4((*v4).into())));
+    }
+    if let Some(v6) = ss.as_sockaddr_in6() {
+        return Ok(ListenAddr::Tcp(SocketAddr::V6((*v6).into())));
+    }
+    if let Some(un) = ss.as_unix_addr() {
+        let s = match (un.path(), un.as_abstract()) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(a)) => format!("@{}", String::from_utf8_lossy(a)),
+            _ => "(unnamed)".into(),
+        };
+        return Ok(ListenAddr::Unix(s));
+    }
+    Err(std::io::Error::other("not an inet or unix socket"))
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // Accepted sockets inherit TCP_NODELAY: a response is one write, and
+    // Nagle would only delay the tail of streamed ones.
+    setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    if addr.is_ipv6() {
+        // [::]:PORT means IPv6 only, as Gunicorn; bind 0.0.0.0 too for v4.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    let sa = SockaddrStorage::from(addr);
+    bind(fd.as_raw_fd(), &sa)?;
+    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+fn bind_unix(path: &PathBuf, backlog: i32) -> std::io::Result<OwnedFd> {
+    // A stale socket file left by a crashed run would make bind fail with
+    // EADDRINUSE; remove it only if it *is* a socket (never a regular file).
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if md.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let l = UnixListener::bind(path)?;
+    let fd: OwnedFd = l.into();
+    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+/// Open every socket the settings ask for. `activated` holds what systemd
+/// passed (already validated); with no explicit `--bind` all of those are
+/// served, otherwise `fd://NAME|N` picks among them or among inherited fds.
+pub fn open_listeners(
+    bind_specs: &[String],
+    bind_is_default: bool,
+    backlog: i32,
+    activated: Vec<ActivatedSocket>,
+) -> Result<Vec<Listener>, String> {
+    let mut out = Vec::new();
+    if bind_is_default && !activated.is_empty() {
+        for a in activated {
+            let addr = listen_addr_of(a.fd.as_raw_fd())
+                .map_err(|e| format!("fd {}: {e}", a.fd.as_raw_fd()))?;
+            out.push(Listener {
+                fd: a.fd,
+                addr,
+                name: a.name,
+                owns_path: false,
+            });
+        }
+        return Ok(out);
+    }
+    let mut activated = activated;
+    for spec in bind_specs {
+        match BindSpec::parse(spec).map_err(|e| format!("bind {spec:?}: {e}"))? {
+            BindSpec::Tcp(hp) => {
+                let addrs: Vec<SocketAddr> = hp
+                    .to_socket_addrs()
+                    .map_err(|e| format!("bind {spec:?}: cannot resolve: {e}"))?
+                    .collect();
+                let first = *addrs
+                    .first()
+                    .ok_or_else(|| format!("bind {spec:?}: no address"))?;
+                let fd = bind_tcp(first, backlog).map_err(|e| format!("bind {spec:?}: {e}"))?;
+                let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
+                out.push(Listener {
+                    fd,
+                    addr,
+                    name: spec.clone(),
+                    owns_path: false,
+                });
+            }
+            BindSpec::Unix(path) => {
+                let fd = bind_unix(&path, backlog).map_err(|e| format!("bind {spec:?}: {e}"))?;
+                out.push(Listener {
+                    fd,
+                    addr: ListenAddr::Unix(path.display().to_string()),
+                    name: spec.clone(),
+                    owns_path: true,
+                });
+            }
+            BindSpec::Fd(sel) => {
+                let chosen: Vec<RawFd> = activation::select(&activated, &sel)
+                    .map(|v| v.iter().map(|a| a.fd.as_raw_fd()).collect())
+                    .unwrap_or_default();
+                if !chosen.is_empty() {
+                    let (take, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut activated)
+                        .into_iter()
+                        .partition(|a| chosen.contains(&a.fd.as_raw_fd()));
+                    activated = keep;
+                    for a in take {
+                        let addr = listen_addr_of(a.fd.as_raw_fd()).map_err(|e| e.to_string())?;
+                        out.push(Listener {
+                            fd: a.fd,
+                            addr,
+                            name: a.name,
+                            owns_path: false,
+                        });
+                    }
+                    continue;
+                }
+                // Not socket-activated: an fd inherited by number (Gunicorn's fd://N).
+                let n: RawFd = sel.parse().map_err(|_| {
+                    format!("bind {spec:?}: no socket named {sel:?} was passed by systemd (LISTEN_FDNAMES)")
+                })?;
+                let ok = nix::sys::socket::getsockopt(
+                    // SAFETY-free: getsockopt only reads; a bad fd gives EBADF.
+                    &unsafe { std::os::fd::BorrowedFd::borrow_raw(n) },
+                    sockopt::AcceptConn,
+                );
+                match ok {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(format!("bind {spec:?}: fd {n} is not a listening socket"));
+                    }
+                    Err(e) => return Err(format!("bind {spec:?}: fd {n}: {e}")),
+                }
+                // SAFETY: fd n is open (getsockopt succeeded) and was handed to
+                // us by our parent; from here on we own it.
+                let fd = unsafe { OwnedFd::from_raw_fd(n) };
+                let _ = nix::fcntl::fcntl(
+                    &fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                );
+                let addr = listen_addr_of(n).map_err(|e| format!("bind {spec:?}: {e}"))?;
+                out.push(Listener {
+                    fd,
+                    addr,
+                    name: spec.clone(),
+                    owns_path: false,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Take over a listening socket inherited across the in-place upgrade.
+pub fn adopt(fd: RawFd, name: &str) -> Result<Listener, String> {
+    let addr = listen_addr_of(fd).map_err(|e| format!("fd {fd} ({name}): {e}"))?;
+    // SAFETY: the previous image of this process handed us fd for exactly
+    // this; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let owns_path = matches!(BindSpec::parse(name), Ok(BindSpec::Unix(_)));
+    Ok(Listener {
+        fd,
+        addr,
+        name: name.to_string(),
+        owns_path,
+    })
+}
+
+/// Keep an fd across exec (used by the in-place binary upgrade).
+pub fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: plain fcntl on an fd we own.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )?;
+    Ok(())
+}
+
+/// Leak an OwnedFd into a raw fd number that must stay open (exec hand-off).
+pub fn into_raw(fd: OwnedFd) -> RawFd {
+    fd.into_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_specs() {
+        assert_eq!(
+            BindSpec::parse("127.0.0.1:80").unwrap(),
+            BindSpec::Tcp("127.0.0.1:80".into())
+        );
+        assert_eq!(
+            BindSpec::parse("[::1]:80").unwrap(),
+            BindSpec::Tcp("[::1]:80".into())
+        );
+        assert_eq!(
+            BindSpec::parse("localhost").unwrap(),
+            BindSpec::Tcp("localhost:8000".into())
+        );
+        assert_eq!(
+            BindSpec::parse("unix:/tmp/x.sock").unwrap(),
+            BindSpec::Unix("/tmp/x.sock".into())
+        );
+        assert_eq!(BindSpec::parse("fd://3").unwrap(), BindSpec::Fd("3".into()));
+        assert_eq!(
+            BindSpec::parse("fd://web").unwrap(),
+            BindSpec::Fd("web".into())
+        );
+        assert!(BindSpec::parse("::1:80").is_err());
+        assert!(BindSpec::parse("1.2.3.4:http").is_err());
+        assert!(BindSpec::parse("unix:").is_err());
+        assert!(BindSpec::parse("[::1").is_err());
+    }
+
+    #[test]
+    fn binds_port_zero_and_reports_real_port() {
+        let l = open_listeners(&["127.0.0.1:0".into()], false, 16, vec![]).unwrap();
+        match &l[0].addr {
+            ListenAddr::Tcp(a) => assert_ne!(a.port(), 0),
+            other => panic!("{other:?}"),
+        }
+    }
+}

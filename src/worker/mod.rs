@@ -1,0 +1,848 @@
+//! A worker process: after the fork it starts (or inherits) CPython,
+//! imports the app, and runs one I/O loop per `--threads`.
+//!
+//! Each loop owns an epoll instance, accepts from the shared listening
+//! sockets (EPOLLEXCLUSIVE, so one idle worker wakes per connection), reads
+//! and parses requests, and calls the app *inline* once a request is
+//! complete: no hand-off between threads on the hot path. The GIL is taken
+//! only for that call (and to pull more of a streaming body); socket I/O,
+//! parsing and framing run with it released, so with `--threads N` one loop
+//! reads and writes while another runs Python. A slow client costs a
+//! connection slot, never a Python thread: the app only ever sees complete
+//! requests, and responses drain from Rust buffers.
+
+mod conn;
+mod signals;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::{BodyKind, RequestHead, parse_head};
+use crate::log::access::{AccessFormat, Record};
+use crate::scoreboard::{Slot, now_ms};
+use crate::sock::{ListenAddr, Listener};
+use crate::wsgi::environ::{self, Peer};
+use crate::wsgi::input::{Body, BodySink, Input};
+use crate::wsgi::response::{self, ReqInfo, Stream};
+use conn::{AccessInfo, BodyReader, BodyState, Conn, Io, Phase, Responding};
+
+const TOK_WAKE: u64 = u64::MAX;
+const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
+
+/// What all loops of one worker share.
+struct Shared {
+    settings: Settings,
+    listeners: Vec<(RawFd, ListenAddr)>,
+    bases: Vec<Py<PyDict>>,
+    app: Py<PyAny>,
+    slot: &'static Slot,
+    access: Option<AccessFormat>,
+    /// Recycle after this many requests (0 = never).
+    max_requests: u64,
+    draining: AtomicBool,
+    seq: AtomicU64,
+}
+
+/// Entry point in the forked child. Never returns.
+pub fn run(
+    settings: Settings,
+    listeners: &[Listener],
+    slot: &'static Slot,
+    preloaded: Option<Py<PyAny>>,
+) -> ! {
+    signals::install();
+    if let Err(e) = crate::privileges::drop_to(&settings) {
+        crate::log::critical(&format!("Cannot drop privileges: {e}"));
+        exit(1);
+    }
+    let app = match preloaded {
+        Some(app) => app,
+        None => boot_python(&settings),
+    };
+    let lst: Vec<(RawFd, ListenAddr)> = listeners
+        .iter()
+        .map(|l| (l.fd.as_raw_fd(), l.addr.clone()))
+        .collect();
+    for (fd, _) in &lst {
+        // Every loop accepts until EAGAIN, so the shared listening sockets
+        // must never block (O_NONBLOCK lives on the shared file description).
+        // SAFETY: fcntl on fds this process holds open.
+        unsafe {
+            let fl = libc::fcntl(*fd, libc::F_GETFL);
+            libc::fcntl(*fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+    let bases = Python::attach(|py| -> PyResult<Vec<Py<PyDict>>> {
+        lst.iter()
+            .map(|(_, a)| {
+                environ::base_environ(
+                    py,
+                    a,
+                    &settings.root_path,
+                    settings.threads > 1,
+                    settings.workers > 1,
+                )
+                .map(Bound::unbind)
+            })
+            .collect()
+    });
+    let bases = match bases {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = Python::attach(|py| crate::wsgi::format_py_err(py, &e));
+            crate::log::critical(&format!("Cannot prepare the WSGI environ: {msg}"));
+            exit(1);
+        }
+    };
+    let max_requests = if settings.max_requests > 0 {
+        settings.max_requests + jitter(settings.max_requests_jitter)
+    } else {
+        0
+    };
+    let access = settings
+        .accesslog
+        .as_ref()
+        .map(|_| AccessFormat::compile(&settings.access_log_format));
+    let threads = settings.threads;
+    let shared: &'static Shared = Box::leak(Box::new(Shared {
+        settings,
+        listeners: lst,
+        bases,
+        app,
+        slot,
+        access,
+        max_requests,
+        draining: AtomicBool::new(false),
+        seq: AtomicU64::new(0),
+    }));
+    slot.set_ready();
+    crate::log::info(&format!("Booting worker with pid: {}", std::process::id()));
+
+    let mut handles = Vec::new();
+    for t in 1..threads {
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ferricorn-io{t}"))
+                .spawn(move || run_loop(shared, t)),
+        );
+    }
+    run_loop(shared, 0);
+    for h in handles.into_iter().flatten() {
+        let _ = h.join();
+    }
+    exit(0)
+}
+
+/// Start CPython in this process and import the app; on failure print the
+/// traceback and exit with the documented status (the master then stops).
+fn boot_python(settings: &Settings) -> Py<PyAny> {
+    if let Err(e) =
+        crate::wsgi::prepare_process(settings).and_then(|_| crate::wsgi::init_interpreter(settings))
+    {
+        crate::log::critical(&format!("Worker failed to boot: {e}"));
+        exit(EXIT_APP_LOAD_ERROR);
+    }
+    match Python::attach(|py| {
+        crate::wsgi::load_app(py, &settings.wsgi_app)
+            .map_err(|e| crate::wsgi::format_py_err(py, &e))
+    }) {
+        Ok(app) => app,
+        Err(tb) => {
+            crate::log::critical(&format!(
+                "Failed to load application {:?}:\n{}",
+                settings.wsgi_app,
+                tb.trim_end()
+            ));
+            exit(EXIT_APP_LOAD_ERROR);
+        }
+    }
+}
+
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let seed = (std::process::id() as u64) ^ now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    seed % (max + 1)
+}
+
+/// Leave the worker process: flush Python's buffered streams, run the
+/// app's atexit hooks, then `_exit` (no Rust destructors on shared state).
+fn exit(code: i32) -> ! {
+    // SAFETY: only checks whether the interpreter exists.
+    if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
+        Python::attach(|py| {
+            let _ = py.run(c"import atexit, sys\natexit._run_exitfuncs()\nsys.stdout.flush()\nsys.stderr.flush()", None, None);
+        });
+    }
+    // SAFETY: terminating the process.
+    unsafe { libc::_exit(code) }
+}
+
+/// One I/O loop. Holds a Python thread state for its whole life (so taking
+/// the GIL per request is a cheap `PyEval_RestoreThread`), but runs with
+/// the GIL released except inside app calls.
+fn run_loop(sh: &'static Shared, thread: usize) {
+    Python::attach(|py| {
+        py.detach(|| {
+            let mut lp = match Loop::new(sh, thread) {
+                Ok(l) => l,
+                Err(e) => {
+                    crate::log::critical(&format!("worker loop setup failed: {e}"));
+                    exit(1);
+                }
+            };
+            lp.run();
+        })
+    });
+}
+
+struct Loop {
+    sh: &'static Shared,
+    thread: usize,
+    ep: OwnedFd,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    live: usize,
+    accepting: bool,
+    last_sweep_ms: u64,
+}
+
+fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: plain epoll_ctl on fds we own; `ev` lives across the call.
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Loop {
+    fn new(sh: &'static Shared, thread: usize) -> std::io::Result<Loop> {
+        // SAFETY: epoll_create1 returns a new fd or -1.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: we own the new epoll fd.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            signals::wake_fd(),
+            libc::EPOLLIN as u32,
+            TOK_WAKE,
+        )?;
+        let mut lp = Loop {
+            sh,
+            thread,
+            ep,
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            accepting: false,
+            last_sweep_ms: now_ms(),
+        };
+        lp.set_accepting(true);
+        Ok(lp)
+    }
+
+    fn set_accepting(&mut self, on: bool) {
+        if on == self.accepting {
+            return;
+        }
+        for (i, (fd, _)) in self.sh.listeners.iter().enumerate() {
+            let r = if on {
+                epoll_ctl(
+                    self.ep.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    *fd,
+                    (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+                    TOK_LISTEN + i as u64,
+                )
+            } else {
+                epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, *fd, 0, 0)
+            };
+            if let Err(e) = r {
+                crate::log::error(&format!("epoll_ctl on listener: {e}"));
+            }
+        }
+        self.accepting = on;
+    }
+
+    fn draining(&self) -> bool {
+        self.sh.draining.load(Ordering::Relaxed) || signals::graceful()
+    }
+
+    fn run(&mut self) {
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            // SAFETY: epoll_wait fills at most events.len() entries.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    1000,
+                )
+            };
+            let now = now_ms();
+            self.sh.slot.beat_at(now);
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    crate::log::error(&format!("epoll_wait: {}", std::io::Error::last_os_error()));
+                }
+            }
+            for ev in events.iter().take(n.max(0) as usize) {
+                let tok = ev.u64;
+                let flags = ev.events;
+                if tok == TOK_WAKE {
+                    self.on_wake();
+                } else if tok >= TOK_LISTEN {
+                    self.accept((tok - TOK_LISTEN) as usize, now);
+                } else {
+                    let i = tok as usize;
+                    if let Some(c) = self.conns.get_mut(i).and_then(|c| c.as_mut()) {
+                        if flags
+                            & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
+                                as u32
+                            != 0
+                        {
+                            c.readable = true;
+                        }
+                        if flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                            c.writable = true;
+                        }
+                        self.drive(i, now);
+                    }
+                }
+            }
+            if now.saturating_sub(self.last_sweep_ms) >= 1000 || self.draining() {
+                self.sweep(now);
+                self.last_sweep_ms = now;
+            }
+            if self.draining() {
+                self.set_accepting(false);
+                if self.live == 0 {
+                    return;
+                }
+            } else if !self.accepting && self.live < self.sh.settings.worker_connections {
+                self.set_accepting(true);
+            }
+        }
+    }
+
+    fn on_wake(&mut self) {
+        if signals::take_reopen() {
+            if let Err(e) = crate::log::reopen() {
+                crate::log::error(&format!("reopening log files: {e}"));
+            }
+        }
+        if signals::graceful() {
+            // Stay out of the wake fd's way: it stays readable from now on.
+            let _ = epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                signals::wake_fd(),
+                0,
+                0,
+            );
+        } else {
+            signals::clear_wake();
+        }
+    }
+
+    fn accept(&mut self, li: usize, now: u64) {
+        let (lfd, _) = self.sh.listeners[li];
+        // A few per wake-up: the other workers get their share.
+        for _ in 0..16 {
+            if self.live >= self.sh.settings.worker_connections || self.draining() {
+                self.set_accepting(false);
+                return;
+            }
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: accept4 writes at most `len` bytes into `ss`.
+            let fd = unsafe {
+                libc::accept4(
+                    lfd,
+                    &mut ss as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                        crate::log::error(&format!(
+                            "accept: {e} (raise LimitNOFILE or lower --worker-connections)"
+                        ));
+                    }
+                    _ => crate::log::error(&format!("accept: {e}")),
+                }
+                return;
+            }
+            // SAFETY: accept4 returned a new fd that we now own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let peer = Peer::new(sockaddr_to_std(&ss), &self.sh.settings.forwarded_allow_ips);
+            let idx = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+            if let Err(e) = epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                ev,
+                idx as u64,
+            ) {
+                crate::log::error(&format!("epoll_ctl add: {e}"));
+                self.free.push(idx);
+                continue;
+            }
+            self.conns[idx] = Some(Conn::new(fd, peer, li, now));
+            self.live += 1;
+            // The request is often already here: serve it without waiting
+            // for the epoll round-trip.
+            self.drive(idx, now);
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        if let Some(mut c) = self.conns[idx].take() {
+            if let Phase::Respond(r) = &mut c.phase {
+                if let Some(s) = r.stream.take() {
+                    release_stream(s);
+                }
+            }
+            // Dropping the fd closes it, which also removes it from epoll.
+            drop(c);
+            self.live -= 1;
+            self.free.push(idx);
+        }
+    }
+
+    /// Close idle keep-alive connections, and ones that stalled.
+    fn sweep(&mut self, now: u64) {
+        let keepalive_ms = self.sh.settings.keepalive.max(1) * 1000;
+        let stall_ms = if self.sh.settings.timeout > 0 {
+            self.sh.settings.timeout * 1000
+        } else {
+            30_000
+        };
+        let draining = self.draining();
+        let mut to_close = Vec::new();
+        for (i, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let idle = now.saturating_sub(c.last_active_ms);
+            let close = match &c.phase {
+                Phase::Idle if c.buffered().is_empty() => {
+                    draining
+                        || idle
+                            >= if c.requests > 0 {
+                                keepalive_ms
+                            } else {
+                                stall_ms.max(keepalive_ms)
+                            }
+                }
+                Phase::Idle => draining || idle >= stall_ms,
+                Phase::Body(_) | Phase::Respond(_) => idle >= stall_ms,
+                Phase::Linger { until_ms } => now >= *until_ms,
+            };
+            if close {
+                to_close.push(i);
+            }
+        }
+        for i in to_close {
+            self.close(i);
+        }
+    }
+
+    /// Move connection `idx` forward as far as it can go without blocking.
+    fn drive(&mut self, idx: usize, now: u64) {
+        let mut c = match self.conns[idx].take() {
+            Some(c) => c,
+            None => return,
+        };
+        let keep = self.step(&mut c, now);
+        self.conns[idx] = Some(c);
+        if !keep {
+            self.close(idx);
+        }
+    }
+
+    /// Returns false when the connection should be closed.
+    fn step(&mut self, c: &mut Conn, now: u64) -> bool {
+        loop {
+            match &mut c.phase {
+                Phase::Respond(_) => {
+                    match c.flush(now) {
+                        Io::Ok => {}
+                        Io::Blocked => return true,
+                        Io::Closed => return false,
+                    }
+                    let Phase::Respond(r) = &mut c.phase else {
+                        unreachable!()
+                    };
+                    if let Some(stream) = &mut r.stream {
+                        match pump(stream, c.fd.as_raw_fd(), &mut c.wbuf, &mut r.sent) {
+                            Pump::More => continue,
+                            Pump::Blocked => {
+                                c.writable = false;
+                                return true;
+                            }
+                            Pump::Done => {
+                                let s = r.stream.take().unwrap();
+                                release_stream(s);
+                                continue; // flush the tail, then finish
+                            }
+                            Pump::Failed => {
+                                let s = r.stream.take().unwrap();
+                                release_stream(s);
+                                r.keep_alive = false;
+                                self.log_access(r, &c.peer.addr);
+                                return false;
+                            }
+                        }
+                    }
+                    // Response complete.
+                    self.log_access(r, &c.peer.addr);
+                    let keep_alive = r.keep_alive && !self.draining();
+                    let linger = r.linger;
+                    if linger {
+                        // SAFETY: shutdown(2) of our socket's write side.
+                        unsafe { libc::shutdown(c.raw(), libc::SHUT_WR) };
+                        c.phase = Phase::Linger {
+                            until_ms: now + 2000,
+                        };
+                        continue;
+                    }
+                    if !keep_alive {
+                        return false;
+                    }
+                    c.phase = Phase::Idle;
+                }
+                Phase::Idle => {
+                    if c.buffered().is_empty() {
+                        if self.draining() {
+                            return false;
+                        }
+                        match c.read_some(now) {
+                            Io::Ok => continue,
+                            Io::Blocked => return true,
+                            Io::Closed => return false,
+                        }
+                    }
+                    match parse_head(c.buffered(), &self.sh.settings.limits) {
+                        Ok(Some((head, n))) => {
+                            c.consume(n);
+                            self.start_request(c, head, now);
+                        }
+                        Ok(None) => match c.read_some(now) {
+                            Io::Ok => continue,
+                            Io::Blocked => return true,
+                            Io::Closed => return false,
+                        },
+                        Err(e) => {
+                            crate::log::debug(&format!("bad request from {}: {e}", c.peer.addr));
+                            self.answer_error(c, e.status(), 1);
+                        }
+                    }
+                }
+                Phase::Body(b) => {
+                    let data = &c.rbuf[c.rpos..];
+                    let mut used = 0;
+                    let mut done = false;
+                    let mut failed = None;
+                    match &mut b.reader {
+                        BodyReader::Length(left) => {
+                            let n = (*left).min(data.len() as u64) as usize;
+                            if let Err(e) = b.sink.push(&data[..n]) {
+                                failed = Some(e.to_string());
+                            }
+                            *left -= n as u64;
+                            used = n;
+                            done = *left == 0;
+                        }
+                        BodyReader::Chunked(dec) => {
+                            let mut out = Vec::new();
+                            match dec.decode(data, &mut out) {
+                                Ok(p) => {
+                                    used = p.consumed;
+                                    done = p.done;
+                                    if let Err(e) = b.sink.push(&out) {
+                                        failed = Some(e.to_string());
+                                    }
+                                }
+                                Err(e) => {
+                                    crate::log::debug(&format!(
+                                        "bad chunked body from {}: {e}",
+                                        c.peer.addr
+                                    ));
+                                    c.consume(data.len());
+                                    self.answer_error(c, e.status(), 1);
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    c.consume(used);
+                    if let Some(e) = failed {
+                        crate::log::error(&format!("cannot buffer request body: {e}"));
+                        self.answer_error(c, 500, 1);
+                        continue;
+                    }
+                    if done {
+                        let Phase::Body(b) = std::mem::replace(&mut c.phase, Phase::Idle) else {
+                            unreachable!()
+                        };
+                        let b = *b;
+                        match b.sink.finish() {
+                            Ok(body) => self.dispatch(c, b.head, body, now),
+                            Err(e) => {
+                                crate::log::error(&format!("cannot buffer request body: {e}"));
+                                self.answer_error(c, 500, b.head.minor_version);
+                            }
+                        }
+                        continue;
+                    }
+                    match c.read_some(now) {
+                        Io::Ok => {}
+                        Io::Blocked => return true,
+                        Io::Closed => return false,
+                    }
+                }
+                Phase::Linger { .. } => {
+                    // Discard what the client still sends until it closes.
+                    c.rbuf.clear();
+                    c.rpos = 0;
+                    match c.read_some(now) {
+                        Io::Ok => {}
+                        Io::Blocked => return true,
+                        Io::Closed => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A complete head is in: read the body (if any) or call the app now.
+    fn start_request(&mut self, c: &mut Conn, head: RequestHead, now: u64) {
+        let reader = match head.body {
+            BodyKind::Empty | BodyKind::Length(0) => {
+                self.dispatch(c, head, Body::Mem(Vec::new()), now);
+                return;
+            }
+            BodyKind::Length(n) => BodyReader::Length(n),
+            BodyKind::Chunked => BodyReader::Chunked(ChunkedDecoder::new()),
+        };
+        if head.expect_continue && c.buffered().is_empty() {
+            // RFC 9110 §10.1.1: tell the client to go ahead with the body.
+            c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let _ = c.flush(now);
+        }
+        let expected = match head.body {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        let sink = BodySink::new(self.sh.settings.body_buffer_size, expected);
+        c.phase = Phase::Body(Box::new(BodyState { head, reader, sink }));
+    }
+
+    /// Answer a request we will not pass to the app, then close.
+    fn answer_error(&mut self, c: &mut Conn, status: u16, minor: u8) {
+        c.rbuf.clear();
+        c.rpos = 0;
+        c.wbuf
+            .extend_from_slice(&crate::http::response::error_response(status, minor));
+        c.phase = Phase::Respond(Box::new(Responding {
+            stream: None,
+            keep_alive: false,
+            linger: true,
+            log: None,
+            sent: 0,
+            status,
+        }));
+    }
+
+    /// Call the application with a complete request.
+    fn dispatch(&mut self, c: &mut Conn, head: RequestHead, body: Body, now: u64) {
+        let sh = self.sh;
+        let started = Instant::now();
+        c.requests += 1;
+        let req = ReqInfo {
+            minor: head.minor_version,
+            is_head: &*head.method == "HEAD",
+            keep_alive: head.keep_alive && sh.settings.keepalive > 0 && !self.draining(),
+            fd: c.raw(),
+        };
+        sh.slot.enter_app(
+            self.thread,
+            &[head.method.as_bytes(), b" ", head.target.as_bytes()],
+            now,
+        );
+        let body_len = body.len();
+        let out = Python::attach(|py| {
+            let built = (|| -> PyResult<Bound<'_, PyAny>> {
+                let env = environ::build(
+                    py,
+                    sh.bases[c.listener].bind(py),
+                    &environ::Ctx {
+                        head: &head,
+                        peer: &c.peer,
+                        root_path: &sh.settings.root_path,
+                        body_len,
+                    },
+                )?;
+                env.set_item(
+                    pyo3::intern!(py, "wsgi.input"),
+                    Bound::new(py, Input::new(body))?,
+                )?;
+                Ok(env.into_any())
+            })();
+            match built {
+                Ok(env) => Some(response::run_app(
+                    py,
+                    sh.app.bind(py),
+                    env,
+                    req,
+                    &mut c.wbuf,
+                )),
+                Err(e) => {
+                    response::log_py_error(py, &e, "Error building the WSGI environ");
+                    None
+                }
+            }
+        });
+        sh.slot.leave_app(self.thread);
+        let served = sh.slot.add_request();
+        if sh.max_requests > 0
+            && served >= sh.max_requests
+            && !sh.draining.swap(true, Ordering::Relaxed)
+        {
+            crate::log::info(&format!(
+                "Autorestarting worker after {served} requests (max_requests)."
+            ));
+            signals::wake();
+        }
+        let Some(out) = out else {
+            self.answer_error(c, 500, head.minor_version);
+            return;
+        };
+        let log = sh.access.as_ref().map(|_| {
+            Box::new(AccessInfo {
+                head,
+                started,
+                headers: out.headers,
+                request_id: sh.seq.fetch_add(1, Ordering::Relaxed),
+            })
+        });
+        c.phase = Phase::Respond(Box::new(Responding {
+            stream: out.stream,
+            keep_alive: out.keep_alive,
+            linger: false,
+            log,
+            sent: out.body_bytes,
+            status: out.status,
+        }));
+    }
+
+    fn log_access(&self, r: &mut Responding, remote_addr: &str) {
+        let (Some(fmt), Some(info)) = (&self.sh.access, r.log.take()) else {
+            return;
+        };
+        fmt.emit(&Record {
+            remote_addr,
+            method: &info.head.method,
+            target: &info.head.target,
+            minor_version: info.head.minor_version,
+            status: r.status,
+            body_bytes: r.sent,
+            duration: info.started.elapsed(),
+            request_headers: &info.head.headers,
+            response_headers: &info.headers,
+            request_id: info.request_id,
+        });
+    }
+}
+
+enum Pump {
+    More,
+    Blocked,
+    Done,
+    Failed,
+}
+
+fn pump(stream: &mut Stream, sock: RawFd, wbuf: &mut Vec<u8>, sent: &mut u64) -> Pump {
+    match stream {
+        Stream::Iter { iter, framing, .. } => {
+            match Python::attach(|py| response::pump_iter(py, iter, framing, wbuf, sent)) {
+                Ok(true) => Pump::Done,
+                Ok(false) => Pump::More,
+                Err(()) => Pump::Failed,
+            }
+        }
+        Stream::File {
+            file,
+            offset,
+            remaining,
+            ..
+        } => match response::pump_file(sock, file, offset, remaining, sent) {
+            Ok(true) => Pump::Done,
+            Ok(false) => Pump::Blocked,
+            Err(e) => {
+                crate::log::debug(&format!("sendfile: {e}"));
+                Pump::Failed
+            }
+        },
+    }
+}
+
+/// Call the result's close() and drop its Python references (GIL held).
+fn release_stream(s: Stream) {
+    Python::attach(|py| {
+        let result = match s {
+            Stream::Iter { iter, result, .. } => {
+                drop(iter);
+                result
+            }
+            Stream::File { result, .. } => result,
+        };
+        response::close_result(py, result.bind(py));
+        drop(result);
+    });
+}
+
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(std::net::SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(std::net::SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,104 @@
+//! Signals as a worker sees them (Gunicorn's meanings):
+//! TERM = finish the requests in hand, then exit; INT/QUIT = exit now;
+//! USR1 = reopen log files; ABRT = Python's faulthandler prints every
+//! thread's stack (the master sends it to a worker stuck past --timeout).
+//!
+//! Handlers only set a flag and poke an eventfd that every I/O loop
+//! watches; the loops act on it. The master blocks signals for its
+//! signalfd, so a fresh child starts by unblocking them.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
+static REOPEN: AtomicBool = AtomicBool::new(false);
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_term(_: libc::c_int) {
+    GRACEFUL.store(true, Ordering::SeqCst);
+    wake();
+}
+
+extern "C" fn on_quit(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    REOPEN.store(true, Ordering::SeqCst);
+    wake();
+}
+
+fn set_handler(sig: libc::c_int, h: libc::sighandler_t) {
+    // SAFETY: installing a plain handler with an empty mask; the handlers
+    // above only touch atomics and call async-signal-safe functions.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = h;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Reset the master's signal setup and install the worker's handlers.
+pub fn install() {
+    // SAFETY: eventfd creation and sigprocmask in a single-threaded child.
+    unsafe {
+        let fd = libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK);
+        WAKE_FD.store(fd, Ordering::SeqCst);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    set_handler(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+    set_handler(libc::SIGINT, on_quit as *const () as libc::sighandler_t);
+    set_handler(libc::SIGQUIT, on_quit as *const () as libc::sighandler_t);
+    set_handler(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+    for s in [
+        libc::SIGHUP,
+        libc::SIGUSR2,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGWINCH,
+        libc::SIGPIPE,
+    ] {
+        set_handler(s, libc::SIG_IGN);
+    }
+    set_handler(libc::SIGCHLD, libc::SIG_DFL);
+}
+
+pub fn wake_fd() -> i32 {
+    WAKE_FD.load(Ordering::Relaxed)
+}
+
+pub fn wake() {
+    let one: u64 = 1;
+    // SAFETY: write(2) of 8 bytes to our eventfd (async-signal-safe).
+    unsafe {
+        libc::write(
+            WAKE_FD.load(Ordering::Relaxed),
+            &one as *const u64 as *const libc::c_void,
+            8,
+        )
+    };
+}
+
+pub fn clear_wake() {
+    let mut v: u64 = 0;
+    // SAFETY: read(2) of 8 bytes from our non-blocking eventfd.
+    unsafe {
+        libc::read(
+            WAKE_FD.load(Ordering::Relaxed),
+            &mut v as *mut u64 as *mut libc::c_void,
+            8,
+        )
+    };
+}
+
+pub fn graceful() -> bool {
+    GRACEFUL.load(Ordering::Relaxed)
+}
+
+pub fn take_reopen() -> bool {
+    REOPEN.swap(false, Ordering::SeqCst)
+}

@@ -1,0 +1,345 @@
+//! Building the WSGI environ (PEP 3333) for one request.
+//!
+//! Per request the Python side is the cost, so: the constant entries live in
+//! a prepared dict per listener that is copied (one C-level dict copy), keys
+//! are interned strings, header keys (`HTTP_USER_AGENT`...) are cached per
+//! thread, and nothing is created that the app will not see.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use pyo3::{ffi, intern};
+
+use crate::config::AllowIps;
+use crate::http::RequestHead;
+use crate::sock::ListenAddr;
+
+/// Who is on the other end of the connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Textual IP ("" for unix sockets, as Gunicorn).
+    pub addr: String,
+    /// Port as text ("" for unix sockets).
+    pub port: String,
+    /// May set X-Forwarded-Proto & co (forwarded_allow_ips; unix-socket
+    /// peers are local proxies and trusted, as in Gunicorn).
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(addr: Option<std::net::SocketAddr>, allow: &AllowIps) -> Peer {
+        match addr {
+            Some(a) => {
+                let ip = match a.ip() {
+                    std::net::IpAddr::V6(v6) => v6
+                        .to_ipv4_mapped()
+                        .map(std::net::IpAddr::V4)
+                        .unwrap_or(a.ip()),
+                    ip => ip,
+                };
+                Peer {
+                    addr: ip.to_string(),
+                    port: a.port().to_string(),
+                    trusted: allow.allows(&ip),
+                }
+            }
+            None => Peer {
+                addr: String::new(),
+                port: String::new(),
+                trusted: true,
+            },
+        }
+    }
+}
+
+/// The constant part of every environ for one listener.
+pub fn base_environ<'py>(
+    py: Python<'py>,
+    listen: &ListenAddr,
+    root_path: &str,
+    multithread: bool,
+    multiprocess: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let sys = py.import("sys")?;
+    d.set_item("wsgi.version", (1, 0))?;
+    d.set_item("wsgi.multithread", multithread)?;
+    d.set_item("wsgi.multiprocess", multiprocess)?;
+    d.set_item("wsgi.run_once", false)?;
+    d.set_item("wsgi.errors", sys.getattr("stderr")?)?;
+    d.set_item(
+        "wsgi.file_wrapper",
+        py.get_type::<super::response::FileWrapper>(),
+    )?;
+    d.set_item("wsgi.input_terminated", true)?;
+    d.set_item("wsgi.url_scheme", intern!(py, "http"))?;
+    d.set_item(
+        "SERVER_SOFTWARE",
+        concat!("ferricorn/", env!("CARGO_PKG_VERSION")),
+    )?;
+    d.set_item("SCRIPT_NAME", root_path)?;
+    let (name, port) = listen.server_name_port();
+    d.set_item("SERVER_NAME", name)?;
+    d.set_item("SERVER_PORT", port)?;
+    Ok(d)
+}
+
+/// A Python str from latin-1 bytes (PEP 3333's "native string" rule).
+pub fn latin1_str<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+    if b.is_ascii() {
+        // SAFETY-free: ASCII is valid UTF-8.
+        return PyString::new(py, std::str::from_utf8(b).unwrap());
+    }
+    // SAFETY: PyUnicode_DecodeLatin1 reads exactly b.len() bytes and cannot
+    // fail on any input except memory exhaustion (then it returns NULL and
+    // sets an error, which from_owned_ptr would turn into a panic; we check).
+    unsafe {
+        let p = ffi::PyUnicode_DecodeLatin1(
+            b.as_ptr() as *const _,
+            b.len() as ffi::Py_ssize_t,
+            std::ptr::null(),
+        );
+        if p.is_null() {
+            ffi::PyErr_Clear();
+            return PyString::new(py, "");
+        }
+        Bound::from_owned_ptr(py, p).cast_into_unchecked()
+    }
+}
+
+thread_local! {
+    /// Header name as received -> interned environ key (`HTTP_X_THING`).
+    static KEYS: RefCell<HashMap<Box<[u8]>, Py<PyString>>> = RefCell::new(HashMap::new());
+}
+const KEY_CACHE_MAX: usize = 512;
+
+fn header_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
+    KEYS.with(|k| {
+        if let Some(s) = k.borrow().get(name.as_bytes()) {
+            return s.bind(py).clone();
+        }
+        let mut key = String::with_capacity(name.len() + 5);
+        if !name.eq_ignore_ascii_case("content-type")
+            && !name.eq_ignore_ascii_case("content-length")
+        {
+            key.push_str("HTTP_");
+        }
+        for c in name.chars() {
+            key.push(if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            });
+        }
+        let s = PyString::intern(py, &key);
+        let mut k = k.borrow_mut();
+        if k.len() < KEY_CACHE_MAX {
+            k.insert(name.as_bytes().into(), s.clone().unbind());
+        }
+        s
+    })
+}
+
+/// Percent-decode a path into bytes (invalid escapes stay as they are).
+pub fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !s.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Split a request-target into (path, query). Handles origin-form,
+/// absolute-form (proxies), `*` and authority-form.
+pub fn split_target(target: &str) -> (&str, &str) {
+    let t = target.split_once('#').map(|(a, _)| a).unwrap_or(target);
+    let t = if t.starts_with('/') || t == "*" {
+        t
+    } else if let Some(i) = t.find("://") {
+        let rest = &t[i + 3..];
+        match rest.find(['/', '?']) {
+            Some(j) => &rest[j..],
+            None => "",
+        }
+    } else {
+        // authority-form (CONNECT host:port): no path.
+        ""
+    };
+    t.split_once('?').unwrap_or((t, ""))
+}
+
+/// What `build` needs to know besides the request head.
+pub struct Ctx<'a> {
+    pub head: &'a RequestHead,
+    pub peer: &'a Peer,
+    pub root_path: &'a str,
+    pub body_len: u64,
+}
+
+/// A fresh environ: a copy of `base` plus this request's entries.
+pub fn build<'py>(
+    py: Python<'py>,
+    base: &Bound<'py, PyDict>,
+    c: &Ctx<'_>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = base.copy()?;
+    let head = c.head;
+    let method = match &*head.method {
+        "GET" => intern!(py, "GET").clone(),
+        "POST" => intern!(py, "POST").clone(),
+        "HEAD" => intern!(py, "HEAD").clone(),
+        m => PyString::new(py, m),
+    };
+    env.set_item(intern!(py, "REQUEST_METHOD"), method)?;
+    env.set_item(
+        intern!(py, "SERVER_PROTOCOL"),
+        if head.minor_version == 1 {
+            intern!(py, "HTTP/1.1")
+        } else {
+            intern!(py, "HTTP/1.0")
+        },
+    )?;
+    env.set_item(intern!(py, "RAW_URI"), PyString::new(py, &head.target))?;
+    let (path, query) = split_target(&head.target);
+    let decoded = percent_decode(path.as_bytes());
+    let mut path_info: &[u8] = &decoded;
+    if !c.root_path.is_empty() {
+        let rp = c.root_path.as_bytes();
+        if path_info.starts_with(rp) && (path_info.len() == rp.len() || path_info[rp.len()] == b'/')
+        {
+            path_info = &path_info[rp.len()..];
+        }
+    }
+    env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path_info))?;
+    env.set_item(intern!(py, "QUERY_STRING"), PyString::new(py, query))?;
+    env.set_item(intern!(py, "REMOTE_ADDR"), PyString::new(py, &c.peer.addr))?;
+    env.set_item(intern!(py, "REMOTE_PORT"), PyString::new(py, &c.peer.port))?;
+
+    let mut https = false;
+    let mut host: Option<&[u8]> = None;
+    let hs = &head.headers;
+    for (i, h) in hs.iter().enumerate() {
+        // Repeated fields are combined into the first occurrence.
+        if hs[..i].iter().any(|p| p.name.eq_ignore_ascii_case(&h.name)) {
+            continue;
+        }
+        let name = &*h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            continue; // set below from the body actually read
+        }
+        if name.eq_ignore_ascii_case("host") {
+            host = Some(&h.value);
+        }
+        if c.peer.trusted {
+            let v = &*h.value;
+            if (name.eq_ignore_ascii_case("x-forwarded-proto") && v.eq_ignore_ascii_case(b"https"))
+                || (name.eq_ignore_ascii_case("x-forwarded-ssl") && v.eq_ignore_ascii_case(b"on"))
+                || (name.eq_ignore_ascii_case("x-forwarded-protocol")
+                    && v.eq_ignore_ascii_case(b"ssl"))
+            {
+                https = true;
+            }
+        }
+        let key = header_key(py, name);
+        let dups = hs[i + 1..]
+            .iter()
+            .filter(|p| p.name.eq_ignore_ascii_case(name));
+        if hs[i + 1..]
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(name))
+        {
+            let sep: &[u8] = if name.eq_ignore_ascii_case("cookie") {
+                b"; "
+            } else {
+                b","
+            };
+            let mut v = h.value.to_vec();
+            for d in dups {
+                v.extend_from_slice(sep);
+                v.extend_from_slice(&d.value);
+            }
+            env.set_item(key, latin1_str(py, &v))?;
+        } else {
+            env.set_item(key, latin1_str(py, &h.value))?;
+        }
+    }
+    if c.body_len > 0 || !matches!(head.body, crate::http::BodyKind::Empty) {
+        env.set_item(intern!(py, "CONTENT_LENGTH"), c.body_len.to_string())?;
+    }
+    if https {
+        env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+    }
+    if let Some(h) = host {
+        let (name, port) = split_host(h);
+        env.set_item(intern!(py, "SERVER_NAME"), latin1_str(py, name))?;
+        let port: &[u8] = match port {
+            Some(p) => p,
+            None if https => b"443",
+            None => b"80",
+        };
+        env.set_item(intern!(py, "SERVER_PORT"), latin1_str(py, port))?;
+    }
+    Ok(env)
+}
+
+fn split_host(h: &[u8]) -> (&[u8], Option<&[u8]>) {
+    if h.first() == Some(&b'[') {
+        if let Some(end) = h.iter().position(|&b| b == b']') {
+            let port = h.get(end + 1..).and_then(|r| r.strip_prefix(b":"));
+            return (&h[..=end], port.filter(|p| !p.is_empty()));
+        }
+    }
+    match h.iter().rposition(|&b| b == b':') {
+        Some(i) => (&h[..i], Some(&h[i + 1..]).filter(|p| !p.is_empty())),
+        None => (h, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target("/a/b?x=1&y"), ("/a/b", "x=1&y"));
+        assert_eq!(split_target("/a#frag"), ("/a", ""));
+        assert_eq!(split_target("http://h:1/p?q"), ("/p", "q"));
+        assert_eq!(split_target("http://h"), ("", ""));
+        assert_eq!(split_target("*"), ("*", ""));
+        assert_eq!(split_target("h:443"), ("", ""));
+    }
+
+    #[test]
+    fn percent() {
+        assert_eq!(&*percent_decode(b"/a%20b%2Fc"), b"/a b/c");
+        assert_eq!(&*percent_decode(b"/%e9"), b"/\xe9");
+        assert_eq!(&*percent_decode(b"/%zz%4"), b"/%zz%4");
+        assert_eq!(&*percent_decode(b"/100%"), b"/100%");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            split_host(b"example.com:8080"),
+            (&b"example.com"[..], Some(&b"8080"[..]))
+        );
+        assert_eq!(split_host(b"example.com"), (&b"example.com"[..], None));
+        assert_eq!(split_host(b"[::1]:80"), (&b"[::1]"[..], Some(&b"80"[..])));
+        assert_eq!(split_host(b"[::1]"), (&b"[::1]"[..], None));
+    }
+}

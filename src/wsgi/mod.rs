@@ -1,0 +1,156 @@
+//! The embedded CPython: starting the interpreter in a worker (or in the
+//! master with `--preload`), making the app's virtualenv importable, and
+//! importing the WSGI callable.
+//!
+//! Everything Python-facing lives under this module; the worker's I/O loop
+//! calls in here only with a complete request in hand, and only then takes
+//! the GIL.
+
+pub mod environ;
+pub mod input;
+pub mod response;
+
+use std::path::{Path, PathBuf};
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::config::Settings;
+
+/// Python version this binary was built against, e.g. (3, 11).
+pub fn linked_version() -> (u8, u8) {
+    // SAFETY: Py_GetVersion returns a static string and may be called
+    // before the interpreter is initialised.
+    let v = unsafe { std::ffi::CStr::from_ptr(pyo3::ffi::Py_GetVersion()) }.to_string_lossy();
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(3);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+/// The `version = 3.11.2` line of a venv's pyvenv.cfg, as (major, minor).
+fn venv_version(venv: &Path) -> Result<(u8, u8), String> {
+    let cfg = venv.join("pyvenv.cfg");
+    let text =
+        std::fs::read_to_string(&cfg).map_err(|e| format!("cannot read {}: {e}", cfg.display()))?;
+    for line in text.lines() {
+        let (k, v) = match line.split_once('=') {
+            Some(kv) => kv,
+            None => continue,
+        };
+        let k = k.trim();
+        if k == "version" || k == "version_info" {
+            let mut parts = v.trim().split('.');
+            let major = parts.next().and_then(|p| p.parse().ok());
+            let minor = parts.next().and_then(|p| p.parse().ok());
+            if let (Some(a), Some(b)) = (major, minor) {
+                return Ok((a, b));
+            }
+        }
+    }
+    Err(format!("{} has no version line", cfg.display()))
+}
+
+/// Check the venv matches the linked Python and return its site-packages.
+pub fn venv_site_packages(venv: &Path) -> Result<PathBuf, String> {
+    let (lmaj, lmin) = linked_version();
+    let (vmaj, vmin) = venv_version(venv)?;
+    if (vmaj, vmin) != (lmaj, lmin) {
+        return Err(format!(
+            "virtualenv {} was made with Python {vmaj}.{vmin}, but ferricorn embeds Python {lmaj}.{lmin}; \
+             recreate it with `python{lmaj}.{lmin} -m venv` (on Debian: /usr/bin/python3 -m venv)",
+            venv.display()
+        ));
+    }
+    Ok(venv.join(format!("lib/python{lmaj}.{lmin}/site-packages")))
+}
+
+/// Process-level setup that must precede `Py_Initialize`: the app's
+/// environment variables and working directory.
+pub fn prepare_process(s: &Settings) -> Result<(), String> {
+    for (k, v) in &s.env {
+        // SAFETY: called while the process is single-threaded (in the
+        // master before any thread exists, or in a freshly forked worker).
+        unsafe { std::env::set_var(k, v) };
+    }
+    if let Some(d) = &s.chdir {
+        std::env::set_current_dir(d).map_err(|e| format!("chdir {}: {e}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Start CPython and make the app importable (cwd, --pythonpath, venv).
+pub fn init_interpreter(s: &Settings) -> Result<(), String> {
+    let site_packages = match &s.virtualenv {
+        Some(v) => Some(venv_site_packages(v)?),
+        None => None,
+    };
+    Python::initialize();
+    Python::attach(|py| -> PyResult<()> {
+        let sys = py.import("sys")?;
+        let path = sys.getattr("path")?.cast_into::<PyList>()?;
+        let cwd = std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        // Gunicorn puts the working directory first, so `app:app` imports
+        // the app next to where the server was started (or --chdir).
+        path.insert(0, &cwd)?;
+        for (i, p) in s.pythonpath.iter().enumerate() {
+            path.insert(i + 1, p.display().to_string())?;
+        }
+        if let (Some(sp), Some(venv)) = (&site_packages, &s.virtualenv) {
+            py.import("site")?
+                .call_method1("addsitedir", (sp.display().to_string(),))?;
+            sys.setattr("prefix", venv.display().to_string())?;
+            sys.setattr("exec_prefix", venv.display().to_string())?;
+        }
+        sys.setattr("argv", vec!["ferricorn".to_string()])?;
+        // A worker killed for a timeout gets SIGABRT first: faulthandler
+        // then prints every thread's Python stack to stderr (the error log).
+        py.import("faulthandler")?.call_method0("enable")?;
+        Ok(())
+    })
+    .map_err(|e| Python::attach(|py| format_py_err(py, &e)))
+}
+
+pub fn format_py_err(py: Python<'_>, e: &PyErr) -> String {
+    let r = (|| -> PyResult<String> {
+        let lines = py
+            .import("traceback")?
+            .call_method1("format_exception", (e.value(py),))?;
+        pyo3::types::PyString::new(py, "")
+            .call_method1("join", (lines,))?
+            .extract()
+    })();
+    r.unwrap_or_else(|_| e.to_string())
+}
+
+/// Import `module:callable` (or call `module:factory(...)`).
+pub fn load_app(py: Python<'_>, spec: &str) -> PyResult<Py<PyAny>> {
+    let (module, obj) = spec.split_once(':').unwrap_or((spec, "application"));
+    let m = py.import(module)?;
+    let app = if obj.contains('(') {
+        // A factory call: evaluated in the module's namespace, like
+        // Gunicorn's `module:create_app(arg)` form.
+        let code = std::ffi::CString::new(obj)
+            .map_err(|_| pyo3::exceptions::PyValueError::new_err("NUL in app spec"))?;
+        let globals = m.dict();
+        py.eval(&code, Some(&globals), None)?
+    } else {
+        let mut cur = m.into_any();
+        for part in obj.split('.') {
+            cur = cur.getattr(part).map_err(|_| {
+                pyo3::exceptions::PyAttributeError::new_err(format!(
+                    "Failed to find attribute {obj:?} in {module:?}."
+                ))
+            })?;
+        }
+        cur
+    };
+    if !app.is_callable() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "Application object {spec:?} must be callable."
+        )));
+    }
+    Ok(app.unbind())
+}

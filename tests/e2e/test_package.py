@@ -1,0 +1,145 @@
+"""Host-side checks of the packaging: unit files, named templates, the .deb, lintian.
+
+No container needed. The .deb checks build it (debian/build-deb) unless
+FERRICORN_E2E_DEB names one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import container as ct
+
+REPO = ct.REPO
+SYSTEMD = REPO / "systemd"
+sys.path.insert(0, str(SYSTEMD / "named"))
+import render  # noqa: E402  (systemd/named/render.py)
+
+
+def offline_exposure(unit_file: Path) -> float:
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit_file)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert m, out[-2000:]
+    return float(m.group(1))
+
+
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+
+
+@needs_analyze
+def test_template_service_exposure(tmp_path):
+    unit = tmp_path / "ferricorn@x.service"
+    shutil.copy(SYSTEMD / "ferricorn@.service", unit)
+    score = offline_exposure(unit)
+    print(f"ferricorn@.service exposure {score}")
+    assert score <= 2.5
+
+
+@needs_analyze
+def test_named_units_render_and_verify(tmp_path):
+    units = render.render("app", "/etc/ferricorn/app.toml", ["127.0.0.1:8123", "unix:/run/app.sock"],
+                          ferricorn="/bin/true")
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    sock = units["app.socket"]
+    assert "ListenStream=127.0.0.1:8123\nListenStream=/run/app.sock\n" in sock
+    svc = units["app.service"]
+    assert "ExecStart=/bin/true --config /etc/ferricorn/app.toml --bind fd://http" in svc
+    assert "Requires=app.socket" in svc and "User=ferricorn" in svc
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        str(tmp_path / "app.socket"), str(tmp_path / "app.service")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+    assert offline_exposure(tmp_path / "app.service") <= 2.5
+    default = render.render("web", "/etc/ferricorn/web.toml", [])
+    assert "ListenStream=/run/ferricorn/web.sock\n" in default["web.socket"]
+
+
+def _service_body(text: str) -> list[str]:
+    """Directive lines from [Unit] on, comments dropped."""
+    lines = text[text.index("[Unit]"):].splitlines()
+    return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_named_template_matches_instance_template():
+    """NAME.service.in is ferricorn@.service with placeholders: nothing else may drift."""
+    inst = _service_body((SYSTEMD / "ferricorn@.service").read_text())
+    named = _service_body((SYSTEMD / "named" / "NAME.service.in").read_text())
+    subst = {"%i": "@NAME@"}
+    expected = []
+    for ln in inst:
+        ln = ln.replace("ferricorn@%i.socket", "@NAME@.socket")
+        ln = ln.replace("/etc/ferricorn/%i.toml", "@CONFIG@")
+        ln = ln.replace("ExecStart=/usr/bin/ferricorn", "ExecStart=@FERRICORN@")
+        ln = ln.replace("User=ferricorn", "User=@USER@").replace("Group=ferricorn", "Group=@GROUP@")
+        for a, b in subst.items():
+            ln = ln.replace(a, b)
+        expected.append(ln)
+    assert named == expected
+    inst_sock = _service_body((SYSTEMD / "ferricorn@.socket").read_text())
+    named_sock = _service_body((SYSTEMD / "named" / "NAME.socket.in").read_text())
+    expected_sock = [("@LISTEN_STREAMS@" if ln.startswith("ListenStream=") else ln.replace("%i", "@NAME@"))
+                     for ln in inst_sock]
+    assert named_sock == expected_sock
+
+
+def test_service_timeouts_are_consistent():
+    text = (SYSTEMD / "ferricorn@.service").read_text()
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M).group(1))
+    example = (REPO / "debian" / "example.toml").read_text()
+    graceful = int(re.search(r"^graceful_timeout = (\d+)$", example, re.M).group(1))
+    assert stop > graceful, "TimeoutStopSec must leave the graceful timeout room"
+    assert re.search(r"^ExecReload=/bin/kill -s HUP \$MAINPID$", text, re.M)
+    control = (REPO / "Cargo.toml").read_text()
+    assert re.search(r'^depends = ".*\bprocps\b', control, re.M), "units call /bin/kill: Depends: procps"
+
+
+# ---------------------------------------------------------------------------
+# the .deb
+
+def dpkg_field(deb: Path, field: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), field], stdout=subprocess.PIPE, text=True,
+                          check=True).stdout.strip()
+
+
+def test_deb_contents(deb):
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], stdout=subprocess.PIPE, text=True,
+                             check=True).stdout
+    files = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+    for path in ("/usr/bin/ferricorn", "/lib/systemd/system/ferricorn@.socket",
+                 "/lib/systemd/system/ferricorn@.service", "/usr/lib/sysusers.d/ferricorn.conf",
+                 "/etc/ferricorn/example.toml", "/usr/share/man/man1/ferricorn.1.gz",
+                 "/usr/share/bash-completion/completions/ferricorn",
+                 "/usr/share/zsh/vendor-completions/_ferricorn",
+                 "/usr/share/doc/ferricorn/copyright", "/usr/share/doc/ferricorn/changelog.Debian.gz",
+                 "/usr/share/doc/ferricorn/README.md", "/usr/share/doc/ferricorn/DEPLOY.md"):
+        assert path in files, f"{path} not in the package"
+    assert re.fullmatch(r"ferricorn_[0-9][^_]*_amd64\.deb", deb.name), deb.name
+    assert dpkg_field(deb, "Package") == "ferricorn"
+    depends = dpkg_field(deb, "Depends")
+    assert "procps" in depends and "libc6" in depends, depends
+    control = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], stdout=subprocess.PIPE,
+                             text=True).stdout
+    assert "/etc/ferricorn/example.toml" in control
+
+
+def test_deb_depends_on_debian_libpython(deb):
+    """Built with PYO3_PYTHON=/usr/bin/python3, the binary links Debian's libpython3.11."""
+    depends = dpkg_field(deb, "Depends")
+    assert "libpython3.11" in depends, f"Depends lacks libpython3.11 (binary not linked to Python yet?): {depends}"
+
+
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed (apt-get install lintian)")
+def test_lintian_clean(deb):
+    r = subprocess.run(["lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout
+    assert not re.search(r"^[EW]: ", r.stdout, re.M), r.stdout
