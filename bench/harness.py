@@ -187,6 +187,7 @@ class Server:
         self.logpath = LOGS / ("%s-%s%s.log" % (name, port, tag))
         self.proc = None
         self.started_at = None
+        self.stop_signal = signal.SIGTERM
 
     def start(self):
         cmd = list(self.cmd)
@@ -223,16 +224,22 @@ class Server:
             return []
         return [self.proc.pid] + descendants(self.proc.pid)
 
-    def stop(self, grace=5.0):
+    def signal_stop(self):
+        """First half of stop: send the stop signal to our process group."""
         if not self.proc:
             return
-        tree = self.pids()
+        self._tree = self.pids()
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, self.stop_signal)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + grace
+
+    def finish_stop(self, deadline):
+        """Second half: wait until the tree is gone or the deadline, then KILL the rest."""
+        if not self.proc:
+            return
+        tree = getattr(self, "_tree", None) or self.pids()
         while time.monotonic() < deadline:
             alive = [p for p in tree if os.path.exists("/proc/%d" % p) and not _zombie(p)]
             if self.proc.poll() is not None and not alive:
@@ -253,7 +260,24 @@ class Server:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        self.logf.close()
+        if not self.logf.closed:
+            self.logf.close()
+        self.proc_done = True
+
+    def stop(self, grace=5.0):
+        if not self.proc or getattr(self, "proc_done", False):
+            return
+        self.signal_stop()
+        self.finish_stop(time.monotonic() + grace)
+
+
+def stop_all(servers, grace):
+    servers = [s for s in servers if s.proc and not getattr(s, "proc_done", False)]
+    for s in servers:
+        s.signal_stop()
+    deadline = time.monotonic() + grace
+    for s in servers:
+        s.finish_stop(deadline)
 
 
 def _zombie(pid):
@@ -419,6 +443,8 @@ def start_server(name, appkey, workers, preload=False, valgrind_dir=None, pin=No
     cmd, note = SERVERS[name](app, cwd, port, workers, preload, valgrind_dir)
     srv = Server(name, cmd, cwd, port, valgrind_dir=valgrind_dir, pin=pin, tag=tag)
     srv.note = note
+    if name == "bjoern":
+        srv.stop_signal = signal.SIGINT  # its libev loop watches SIGINT only
     srv.start()
     try:
         srv.wait_ready(timeout)
@@ -586,6 +612,7 @@ def run_instr(server, opts):
             d = WORK / "callgrind" / ("%s-%d" % (server, n))
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
+            d.chmod(0o777)  # workers that drop privileges (nginx: nobody) must write here too
             runs[n] = d
         for n in (n_a, n_b):
             srvs[n] = start_server(server, "hello", 1, valgrind_dir=runs[n], timeout=240,
@@ -599,11 +626,14 @@ def run_instr(server, opts):
             out, _ = c.communicate(timeout=1800)
             if c.returncode != 0:
                 raise Fail("client: %s" % out.strip()[-60:])
-        for n in (n_a, n_b):
-            srvs[n].stop(grace=120)
+        stop_all(list(srvs.values()), grace=120)
         totals = {n: callgrind_total(runs[n]) for n in (n_a, n_b)}
         if not totals[n_a][1] or not totals[n_b][1]:
             raise Fail("no callgrind output")
+        empty = [f.name for n in (n_a, n_b) for f in runs[n].glob("callgrind.out.*")
+                 if f.stat().st_size == 0]
+        if empty:
+            raise Fail("%d process(es) killed before callgrind could write" % len(empty))
         per = (totals[n_b][0] - totals[n_a][0]) / float(n_b - n_a)
         note = srvs[n_a].note
         note = (note + "; " if note else "") + "%d files; (Ir@%d - Ir@%d)/%d" % (
@@ -616,8 +646,7 @@ def run_instr(server, opts):
     except subprocess.TimeoutExpired:
         return row("instr", server, fail="client timed out")
     finally:
-        for s in srvs.values():
-            s.stop(grace=60)
+        stop_all(list(srvs.values()), grace=60)
 
 
 def run_django_start(server, opts, preload=False):
@@ -630,6 +659,8 @@ def run_django_start(server, opts, preload=False):
             port = free_port()
             cmd, note = SERVERS[server](app, cwd, port, 2, preload, None)
             srv = Server(server, cmd, cwd, port, tag="-djstart%d" % i)
+            if server == "bjoern":
+                srv.stop_signal = signal.SIGINT
             srv.start()
             try:
                 deadline = srv.started_at + 60
@@ -828,6 +859,7 @@ def chart(rows, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         log("matplotlib missing: no chart")
         return False
@@ -861,6 +893,8 @@ def chart(rows, path):
         ax.invert_yaxis()
         ax.set_title(SCENARIO_TITLES[s], fontsize=10)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: "%gk" % (v / 1000) if v >= 1000 else "%g" % v))
         top = max(vals) if vals and max(vals) > 0 else 1
         ax.set_xlim(0, top * 1.25)
         for yy, v, lab in zip(y, vals, labels):

@@ -462,15 +462,7 @@ pub struct Outcome {
 
 /// Log a Python exception with its traceback to the error log.
 pub fn log_py_error(py: Python<'_>, err: &PyErr, context: &str) {
-    let tb = (|| -> PyResult<String> {
-        let tbm = py.import("traceback")?;
-        let lines = tbm.call_method1("format_exception", (err.value(py),))?;
-        let s: String = PyString::new(py, "")
-            .call_method1("join", (lines,))?
-            .extract()?;
-        Ok(s)
-    })()
-    .unwrap_or_else(|_| err.to_string());
+    let tb = super::format_py_err(py, err);
     crate::log::error(&format!("{context}\n{}", tb.trim_end()));
 }
 

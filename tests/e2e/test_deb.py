@@ -138,7 +138,11 @@ def processes(c: ct.Container) -> dict[int, dict]:
 
 def cgroup_pids(c: ct.Container, service: str) -> list[int]:
     cg = show(c, service, "ControlGroup")["ControlGroup"]
-    return [int(x) for x in c.run(f"cat /sys/fs/cgroup{cg}/cgroup.procs").stdout.split()]
+    # unified (cgroup v2) or hybrid/legacy (v1: systemd's own hierarchy) layouts
+    out = c.run(f"cat /sys/fs/cgroup{cg}/cgroup.procs 2>/dev/null || "
+                f"cat /sys/fs/cgroup/unified{cg}/cgroup.procs 2>/dev/null || "
+                f"cat /sys/fs/cgroup/systemd{cg}/cgroup.procs").stdout
+    return [int(x) for x in out.split()]
 
 
 def descendants(procs: dict[int, dict], pid: int) -> set[int]:

@@ -1,0 +1,121 @@
+"""The basics a Gunicorn user relies on: start, serve, stop, errors."""
+import json
+import signal
+import subprocess
+import time
+
+from conftest import APPS, BIN
+
+
+def test_hello_keepalive_and_headers(start_server):
+    s = start_server("basic:app")
+    c = s.conn()
+    for _ in range(3):  # three requests on one connection
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert r.status == 200
+        assert r.read() == b"Hello, World!"
+        assert r.getheader("Server").startswith("ferricorn")
+        assert r.getheader("Date").endswith("GMT")
+    c.close()
+
+
+def test_module_default_callable_and_factory(start_server):
+    s = start_server("basic")  # `application` is the default name
+    assert s.request()[0] == 200
+    s2 = start_server("basic:create_app('made')")
+    assert s2.request()[2] == b"made"
+
+
+def test_app_exception_is_500_without_traceback(start_server):
+    s = start_server("basic:app")
+    status, headers, body = s.request("GET", "/error")
+    assert status == 500
+    assert b"secret" not in body and b"Traceback" not in body
+    log = s.wait_log(r"RuntimeError: boom")
+    assert "Traceback" in log
+    # The worker survives and serves the next request.
+    assert s.request()[0] == 200
+
+
+def test_crlf_in_response_header_is_500(start_server):
+    s = start_server("basic:app")
+    raw = s.raw(b"GET /bad-header HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 500")
+    assert b"pwned" not in raw and b"should not be sent" not in raw
+
+
+def test_invalid_status_is_500(start_server):
+    s = start_server("basic:app")
+    assert s.request("GET", "/bad-status")[0] == 500
+
+
+def test_import_error_exits_3_with_traceback():
+    p = subprocess.run(
+        [BIN, "-b", "127.0.0.1:0", "-w", "2", "broken:app"],
+        cwd=APPS, capture_output=True, text=True, timeout=30,
+    )
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
+    # Not a respawn loop: each of the two workers failed once at most.
+    assert p.stderr.count("Failed to load application") <= 2
+
+
+def test_config_error_names_the_key():
+    p = subprocess.run([BIN, "-w", "0", "basic:app"], cwd=APPS, capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2
+    assert "`workers`" in p.stderr
+
+
+def test_term_is_graceful(start_server):
+    s = start_server("basic:app")
+    c = s.conn(timeout=10)
+    c.request("GET", "/sleep?1")
+    time.sleep(0.3)  # the request is in the app now
+    s.kill(signal.SIGTERM)
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b"slept"
+    assert s.proc.wait(timeout=10) == 0
+
+
+def test_quit_is_fast(start_server):
+    s = start_server("basic:app")
+    c = s.conn(timeout=10)
+    c.request("GET", "/sleep?5")
+    time.sleep(0.3)
+    t = time.monotonic()
+    s.kill(signal.SIGQUIT)
+    s.proc.wait(timeout=5)
+    assert time.monotonic() - t < 3
+
+
+def test_worker_crash_is_replaced(start_server):
+    s = start_server("basic:app", "-w", "2")
+    before = s.worker_pids()
+    assert len(before) == 2
+    import os
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = s.worker_pids()
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.05)
+    assert len(now) == 2 and before[0] not in now
+    assert "SIGKILL" in s.wait_log(r"SIGKILL")
+    assert s.request()[0] == 200
+
+
+def test_environ_basics(start_server):
+    s = start_server("basic:app")
+    status, _, body = s.request("GET", "/environ?a=1&b=%20", headers={"X-Thing": "v"})
+    env = json.loads(body)
+    assert env["REQUEST_METHOD"] == "GET"
+    assert env["PATH_INFO"] == "/environ"
+    assert env["QUERY_STRING"] == "a=1&b=%20"
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["HTTP_X_THING"] == "v"
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["RAW_URI"] == "/environ?a=1&b=%20"
+    assert env["wsgi.input_terminated"] is True
