@@ -51,7 +51,12 @@ pub fn init(s: &Settings) -> Result<(), String> {
         LogTarget::Auto => s.errorlog == "-" && crate::systemd::journal::stderr_is_journal(),
     };
     if journal_wanted {
-        let j = JOURNAL.get_or_init(|| Journal::connect(None).ok());
+        // FERRICORN_JOURNAL_SOCKET points at another socket (tests, or a
+        // journald namespace); the default is journald's own.
+        let j = JOURNAL.get_or_init(|| {
+            let path = std::env::var_os("FERRICORN_JOURNAL_SOCKET").map(std::path::PathBuf::from);
+            Journal::connect(path.as_deref()).ok()
+        });
         if j.is_none() && s.log_target == LogTarget::Journald {
             return Err("log_target = journald, but the journal socket cannot be reached".into());
         }

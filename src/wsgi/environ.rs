@@ -68,7 +68,10 @@ pub fn base_environ<'py>(
     d.set_item("wsgi.multithread", multithread)?;
     d.set_item("wsgi.multiprocess", multiprocess)?;
     d.set_item("wsgi.run_once", false)?;
-    d.set_item("wsgi.errors", sys.getattr("stderr")?)?;
+    match super::pylog::install(py)? {
+        Some(errors) => d.set_item("wsgi.errors", errors)?,
+        None => d.set_item("wsgi.errors", sys.getattr("stderr")?)?,
+    }
     d.set_item(
         "wsgi.file_wrapper",
         py.get_type::<super::response::FileWrapper>(),

@@ -8,6 +8,7 @@
 
 pub mod environ;
 pub mod input;
+pub mod pylog;
 pub mod response;
 
 use std::path::{Path, PathBuf};

@@ -111,6 +111,11 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"logged"]
 
+    if path == "/biglog":
+        logging.getLogger("biglog").warning("y" * 400_000)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"logged"]
+
     if path == "/status":
         code = environ.get("QUERY_STRING") or "204"
         start_response(f"{code} Whatever", [])

@@ -1,0 +1,108 @@
+//! The app's own logging, under journald: Python `logging` records and
+//! `wsgi.errors` writes become native journal entries, with the Python level
+//! mapped to PRIORITY and the logger name, file, line and function as fields.
+//! A record with a traceback is one entry (MESSAGE holds the newlines, sent
+//! in the binary-safe form), not one entry per line as a journal-connected
+//! stderr would make it.
+//!
+//! Without the journal nothing here is installed: `wsgi.errors` is
+//! `sys.stderr` (the error log) and Python's logging is left as the app set
+//! it up, as in Gunicorn.
+
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::systemd::journal::{Entry, Priority};
+
+/// `ferricorn._journal(levelno, logger, message, pathname, lineno, funcname)`
+#[pyfunction]
+#[pyo3(signature = (levelno, logger, message, pathname = None, lineno = 0, funcname = None))]
+fn journal_send(
+    levelno: i32,
+    logger: &str,
+    message: &str,
+    pathname: Option<&str>,
+    lineno: u32,
+    funcname: Option<&str>,
+) -> bool {
+    let Some(j) = crate::log::journal() else { return false };
+    let mut e = Entry::new(Priority::from_python_level(levelno), message).identifier("ferricorn");
+    e.push("PYTHON_LOGGER", logger);
+    e.push("WORKER_PID", std::process::id().to_string());
+    if let Some(p) = pathname {
+        e.push("CODE_FILE", p);
+        e.push("CODE_LINE", lineno.to_string());
+    }
+    if let Some(f) = funcname {
+        e.push("CODE_FUNC", f);
+    }
+    j.send_entry(&e).is_ok()
+}
+
+/// `wsgi.errors` under journald: text is buffered until a newline (or
+/// `flush()`), then each complete write becomes one entry at PRIORITY=3.
+#[pyclass(module = "ferricorn", name = "JournalErrors", frozen)]
+pub struct JournalErrors {
+    buf: Mutex<String>,
+}
+
+#[pymethods]
+impl JournalErrors {
+    fn write(&self, s: &str) -> usize {
+        let mut b = self.buf.lock().unwrap();
+        b.push_str(s);
+        if b.ends_with('\n') {
+            let msg = std::mem::take(&mut *b);
+            drop(b);
+            journal_send(40, "wsgi.errors", msg.trim_end_matches('\n'), None, 0, None);
+        }
+        s.len()
+    }
+    fn writelines(&self, lines: Vec<String>) {
+        for l in lines {
+            self.write(&l);
+        }
+    }
+    fn flush(&self) {
+        let msg = std::mem::take(&mut *self.buf.lock().unwrap());
+        if !msg.is_empty() {
+            journal_send(40, "wsgi.errors", msg.trim_end_matches('\n'), None, 0, None);
+        }
+    }
+}
+
+const HANDLER: &std::ffi::CStr = c"
+import logging
+
+class JournalHandler(logging.Handler):
+    '''Sends each record to journald as one native entry (ferricorn).'''
+    def emit(self, record):
+        try:
+            msg = self.format(record)
+            if not _send(record.levelno, record.name, msg, record.pathname, record.lineno, record.funcName):
+                logging.lastResort.handle(record)
+        except Exception:
+            self.handleError(record)
+
+_root = logging.getLogger()
+if not _root.handlers:
+    _root.addHandler(JournalHandler())
+    if _root.level == logging.WARNING:
+        # Python's default; keep it (INFO records stay quiet, as before).
+        pass
+";
+
+/// Install the journal handler on the root logger (when it has none) and
+/// return the object to use as `wsgi.errors`.
+pub fn install(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    if crate::log::journal().is_none() {
+        return Ok(None);
+    }
+    let globals = PyDict::new(py);
+    globals.set_item("_send", wrap_pyfunction!(journal_send, py)?)?;
+    py.run(HANDLER, Some(&globals), None)?;
+    let errors = Bound::new(py, JournalErrors { buf: Mutex::new(String::new()) })?;
+    Ok(Some(errors.into_any().unbind()))
+}

@@ -1,0 +1,353 @@
+"""systemd protocols with real systemd tools and test-bound sockets:
+socket activation (systemd-socket-activate), sd_notify messages in order,
+the watchdog cadence, and native journald entries."""
+import http.client
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import APPS, BIN, Server
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def get(port=None, path="/", unix=None, timeout=15):
+    if unix:
+        class UConn(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                self.sock.connect(unix)
+        c = UConn("localhost", timeout=timeout)
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body
+
+
+@pytest.fixture
+def activate():
+    procs = []
+
+    def run(args, env=None):
+        p = subprocess.Popen(args, cwd=APPS, env=dict(os.environ, **(env or {})),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    yield run
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_socket_activation_tcp_and_unix_by_name(activate, tmp_path):
+    port = free_port()
+    sock_path = str(tmp_path / "app.sock")
+    p = activate([
+        "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-l", sock_path,
+        "--fdname=web:admin", BIN, "-w", "2", "basic:app",
+    ])
+    time.sleep(0.3)
+    # The first connection makes systemd-socket-activate start ferricorn,
+    # which serves the queued connection on the passed socket.
+    assert get(port) == (200, b"Hello, World!")
+    assert get(unix=sock_path) == (200, b"Hello, World!")
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=15)[0].decode()
+    assert f"Listening at: http://127.0.0.1:{port}" in out
+    assert f"unix:{sock_path}" in out
+
+
+def test_socket_activation_selects_by_name(activate, tmp_path):
+    web, admin = free_port(), free_port()
+    p = activate([
+        "systemd-socket-activate", "-l", f"127.0.0.1:{web}", "-l", f"127.0.0.1:{admin}",
+        "--fdname=web:admin", BIN, "--bind", "fd://admin", "basic:app",
+    ])
+    time.sleep(0.3)
+    assert get(admin) == (200, b"Hello, World!")
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=15)[0].decode()
+    assert f"Listening at: http://127.0.0.1:{admin}" in out
+    assert f"Listening at: http://127.0.0.1:{web}" not in out
+
+
+def test_socket_activation_unknown_name_is_an_error(activate):
+    port = free_port()
+    p = activate([
+        "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=web",
+        BIN, "--bind", "fd://nope", "basic:app",
+    ])
+    time.sleep(0.3)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        pass
+    out = p.communicate(timeout=15)[0].decode()
+    assert p.returncode != 0
+    assert "nope" in out
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.messages = []  # (monotonic time, text)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def wait_for(self, text, after=0, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, (_, m) in enumerate(self.messages[after:], after):
+                if text in m.split("\n"):
+                    return i
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} after #{after}; got {[m for _, m in self.messages]}")
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    n = NotifySocket(str(tmp_path / "notify"))
+    yield n
+    n.close()
+
+
+def start(args, env, ready=True):
+    s = Server(["-b", "127.0.0.1:0"] + args, APPS, env, ready=ready)
+    return s
+
+
+def start_journald(args, env):
+    """Under journald the log goes to the journal socket, not stderr: wait
+    for the port to answer instead of reading the log."""
+    port = free_port()
+    s = Server(["-b", f"127.0.0.1:{port}"] + args, APPS, env, ready=False)
+    s.port = port
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if s.request("GET", "/pid", timeout=2)[0] == 200:
+                return s
+        except OSError:
+            pass
+        assert s.proc.poll() is None, s.log()
+        assert time.monotonic() < deadline, s.log()
+        time.sleep(0.1)
+
+
+def test_notify_boot_reload_upgrade_stop_in_order(notify_socket):
+    s = start(["-w", "2", "basic:app"], {"NOTIFY_SOCKET": notify_socket.path})
+    try:
+        ready = notify_socket.wait_for("READY=1")
+        # READY only once both workers serve, and a STATUS says so.
+        assert "2 workers serving" in s.log() or any("2 workers serving" in m for _, m in notify_socket.messages)
+        pids_before = s.worker_pids()
+        s.kill(signal.SIGHUP)
+        rel = notify_socket.wait_for("RELOADING=1", after=ready + 1)
+        msg = notify_socket.messages[rel][1]
+        assert any(l.startswith("MONOTONIC_USEC=") for l in msg.split("\n")), msg
+        ready2 = notify_socket.wait_for("READY=1", after=rel + 1)
+        s.wait_log(r"Reload complete")
+        assert s.request()[0] == 200
+        # USR2: in-place upgrade, same pid, RELOADING then READY again.
+        s.kill(signal.SIGUSR2)
+        rel2 = notify_socket.wait_for("RELOADING=1", after=ready2 + 1)
+        notify_socket.wait_for("READY=1", after=rel2 + 1)
+        assert s.proc.poll() is None
+        assert s.request()[0] == 200
+        assert set(s.worker_pids()).isdisjoint(pids_before)
+        s.kill(signal.SIGTERM)
+        assert s.proc.wait(timeout=30) == 0
+        notify_socket.wait_for("STOPPING=1", after=rel2 + 1)
+    finally:
+        s.close()
+
+
+def test_watchdog_cadence_and_silence_without_live_workers(notify_socket):
+    # WATCHDOG_USEC=1s: pings every ~0.5 s while a worker beats.
+    s = start(["basic:app"], {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        notify_socket.wait_for("READY=1")
+        time.sleep(3)
+        pings = [t for t, m in notify_socket.messages if "WATCHDOG=1" in m.split("\n")]
+        recent = [t for t in pings if t > pings[-1] - 2.5]
+        assert len(recent) >= 4, pings
+        gaps = [b - a for a, b in zip(recent, recent[1:])]
+        assert max(gaps) < 0.8, gaps
+        # Freeze every worker: no worker beats, so no more pings.
+        workers = s.worker_pids()
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        time.sleep(3)  # beats go stale after the watchdog period
+        mark = time.monotonic()
+        time.sleep(2)
+        late = [t for t, m in notify_socket.messages if "WATCHDOG=1" in m.split("\n") and t > mark]
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+        assert late == [], f"{len(late)} pings while no worker was alive"
+        time.sleep(2)
+        again = [t for t, m in notify_socket.messages if "WATCHDOG=1" in m.split("\n") and t > mark + 2]
+        assert again, "pings did not resume"
+    finally:
+        s.close()
+
+
+def test_no_notify_socket_means_plain_process():
+    s = start(["basic:app"], {})
+    try:
+        assert s.request()[0] == 200
+    finally:
+        s.close()
+
+
+# --- journald native protocol ------------------------------------------------
+
+def parse_native(data):
+    """Decode one native-protocol datagram into a list of (name, bytes)."""
+    fields = []
+    i = 0
+    while i < len(data):
+        nl = data.index(b"\n", i)
+        line = data[i:nl]
+        if b"=" in line:
+            k, _, v = line.partition(b"=")
+            fields.append((k.decode(), v))
+            i = nl + 1
+        else:
+            name = line.decode()
+            (n,) = struct.unpack("<Q", data[nl + 1:nl + 9])
+            v = data[nl + 9:nl + 9 + n]
+            assert data[nl + 9 + n:nl + 10 + n] == b"\n"
+            fields.append((name, v))
+            i = nl + 10 + n
+    return fields
+
+
+class JournalSocket:
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(path)
+        self.path = path
+        self.entries = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fd = struct.unpack("i", payload[:4])[0]
+                    data = os.pread(fd, 64 << 20, 0)
+                    os.close(fd)
+            self.entries.append(dict(parse_native(data)))
+
+    def wait(self, pred, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in list(self.entries):
+                if pred(e):
+                    return e
+            time.sleep(0.05)
+        raise AssertionError(f"no matching entry; got {self.entries[-10:]}")
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+def test_journald_fields_priorities_and_tracebacks(tmp_path):
+    j = JournalSocket(str(tmp_path / "journal"))
+    s = start_journald(["--log-target", "journald", "--access-logfile", "-", "basic:app"],
+              {"FERRICORN_JOURNAL_SOCKET": j.path})
+    try:
+        assert s.request("GET", "/?x=1", headers={"User-Agent": "probe/1"})[0] == 200
+        e = j.wait(lambda e: e.get("HTTP_PATH") == b"/")
+        assert e["HTTP_METHOD"] == b"GET" and e["HTTP_STATUS"] == b"200"
+        assert e["HTTP_QUERY"] == b"x=1" and e["HTTP_USER_AGENT"] == b"probe/1"
+        assert e["HTTP_BYTES"] == b"13" and int(e["HTTP_DURATION_USEC"]) >= 0
+        assert e["REMOTE_ADDR"] == b"127.0.0.1" and e["WORKER_PID"].isdigit()
+        assert e["REQUEST_ID"] and e["PRIORITY"] == b"6" and e["SYSLOG_IDENTIFIER"] == b"ferricorn"
+        # The app's logging.warning: PRIORITY 4, logger name as a field.
+        assert s.request("GET", "/log")[0] == 200
+        w = j.wait(lambda e: e.get("PYTHON_LOGGER") == b"testapp")
+        assert w["PRIORITY"] == b"4" and w["MESSAGE"] == b"a warning from the app"
+        assert w["CODE_FILE"].endswith(b"basic.py")
+        errs = j.wait(lambda e: e.get("PYTHON_LOGGER") == b"wsgi.errors")
+        assert errs["MESSAGE"] == b"to wsgi.errors"
+        # A traceback is ONE entry (multi-line MESSAGE, binary-safe form).
+        assert s.request("GET", "/error")[0] == 500
+        tb = j.wait(lambda e: b"RuntimeError: boom" in e.get("MESSAGE", b""))
+        assert b"Traceback" in tb["MESSAGE"] and b"\n" in tb["MESSAGE"]
+        assert tb["PRIORITY"] == b"3"
+        # Master lifecycle entries carry WORKER_PID / EXIT_STATUS.
+        s.kill(signal.SIGTERM)
+        s.proc.wait(timeout=20)
+        ex = j.wait(lambda e: "EXIT_STATUS" in e)
+        assert ex["WORKER_PID"].isdigit()
+        # Nothing of this went to stderr as text.
+        assert "Hello" not in s.log() and "RuntimeError" not in s.log()
+    finally:
+        s.close()
+        j.close()
+
+
+def test_journald_large_entry_uses_memfd(tmp_path):
+    j = JournalSocket(str(tmp_path / "journal"))
+    s = start_journald(["--log-target", "journald", "basic:app"], {"FERRICORN_JOURNAL_SOCKET": j.path})
+    try:
+        assert s.request("GET", "/biglog")[0] == 200
+        e = j.wait(lambda e: e.get("PYTHON_LOGGER") == b"biglog")
+        assert len(e["MESSAGE"]) == 400_000 and e["MESSAGE"] == b"y" * 400_000
+    finally:
+        s.close()
+        j.close()
