@@ -119,3 +119,25 @@ def test_environ_basics(start_server):
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["RAW_URI"] == "/environ?a=1&b=%20"
     assert env["wsgi.input_terminated"] is True
+
+
+def test_reload_restarts_workers_on_source_change(start_server, tmp_path):
+    src = tmp_path / "reloadme.py"
+    src.write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'v1']\n"
+    )
+    s = start_server("reloadme:app", "--reload", "--chdir", str(tmp_path), cwd=tmp_path)
+    assert s.request()[2] == b"v1"
+    src.write_text(src.read_text().replace("v1", "v2"))
+    deadline = time.monotonic() + 10
+    body = b""
+    while time.monotonic() < deadline and body != b"v2":
+        time.sleep(0.2)
+        try:
+            body = s.request()[2]
+        except OSError:
+            pass
+    assert body == b"v2"
+    assert "reloadme.py modified" in s.log()

@@ -12,6 +12,7 @@
 //! requests, and responses drain from Rust buffers.
 
 mod conn;
+mod reload;
 mod signals;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -121,6 +122,13 @@ pub fn run(
         draining: AtomicBool::new(false),
         seq: AtomicU64::new(0),
     }));
+    if shared.settings.reload {
+        reload::spawn(move |path| {
+            crate::log::info(&format!("Worker reloading: {path} modified"));
+            shared.draining.store(true, Ordering::Relaxed);
+            signals::wake();
+        });
+    }
     slot.set_ready();
     crate::log::info(&format!("Booting worker with pid: {}", std::process::id()));
 
