@@ -141,3 +141,17 @@ def test_reload_restarts_workers_on_source_change(start_server, tmp_path):
             pass
     assert body == b"v2"
     assert "reloadme.py modified" in s.log()
+
+
+def test_threads_run_app_calls_concurrently(start_server):
+    import concurrent.futures
+    s = start_server("basic:app", "-w", "1", "--threads", "4")
+    t = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda _: s.request("GET", "/sleep?0.6", timeout=10)[0], range(4)))
+    took = time.monotonic() - t
+    assert results == [200] * 4
+    # Four 0.6 s sleeps on one worker: concurrent, not 2.4 s in a row.
+    assert took < 1.8, took
+    env = json.loads(s.request("GET", "/environ")[2])
+    assert env["wsgi.multithread"] is True and env["wsgi.multiprocess"] is False

@@ -368,8 +368,11 @@ impl Loop {
 
     fn accept(&mut self, li: usize, now: u64) {
         let (lfd, _) = self.sh.listeners[li];
-        // A few per wake-up: the other workers get their share.
-        for _ in 0..16 {
+        // A few per wake-up, so other workers get their share. With several
+        // loops in this worker, one: a connection stays with the loop that
+        // accepted it, and a loop busy in the app must not hoard a burst.
+        let batch = if self.sh.settings.threads > 1 { 1 } else { 16 };
+        for _ in 0..batch {
             if self.live >= self.sh.settings.worker_connections || self.draining() {
                 self.set_accepting(false);
                 return;
@@ -456,16 +459,20 @@ impl Loop {
             let Some(c) = c else { continue };
             let idle = now.saturating_sub(c.last_active_ms);
             let close = match &c.phase {
-                Phase::Idle if c.buffered().is_empty() => {
-                    draining
-                        || idle
-                            >= if c.requests > 0 {
-                                keepalive_ms
-                            } else {
-                                stall_ms.max(keepalive_ms)
-                            }
+                // Draining: idle keep-alive connections close now; one
+                // that was accepted (or holds part of a request) gets at
+                // most the keep-alive time to deliver its request.
+                Phase::Idle if c.buffered().is_empty() && c.requests > 0 => {
+                    draining || idle >= keepalive_ms
                 }
-                Phase::Idle => draining || idle >= stall_ms,
+                Phase::Idle if c.buffered().is_empty() => {
+                    idle >= if draining {
+                        keepalive_ms
+                    } else {
+                        stall_ms.max(keepalive_ms)
+                    }
+                }
+                Phase::Idle => idle >= if draining { keepalive_ms.min(stall_ms) } else { stall_ms },
                 Phase::Body(_) | Phase::Respond(_) => idle >= stall_ms,
                 Phase::Linger { until_ms } => now >= *until_ms,
             };
@@ -544,12 +551,14 @@ impl Loop {
                 }
                 Phase::Idle => {
                     if c.buffered().is_empty() {
-                        if self.draining() {
-                            return false;
-                        }
+                        // Draining: a request that already arrived is
+                        // served (with `Connection: close`), and a fresh
+                        // connection gets to send its first one (sweep
+                        // bounds the wait); only an idle keep-alive
+                        // connection is closed at once.
                         match c.read_some(now) {
                             Io::Ok => continue,
-                            Io::Blocked => return true,
+                            Io::Blocked => return !(self.draining() && c.requests > 0),
                             Io::Closed => return false,
                         }
                     }
