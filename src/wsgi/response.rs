@@ -236,13 +236,26 @@ impl StartResponse {
                     "start_response called a second time without exc_info",
                 ));
             }
-            let status_b = latin1(status, "status")?;
+            let mut status_b = latin1(status, "status")?;
             let code = parse_status(&status_b).ok_or_else(|| {
                 PyValueError::new_err(format!(
                     "invalid status {:?}: must be '<3 digits> <reason>' without control characters",
                     String::from_utf8_lossy(&status_b)
                 ))
             })?;
+            if code < 200 {
+                // A WSGI app gives the final response; a 1xx sent as the
+                // only answer would leave the client waiting for the real
+                // one (and taking the next response on the connection).
+                return Err(PyValueError::new_err(format!(
+                    "invalid status {:?}: a 1xx status is not a final response",
+                    String::from_utf8_lossy(&status_b)
+                )));
+            }
+            if status_b.len() == 3 {
+                // RFC 9112 §4: the SP before an (empty) reason is required.
+                status_b.push(b' ');
+            }
             let mut new = SrState {
                 status: Some((code, status_b)),
                 ..SrState::default()

@@ -1,0 +1,263 @@
+"""PEP 3333 corner cases, one route each, for tests/test_wsgi.py.
+
+Routes that must prove `close()` was called append a line to the file named
+by env CLOSE_FILE.
+"""
+import hashlib
+import json
+import os
+import sys
+
+CLOSE_FILE = os.environ.get("CLOSE_FILE")
+TEXT = [("Content-Type", "text/plain")]
+
+
+def note(line):
+    if CLOSE_FILE:
+        with open(CLOSE_FILE, "a") as f:
+            f.write(line + "\n")
+
+
+class Tracked:
+    """A response iterable that yields `blocks` pieces of `size` bytes,
+    raises after `raise_after` pieces (if set), and records close()."""
+
+    def __init__(self, tag, blocks, size=65536, raise_after=None):
+        self.tag = tag
+        self.blocks = blocks
+        self.size = size
+        self.raise_after = raise_after
+        self.yielded = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.raise_after is not None and self.yielded >= self.raise_after:
+            raise RuntimeError(f"iteration failed on purpose ({self.tag})")
+        if self.yielded >= self.blocks:
+            raise StopIteration
+        self.yielded += 1
+        return b"%08d" % self.yielded + b"." * (self.size - 8)
+
+    def close(self):
+        note(f"closed {self.tag} after {self.yielded}")
+
+
+def describe(v):
+    if isinstance(v, (str, bool, int, float)) or v is None:
+        return v
+    if isinstance(v, tuple):
+        return list(v)
+    return None
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = environ.get("QUERY_STRING", "")
+    inp = environ["wsgi.input"]
+
+    if path == "/types":
+        out = {k: [type(v).__name__, describe(v)] for k, v in environ.items()}
+        out["_input_api"] = [a for a in ("read", "readline", "readlines", "__iter__") if hasattr(inp, a)]
+        err = environ["wsgi.errors"]
+        out["_errors_api"] = [a for a in ("write", "writelines", "flush") if hasattr(err, a)]
+        out["_file_wrapper_callable"] = callable(environ.get("wsgi.file_wrapper"))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(out).encode()]
+
+    if path.startswith("/path-bytes"):
+        # PATH_INFO as the bytes the client sent (latin-1 round trip).
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({
+            "PATH_INFO": environ["PATH_INFO"],
+            "bytes_hex": environ["PATH_INFO"].encode("latin-1").hex(),
+            "SCRIPT_NAME": environ["SCRIPT_NAME"],
+            "RAW_URI": environ["RAW_URI"],
+        }).encode()]
+
+    # ---- wsgi.input ------------------------------------------------------
+    if path == "/read":
+        n = int(q) if q else None
+        chunks = []
+        while True:
+            c = inp.read(n) if n is not None else inp.read()
+            if not c:
+                break
+            chunks.append(c.decode("latin-1"))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(chunks).encode()]
+
+    if path == "/readline":
+        n = int(q) if q else None
+        lines = []
+        while True:
+            line = inp.readline(n) if n is not None else inp.readline()
+            if not line:
+                break
+            lines.append(line.decode("latin-1"))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(lines).encode()]
+
+    if path == "/readlines":
+        hint = int(q) if q else None
+        first = inp.readlines(hint) if hint is not None else inp.readlines()
+        rest = inp.read()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps([[l.decode("latin-1") for l in first], rest.decode("latin-1")]).encode()]
+
+    if path == "/iter":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps([l.decode("latin-1") for l in inp]).encode()]
+
+    if path == "/mixed":
+        parts = [inp.read(3), inp.readline(), inp.readline(4), inp.read(0)]
+        parts.append(b"".join(inp.readlines()))
+        parts += [inp.read(), inp.read(10), inp.readline()]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps([p.decode("latin-1") for p in parts]).encode()]
+
+    if path == "/sha256":
+        h = hashlib.sha256()
+        total = 0
+        while True:
+            c = inp.read(65536)
+            if not c:
+                break
+            total += len(c)
+            h.update(c)
+        start_response("200 OK", TEXT)
+        return [f"{total} {h.hexdigest()}".encode()]
+
+    # ---- start_response rules -------------------------------------------
+    if path == "/twice":
+        start_response("200 OK", TEXT)
+        start_response("201 Created", TEXT)  # no exc_info: an error
+        return [b"should not be sent"]
+
+    if path == "/twice-caught":
+        start_response("200 OK", TEXT)
+        try:
+            start_response("201 Created", TEXT)
+        except Exception as e:  # noqa: BLE001
+            return [f"second call raised {type(e).__name__}".encode()]
+        return [b"second call accepted"]
+
+    if path == "/exc-info":
+        start_response("200 OK", TEXT + [("X-First", "1")])
+        try:
+            raise ValueError("handled by the app")
+        except ValueError:
+            start_response("503 Service Unavailable", TEXT + [("X-Second", "1")], sys.exc_info())
+        return [b"recovered"]
+
+    if path == "/exc-info-after-headers":
+        write = start_response("200 OK", TEXT)
+        write(b"y" * (1 << 20))  # forces the head (and this) onto the wire
+        try:
+            raise ValueError("too late to change the status")
+        except ValueError:
+            start_response("500 Internal Server Error", TEXT, sys.exc_info())
+        return [b"never"]
+
+    if path == "/no-start-response":
+        return [b"nobody called start_response"]
+
+    # ---- write() ----------------------------------------------------------
+    if path == "/write-big":
+        write = start_response("200 OK", TEXT)
+        for i in range(10):
+            write(b"%d" % i * 100_000)
+        return [b"end"]
+
+    if path == "/write-then-iter":
+        write = start_response("200 OK", TEXT)
+        write(b"w1 ")
+        write(b"w2 ")
+        return iter([b"i1 ", b"i2"])
+
+    # ---- result.close() --------------------------------------------------
+    if path == "/tracked":
+        # ?tag,blocks[,raise_after]
+        parts = q.split(",")
+        tag, blocks = parts[0], int(parts[1])
+        raise_after = int(parts[2]) if len(parts) > 2 else None
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return Tracked(tag, blocks, raise_after=raise_after)
+
+    if path == "/tracked-raise-in-app":
+        # close() of an iterable is irrelevant when the app itself raises;
+        # this route raises after start_response.
+        start_response("200 OK", TEXT)
+        raise RuntimeError("app raised after start_response")
+
+    # ---- invalid responses -------------------------------------------------
+    if path == "/bad":
+        kind = q
+        if kind == "header-name-space":
+            start_response("200 OK", [("X Bad", "v")])
+        elif kind == "header-name-colon":
+            start_response("200 OK", [("X-Bad:", "v")])
+        elif kind == "header-value-lf":
+            start_response("200 OK", [("X-Bad", "a\nb")])
+        elif kind == "header-value-cr":
+            start_response("200 OK", [("X-Bad", "a\rb")])
+        elif kind == "header-value-nul":
+            start_response("200 OK", [("X-Bad", "a\x00b")])
+        elif kind == "header-non-latin1":
+            start_response("200 OK", [("X-Bad", "\u20ac")])
+        elif kind == "header-bytes":
+            start_response("200 OK", [(b"X-Bad", b"v")])
+        elif kind == "headers-tuple":
+            start_response("200 OK", (("X-Bad", "v"),))
+        elif kind == "status-bytes":
+            start_response(b"200 OK", [])
+        elif kind == "status-short":
+            start_response("20 OK", [])
+        elif kind == "status-letters":
+            start_response("2xx OK", [])
+        elif kind == "status-crlf":
+            start_response("200 OK\r\nX-Injected: 1", [])
+        elif kind == "status-no-space":
+            start_response("200OK", [])
+        elif kind == "body-str":
+            start_response("200 OK", TEXT)
+            return ["a str"]
+        elif kind == "body-str-gen":
+            start_response("200 OK", TEXT)
+            return (s for s in ["a str"])
+        elif kind == "content-length-bad":
+            start_response("200 OK", [("Content-Length", "ten")])
+        else:
+            raise ValueError(kind)
+        return [b"should not be sent"]
+
+    if path == "/status":
+        from urllib.parse import unquote
+        start_response(unquote(q, encoding="latin-1"), TEXT)
+        return [b"status body"]
+
+    if path == "/short-body":
+        # Declares 10 bytes, gives 5: the response cannot be completed.
+        start_response("200 OK", TEXT + [("Content-Length", "10")])
+        return [b"12345"]
+
+    if path == "/long-body":
+        # Declares 3 bytes, gives 10: only 3 may go out.
+        start_response("200 OK", TEXT + [("Content-Length", "3")])
+        return [b"abc", b"defghij"]
+
+    if path == "/hop-by-hop":
+        start_response("200 OK", TEXT + [("Connection", "keep-alive"), ("Keep-Alive", "timeout=99"),
+                                         ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c")])
+        return [b"framed by the server"]
+
+    if path == "/app-close":
+        start_response("200 OK", TEXT + [("Connection", "close")])
+        return [b"bye"]
+
+    start_response("404 Not Found", TEXT)
+    return [b"not found"]
+
+
+application = app

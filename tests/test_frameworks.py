@@ -1,0 +1,301 @@
+"""Real frameworks from PyPI, unmodified, in a virtualenv (the test venv
+made with /usr/bin/python3): a Flask app and a Django project created with
+`django-admin startproject`."""
+import hashlib
+import http.client
+import json
+import re
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import APPS, VENV, Server
+from wire import exchange, parse_responses, request_bytes
+
+
+def have(module):
+    return any(Path(VENV, "lib").glob(f"python3*/site-packages/{module}/__init__.py"))
+
+
+# ---- Flask ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flask_server():
+    if not have("flask"):
+        pytest.fail(f"Flask is not installed in {VENV} (tests/run installs it)")
+    s = Server(["-b", "127.0.0.1:0", "--virtualenv", VENV, "-w", "2", "flaskapp:app"], APPS, {})
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_flask_routes(flask_server):
+    s = flask_server
+    st, h, body = s.request("GET", "/")
+    assert (st, body) == (200, b"Hello from Flask")
+    assert h["content-type"].startswith("text/html")
+    st, _, body = s.request("GET", "/user/ada")
+    assert (st, body) == (200, b"user ada")
+    st, h, _ = s.request("GET", "/go")
+    assert st == 302 and h["location"].endswith("/user/redirected")
+
+
+def test_flask_json(flask_server):
+    s = flask_server
+    st, h, body = s.request("GET", "/json?a=1&a=2&b=%C3%A9")
+    assert st == 200 and h["content-type"] == "application/json"
+    j = json.loads(body)
+    assert j["args"] == {"a": ["1", "2"], "b": ["é"]}
+    assert j["scheme"] == "http" and j["remote_addr"] == "127.0.0.1" and j["path"] == "/json"
+    assert j["host"] == f"127.0.0.1:{s.port}"
+    payload = {"items": list(range(100)), "name": "żółw"}
+    st, _, body = s.request("POST", "/json", body=json.dumps(payload).encode(),
+                            headers={"Content-Type": "application/json"})
+    assert st == 201 and json.loads(body) == {"received": payload, "n": 100}
+    # Behind a trusted proxy Flask sees https.
+    st, _, body = s.request("GET", "/json", headers={"X-Forwarded-Proto": "https", "Host": "example.org"})
+    assert json.loads(body)["url"] == "https://example.org/json"
+
+
+def test_flask_form_post(flask_server):
+    s = flask_server
+    st, _, body = s.request("POST", "/form", body=b"name=Ada+L&tag=x&tag=y%21",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert st == 200 and json.loads(body) == {"name": "Ada L", "tags": ["x", "y!"], "file": None}
+    # multipart with a file, sent chunked
+    boundary = "b" + uuid.uuid4().hex
+    filedata = bytes(range(256)) * 400
+    parts = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nmulti\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"f.bin\"\r\n"
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + filedata + f"\r\n--{boundary}--\r\n".encode()
+    c = s.conn()
+    c.request("POST", "/form", body=iter([parts[i:i + 10000] for i in range(0, len(parts), 10000)]),
+              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, encode_chunked=True)
+    r = c.getresponse()
+    assert r.status == 200
+    assert json.loads(r.read()) == {"name": "multi", "tags": [], "file": {"filename": "f.bin", "size": len(filedata)}}
+    c.close()
+
+
+def test_flask_errors(flask_server):
+    s = flask_server
+    st, _, body = s.request("GET", "/no/such/page")
+    assert st == 404 and b"Not Found" in body
+    st, _, _ = s.request("GET", "/forbidden")
+    assert st == 403
+    st, _, _ = s.request("POST", "/")  # method not allowed
+    assert st == 405
+    st, _, body = s.request("GET", "/boom")
+    assert st == 500 and b"secret detail" not in body
+    log = s.wait_log(r"ZeroDivisionError: flask view failed")
+    assert "Traceback" in log
+    assert s.request("GET", "/")[0] == 200
+
+
+def test_flask_streaming_and_cookies(flask_server):
+    s = flask_server
+    st, _, body = s.request("GET", "/stream")
+    assert st == 200 and body == "".join(f"row {i}\n" for i in range(1000)).encode()
+    c = s.conn()
+    c.request("GET", "/cookie", headers={"Cookie": "c=v1"})
+    r = c.getresponse()
+    assert r.read() == b"cookie was v1"
+    cookies = r.msg.get_all("Set-Cookie")
+    assert len(cookies) == 2 and any(x.startswith("c=v2") and "HttpOnly" in x for x in cookies)
+    c.close()
+
+
+def test_flask_keepalive_and_head(flask_server):
+    s = flask_server
+    reqs = request_bytes("GET", "/") + request_bytes("HEAD", "/json") + request_bytes(
+        "GET", "/user/x", [("Connection", "close")])
+    ex = exchange(s.port, reqs)
+    rs, rest = parse_responses(ex.data, ["GET", "HEAD", "GET"])
+    assert [r.status for r in rs] == [200, 200, 200] and rest == b""
+    assert rs[1].body == b"" and int(rs[1].header("content-length")) > 0
+    assert rs[2].body == b"user x"
+
+
+# ---- Django -------------------------------------------------------------------
+
+VIEWS = '''
+import json
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+
+def hello(request):
+    return HttpResponse("Hello from Django")
+
+
+def info(request):
+    return JsonResponse({
+        "path": request.path,
+        "path_info": request.path_info,
+        "script_name": request.META.get("SCRIPT_NAME"),
+        "method": request.method,
+        "get": request.GET.dict(),
+        "secure": request.is_secure(),
+        "host": request.get_host(),
+        "remote": request.META.get("REMOTE_ADDR"),
+        "absolute": request.build_absolute_uri("/x"),
+    })
+
+
+@csrf_exempt
+def echo(request):
+    if request.content_type == "application/json":
+        return JsonResponse({"json": json.loads(request.body)})
+    return JsonResponse({"post": request.POST.dict(), "len": len(request.body)})
+
+
+def stream(request):
+    return StreamingHttpResponse((f"line {i}\\n" for i in range(2000)), content_type="text/plain")
+
+
+def boom(request):
+    raise KeyError("django view failed: secret detail")
+'''
+
+URLS_EXTRA = '''
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
+from mysite import views
+
+urlpatterns += [
+    path("hello/", views.hello),
+    path("info/", views.info),
+    path("echo/", views.echo),
+    path("stream/", views.stream),
+    path("boom/", views.boom),
+]
+urlpatterns += staticfiles_urlpatterns()
+'''
+
+
+@pytest.fixture(scope="module")
+def django_project(tmp_path_factory):
+    if not have("django"):
+        pytest.fail(f"Django is not installed in {VENV} (tests/run installs it)")
+    root = tmp_path_factory.mktemp("django")
+    admin = Path(VENV, "bin", "django-admin")
+    subprocess.run([str(admin), "startproject", "mysite", str(root)], check=True, timeout=60,
+                   capture_output=True)
+    (root / "mysite" / "views.py").write_text(VIEWS)
+    urls = root / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + URLS_EXTRA)
+    # The admin's pages need the auth/session tables.
+    subprocess.run([str(Path(VENV, "bin", "python")), "manage.py", "migrate", "-v", "0"], cwd=root,
+                   check=True, timeout=120, capture_output=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def django_server(django_project):
+    s = Server(["-b", "127.0.0.1:0", "--virtualenv", VENV, "--chdir", str(django_project),
+                "-e", "DJANGO_SETTINGS_MODULE=mysite.settings", "-w", "2", "mysite.wsgi:application"],
+               APPS, {}, timeout=30)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_django_view_and_json(django_server):
+    s = django_server
+    st, h, body = s.request("GET", "/hello/")
+    assert (st, body) == (200, b"Hello from Django")
+    st, _, body = s.request("GET", "/info/?q=%C3%A9&n=1")
+    j = json.loads(body)
+    assert j["path"] == "/info/" and j["get"] == {"q": "é", "n": "1"}
+    assert j["secure"] is False and j["remote"] == "127.0.0.1"
+    assert j["host"] == f"127.0.0.1:{s.port}"
+    st, _, body = s.request("POST", "/echo/", body=b"a=1&b=%C3%A9",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert json.loads(body) == {"post": {"a": "1", "b": "é"}, "len": 12}
+    st, _, body = s.request("POST", "/echo/", body=json.dumps({"k": [1, 2]}).encode(),
+                            headers={"Content-Type": "application/json"})
+    assert json.loads(body) == {"json": {"k": [1, 2]}}
+    # wsgi.url_scheme from a trusted proxy makes request.is_secure() true.
+    st, _, body = s.request("GET", "/info/", headers={"X-Forwarded-Proto": "https"})
+    j = json.loads(body)
+    assert j["secure"] is True and j["absolute"] == f"https://127.0.0.1:{s.port}/x"
+
+
+def test_django_streaming(django_server):
+    st, _, body = django_server.request("GET", "/stream/")
+    assert st == 200 and body == "".join(f"line {i}\n" for i in range(2000)).encode()
+
+
+def test_django_admin_login_page(django_server):
+    s = django_server
+    st, h, body = s.request("GET", "/admin/login/")
+    assert st == 200 and h["content-type"].startswith("text/html")
+    html = body.decode()
+    assert "<title>Log in | Django site admin</title>" in html
+    assert 'name="csrfmiddlewaretoken"' in html and 'name="username"' in html
+    assert "csrftoken=" in h.get("set-cookie", "")
+    # The admin redirects anonymous users to the login page.
+    st, h, _ = s.request("GET", "/admin/")
+    assert st == 302 and h["location"] == "/admin/login/?next=/admin/"
+    # APPEND_SLASH: a permanent redirect to the slashed URL.
+    st, h, _ = s.request("GET", "/admin")
+    assert st == 301 and h["location"] == "/admin/"
+
+
+def test_django_admin_login_post(django_server):
+    # A full round-trip with the CSRF cookie: bad credentials -> the form again.
+    s = django_server
+    c = s.conn()
+    c.request("GET", "/admin/login/")
+    r = c.getresponse()
+    html = r.read().decode()
+    cookie = r.getheader("Set-Cookie").split(";")[0]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    body = f"csrfmiddlewaretoken={token}&username=nobody&password=wrong&next=/admin/"
+    c.request("POST", "/admin/login/", body=body.encode(), headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie,
+        "Referer": f"http://127.0.0.1:{s.port}/admin/login/"})
+    r = c.getresponse()
+    out = r.read().decode()
+    assert r.status == 200
+    assert "Please enter the correct username and password" in out
+    c.close()
+
+
+def test_django_static_file(django_server):
+    # Django's static view answers with a FileResponse -> wsgi.file_wrapper.
+    css = next(Path(VENV, "lib").glob("python3*/site-packages/django/contrib/admin/static/admin/css/base.css"))
+    st, h, body = django_server.request("GET", "/static/admin/css/base.css")
+    assert st == 200 and body == css.read_bytes()
+    assert h["content-length"] == str(len(body))
+    assert h["content-type"].startswith("text/css")
+    st, _, _ = django_server.request("GET", "/static/admin/css/nope.css")
+    assert st == 404
+
+
+def test_django_errors(django_server):
+    s = django_server
+    st, _, _ = s.request("GET", "/no/such/page/")
+    assert st == 404
+    st, _, body = s.request("GET", "/boom/")
+    assert st == 500
+    assert s.request("GET", "/hello/")[0] == 200
+
+
+def test_django_behind_proxy_and_root_path(django_project, start_server):
+    # SCRIPT_NAME from --root-path reaches Django's URL resolver.
+    s = start_server("mysite.wsgi:application", "--virtualenv", VENV, "--chdir", str(django_project),
+                     "-e", "DJANGO_SETTINGS_MODULE=mysite.settings", "--root-path", "/site", timeout=30)
+    st, _, body = s.request("GET", "/site/info/")
+    assert st == 200
+    j = json.loads(body)
+    assert j["path"] == "/site/info/" and j["path_info"] == "/info/" and j["script_name"] == "/site"
+    st, h, _ = s.request("GET", "/site/admin/")
+    assert st == 302 and h["location"] == "/site/admin/login/?next=/site/admin/"

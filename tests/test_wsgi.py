@@ -1,0 +1,541 @@
+"""The WSGI contract (PEP 3333) as an application sees it, against the real
+binary: the environ, wsgi.input, start_response and exc_info, write(),
+close(), url_scheme trust, and what happens when the app misbehaves."""
+import hashlib
+import http.client
+import json
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import APPS, Server
+from wire import connect, dechunk, exchange, parse_responses, read_until_close, recv_until, request_bytes
+
+
+def wait_for(pred, timeout=5, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    close_file = tmp_path_factory.mktemp("close") / "closed.txt"
+    close_file.write_text("")
+    s = Server(["-b", "127.0.0.1:0", "wsgicases:app"], APPS, {"CLOSE_FILE": str(close_file)})
+    s.close_file = close_file
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def srv(cases):
+    assert cases.proc.poll() is None, cases.log()
+    return cases
+
+
+def get_json(s, path, method="GET", body=None, headers=None):
+    st, h, data = s.request(method, path, body=body, headers=headers)
+    assert st == 200, (st, data)
+    return json.loads(data)
+
+
+# ---- wsgiref.validate --------------------------------------------------------
+
+def test_validator_finds_nothing(start_server):
+    s = start_server("validated:application", "--threads", "2")
+    results = []
+    results.append(s.request("GET", "/"))
+    results.append(s.request("HEAD", "/"))
+    results.append(s.request("POST", "/echo", body=b"some body bytes"))
+    results.append(s.request("POST", "/echo", body=b"", headers={"Content-Type": "text/plain"}))
+    results.append(s.request("POST", "/lines", body=b"line one\nline two\nthree\nfour"))
+    results.append(s.request("POST", "/iter", body=b"a\nb\n\nc"))
+    results.append(s.request("GET", "/stream"))
+    results.append(s.request("HEAD", "/stream"))
+    results.append(s.request("GET", "/write"))
+    results.append(s.request("GET", "/file"))
+    results.append(s.request("HEAD", "/file"))
+    results.append(s.request("GET", "/errors"))
+    results.append(s.request("GET", "/empty"))
+    results.append(s.request("GET", "/?a=b&c", headers={"Cookie": "x=1", "X-Custom": "v"}))
+    # A chunked upload (no Content-Length from the client).
+    c = s.conn()
+    c.request("POST", "/echo", body=iter([b"chunk-one ", b"chunk-two"]), encode_chunked=True)
+    r = c.getresponse()
+    results.append((r.status, {}, r.read()))
+    c.close()
+    # Keep-alive: several validated requests on one connection.
+    c = s.conn()
+    for _ in range(3):
+        c.request("POST", "/echo", body=b"ka")
+        r = c.getresponse()
+        results.append((r.status, {}, r.read()))
+    c.close()
+
+    statuses = [r[0] for r in results]
+    assert statuses == [200] * len(results), statuses
+    bodies = [r[2] for r in results]
+    assert bodies[0] == b"hello" and bodies[1] == b""
+    assert bodies[2] == b"some body bytes" and bodies[3] == b""
+    assert bodies[4] == b"line one\n|lin|e two\n|three\n|four"
+    assert bodies[5] == b"a\n|b\n|\n|c"
+    assert bodies[6] == b"".join((b"%04d" % i) * 4096 for i in range(50))
+    assert bodies[7] == b""
+    assert bodies[8] == b"written " + b"w" * 32768 * 20 + b" returned"
+    assert bodies[9] == (APPS / "basic.py").read_bytes() and bodies[10] == b""
+    assert bodies[14] == b"chunk-one chunk-two"
+    assert bodies[15:] == [b"ka"] * 3
+    log = s.wait_log(r"validated: three")
+    assert "validated: one line" in log and "validated: two" in log
+    # Let garbage collection of any unclosed iterator show up in the log.
+    assert s.request("GET", "/")[0] == 200
+    time.sleep(0.2)
+    log = s.log()
+    for bad in ("AssertionError", "WSGIWarning", "garbage collected", "Traceback", "Exception ignored"):
+        assert bad not in log, log
+
+
+def test_validator_is_really_active(start_server):
+    # The negative control for the test above: a real violation is caught.
+    s = start_server("validated:application")
+    st, _, body = s.request("GET", "/violate")
+    assert st == 500 and b"a str" not in body
+    s.wait_log(r"AssertionError: Iterator yielded non-bytestring")
+
+
+# ---- the environ ---------------------------------------------------------------
+
+REQUIRED = ["REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
+            "SERVER_PORT", "SERVER_PROTOCOL", "wsgi.version", "wsgi.url_scheme", "wsgi.input",
+            "wsgi.errors", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+            "RAW_URI", "REMOTE_ADDR", "REMOTE_PORT", "wsgi.input_terminated", "wsgi.file_wrapper"]
+
+
+def test_environ_required_keys_and_types(srv):
+    env = get_json(srv, "/types?x=1", method="POST", body=b"hello",
+                   headers={"Content-Type": "text/plain; charset=utf-8", "X-Thing": "v",
+                            "Host": "example.org:8080"})
+    for k in REQUIRED + ["CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_X_THING", "HTTP_HOST"]:
+        assert k in env, k
+    # CGI keys are native strings.
+    for k, tv in env.items():
+        if "." not in k and not k.startswith("_"):
+            assert tv[0] == "str", (k, tv)
+    assert env["REQUEST_METHOD"][1] == "POST"
+    assert env["SCRIPT_NAME"][1] == ""
+    assert env["PATH_INFO"][1] == "/types"
+    assert env["QUERY_STRING"][1] == "x=1"
+    assert env["CONTENT_TYPE"][1] == "text/plain; charset=utf-8"
+    assert env["CONTENT_LENGTH"][1] == "5"
+    assert "HTTP_CONTENT_TYPE" not in env and "HTTP_CONTENT_LENGTH" not in env
+    assert env["SERVER_NAME"][1] == "example.org" and env["SERVER_PORT"][1] == "8080"
+    assert env["SERVER_PROTOCOL"][1] == "HTTP/1.1"
+    assert env["HTTP_HOST"][1] == "example.org:8080"
+    assert env["wsgi.version"] == ["tuple", [1, 0]]
+    assert env["wsgi.url_scheme"] == ["str", "http"]
+    assert env["wsgi.multithread"] == ["bool", False]
+    assert env["wsgi.multiprocess"] == ["bool", False]
+    assert env["wsgi.run_once"] == ["bool", False]
+    assert env["wsgi.input_terminated"] == ["bool", True]
+    assert env["RAW_URI"][1] == "/types?x=1"
+    assert env["REMOTE_ADDR"][1] == "127.0.0.1"
+    assert env["REMOTE_PORT"][1].isdigit()
+    assert env["_input_api"] == ["read", "readline", "readlines", "__iter__"]
+    assert env["_errors_api"] == ["write", "writelines", "flush"]
+    assert env["_file_wrapper_callable"] is True
+
+
+def test_environ_get_without_body(srv):
+    env = get_json(srv, "/types")
+    for k in REQUIRED:
+        assert k in env, k
+    # PEP 3333: CONTENT_TYPE / CONTENT_LENGTH "may be empty or absent".
+    assert env.get("CONTENT_LENGTH", ["str", ""])[1] in ("", "0")
+    assert env.get("CONTENT_TYPE", ["str", ""])[1] == ""
+    assert env["QUERY_STRING"][1] == ""
+    # Without a Host header (HTTP/1.0), SERVER_NAME/PORT come from the socket.
+    ex = exchange(srv.port, b"GET /types HTTP/1.0\r\n\r\n")
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    env = json.loads(r.body)
+    assert env["SERVER_PROTOCOL"][1] == "HTTP/1.0"
+    assert env["SERVER_NAME"][1] == "127.0.0.1"
+    assert env["SERVER_PORT"][1] == str(srv.port)
+
+
+def test_multithread_multiprocess_flags(start_server):
+    s = start_server("wsgicases:app", "-w", "2", "--threads", "2")
+    env = get_json(s, "/types")
+    assert env["wsgi.multithread"] == ["bool", True]
+    assert env["wsgi.multiprocess"] == ["bool", True]
+
+
+def test_path_info_is_percent_decoded_latin1(srv):
+    env = get_json(srv, "/path-bytes/caf%C3%A9/a%20b/%2F/x%zz")
+    assert env["PATH_INFO"] == "/path-bytes/caf\u00c3\u00a9/a b///x%zz"
+    assert bytes.fromhex(env["bytes_hex"]) == "/path-bytes/café/a b///x%zz".encode("utf-8")
+    assert env["RAW_URI"] == "/path-bytes/caf%C3%A9/a%20b/%2F/x%zz"
+    # Raw (unescaped) UTF-8 in the target arrives the same way.
+    ex = exchange(srv.port, "GET /path-bytes/café HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    assert json.loads(r.body)["PATH_INFO"] == "/path-bytes/caf\u00c3\u00a9"
+
+
+def test_query_string_is_not_decoded(srv):
+    env = get_json(srv, "/types?a=%20b&c=%C3%A9+d")
+    assert env["QUERY_STRING"][1] == "a=%20b&c=%C3%A9+d"
+
+
+def test_absolute_form_target(srv):
+    ex = exchange(srv.port, b"GET http://example.com/path-bytes/x?q=1 HTTP/1.1\r\nHost: example.com\r\n"
+                            b"Connection: close\r\n\r\n")
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    env = json.loads(r.body)
+    assert env["PATH_INFO"] == "/path-bytes/x"
+    assert env["RAW_URI"] == "http://example.com/path-bytes/x?q=1"
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_script_name_from_root_path(start_server, how):
+    if how == "option":
+        s = start_server("wsgicases:app", "--root-path", "/app")
+    else:
+        s = start_server("wsgicases:app", env={"SCRIPT_NAME": "/app"})
+    env = get_json(s, "/app/path-bytes/x")
+    assert env["SCRIPT_NAME"] == "/app" and env["PATH_INFO"] == "/path-bytes/x"
+    assert env["RAW_URI"] == "/app/path-bytes/x"
+    # The mount point itself: PATH_INFO empty.
+    st, _, _ = s.request("GET", "/app")
+    assert st == 404  # routed by PATH_INFO '' -> not found, but served
+    env = get_json(s, "/app/types")
+    assert env["PATH_INFO"][1] == "/types" and env["SCRIPT_NAME"][1] == "/app"
+    # Only a whole path segment is stripped.
+    st, _, _ = s.request("GET", "/application/path-bytes")
+    assert st == 404
+    env = get_json(s, "/path-bytes/outside")
+    assert env["PATH_INFO"] == "/path-bytes/outside" and env["SCRIPT_NAME"] == "/app"
+
+
+# ---- wsgi.input ------------------------------------------------------------------
+
+BODY = b"first line\nsecond\n\nfourth line is longer\nno newline at end"
+
+
+def test_input_read_n(srv):
+    chunks = get_json(srv, "/read?7", method="POST", body=BODY)
+    assert "".join(chunks).encode() == BODY
+    assert all(len(c) == 7 for c in chunks[:-1]) and 0 < len(chunks[-1]) <= 7
+    assert get_json(srv, "/read", method="POST", body=BODY) == [BODY.decode()]
+    assert get_json(srv, "/read?-1", method="POST", body=BODY) == [BODY.decode()]
+    assert get_json(srv, "/read", method="POST", body=b"") == []
+
+
+def test_input_readline(srv):
+    assert get_json(srv, "/readline", method="POST", body=BODY) == [
+        "first line\n", "second\n", "\n", "fourth line is longer\n", "no newline at end"]
+    assert get_json(srv, "/readline?5", method="POST", body=BODY) == [
+        "first", " line", "\n", "secon", "d\n", "\n", "fourt", "h lin", "e is ", "longe", "r\n",
+        "no ne", "wline", " at e", "nd"]
+
+
+def test_input_readlines_and_iteration(srv):
+    lines = ["first line\n", "second\n", "\n", "fourth line is longer\n", "no newline at end"]
+    assert get_json(srv, "/readlines", method="POST", body=BODY) == [lines, ""]
+    # A size hint stops after the line that reaches it.
+    first, rest = get_json(srv, "/readlines?12", method="POST", body=BODY)
+    assert first == lines[:2] and rest == "".join(lines[2:])
+    assert get_json(srv, "/iter", method="POST", body=BODY) == lines
+
+
+def test_input_mixed_calls(srv):
+    parts = get_json(srv, "/mixed", method="POST", body=b"abcdef\nghijkl\nmn\nop")
+    assert parts == ["abc", "def\n", "ghij", "", "kl\nmn\nop", "", "", ""]
+
+
+def test_input_large_body_spooled_reads(start_server):
+    # Beyond --body-buffer-size the body lives in a temp file: same API.
+    s = start_server("wsgicases:app", "--body-buffer-size", "1000")
+    body = b"".join(b"line %05d\n" % i for i in range(2000))
+    assert get_json(s, "/readline", method="POST", body=body) == [
+        l + "\n" for l in body.decode().split("\n")[:-1]]
+    chunks = get_json(s, "/read?333", method="POST", body=body)
+    assert "".join(chunks).encode() == body and len(chunks[0]) == 333
+    first, rest = get_json(s, "/readlines?100", method="POST", body=body)
+    assert "".join(first) + rest == body.decode() and len(first) == 10
+    assert get_json(s, "/mixed", method="POST", body=b"abcdef\nghijkl\nmn\nop" + b"z" * 2000) == [
+        "abc", "def\n", "ghij", "", "kl\nmn\nop" + "z" * 2000, "", "", ""]
+    st, _, data = s.request("POST", "/sha256", body=body)
+    assert data.decode() == f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+
+
+def test_input_chunked_upload(srv):
+    c = srv.conn()
+    payload = [b"%d," % i * 50 for i in range(200)]
+    c.request("POST", "/sha256", body=iter(payload), encode_chunked=True)
+    r = c.getresponse()
+    data = b"".join(payload)
+    assert r.read().decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+    c.close()
+
+
+# ---- start_response rules ------------------------------------------------------------
+
+def test_second_start_response_without_exc_info_is_500(srv):
+    st, _, body = srv.request("GET", "/twice")
+    assert st == 500 and b"should not be sent" not in body
+    st, _, body = srv.request("GET", "/twice-caught")
+    assert st == 200 and body.startswith(b"second call raised")
+
+
+def test_start_response_with_exc_info_before_headers_replaces_status(srv):
+    st, h, body = srv.request("GET", "/exc-info")
+    assert st == 503 and body == b"recovered"
+    assert h.get("x-second") == "1" and "x-first" not in h
+
+
+def test_start_response_with_exc_info_after_headers_reraises(srv):
+    mark = srv.log().count("too late to change the status")
+    s = connect(srv.port)
+    try:
+        s.sendall(request_bytes("GET", "/exc-info-after-headers"))
+        ex = read_until_close(s, timeout=10)
+    finally:
+        s.close()
+    # The head went out as 200; the body is cut off (no chunk terminator),
+    # and the connection is closed so the client cannot take it as complete.
+    assert ex.closed
+    head, _, body = ex.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"never" not in body
+    with pytest.raises(Exception):
+        dechunk(body)
+    srv.wait_log(r"too late to change the status", count=mark + 1)
+
+
+def test_app_returning_without_start_response_is_500(srv):
+    st, _, body = srv.request("GET", "/no-start-response")
+    assert st == 500 and b"nobody" not in body
+
+
+# ---- write() ---------------------------------------------------------------------------
+
+def test_write_callable(srv):
+    st, _, body = srv.request("GET", "/write-big")
+    assert st == 200
+    assert body == b"".join(b"%d" % i * 100_000 for i in range(10)) + b"end"
+    st, h, body = srv.request("GET", "/write-then-iter")
+    assert (st, body) == (200, b"w1 w2 i1 i2")
+
+
+def test_write_callable_http10(srv):
+    ex = exchange(srv.port, b"GET /write-big HTTP/1.0\r\n\r\n", timeout=10)
+    assert ex.closed
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    assert r.body == b"".join(b"%d" % i * 100_000 for i in range(10)) + b"end"
+
+
+# ---- result.close() --------------------------------------------------------------------
+
+def closes(srv, tag):
+    return [l for l in srv.close_file.read_text().splitlines() if l.startswith(f"closed {tag} ")]
+
+
+def test_close_called_after_normal_response(srv):
+    st, _, body = srv.request("GET", "/tracked?normal,3")
+    assert st == 200 and len(body) == 3 * 65536
+    wait_for(lambda: closes(srv, "normal"), what="close()")
+    assert closes(srv, "normal") == ["closed normal after 3"]
+
+
+def test_close_called_after_long_streamed_response(srv):
+    st, _, body = srv.request("GET", "/tracked?long,40")
+    assert st == 200 and len(body) == 40 * 65536
+    assert body[:8] == b"00000001" and body[-65536:-65528] == b"00000040"
+    wait_for(lambda: closes(srv, "long"), what="close()")
+    assert closes(srv, "long") == ["closed long after 40"]
+
+
+def test_close_called_for_head(srv):
+    st, _, body = srv.request("HEAD", "/tracked?head,40")
+    assert st == 200 and body == b""
+    wait_for(lambda: closes(srv, "head"), what="close()")
+
+
+def test_close_called_when_client_disconnects_mid_stream(srv):
+    s = connect(srv.port)
+    # A small receive buffer so the server blocks on a full socket.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        s.sendall(request_bytes("GET", "/tracked?gone,100000"))  # 6.5 GB if read
+        recv_until(s, b"00000002")
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # RST
+    got = wait_for(lambda: closes(srv, "gone"), timeout=10, what="close() after disconnect")
+    n = int(got[0].split()[-1])
+    assert n < 100000
+    # The worker is fine afterwards.
+    assert srv.request("GET", "/tracked?after,1")[0] == 200
+
+
+def test_close_called_when_client_disconnects_politely(srv):
+    s = connect(srv.port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        s.sendall(request_bytes("GET", "/tracked?fin,100000"))
+        recv_until(s, b"00000002")
+        s.shutdown(socket.SHUT_RDWR)
+    finally:
+        s.close()
+    wait_for(lambda: closes(srv, "fin"), timeout=10, what="close() after FIN")
+
+
+def test_close_called_when_iteration_raises_before_headers(srv):
+    st, _, body = srv.request("GET", "/tracked?early,5,0")
+    assert st == 500 and b"failed on purpose" not in body
+    wait_for(lambda: closes(srv, "early"), what="close()")
+    srv.wait_log(r"iteration failed on purpose \(early\)")
+
+
+def test_close_called_when_iteration_raises_mid_stream(srv):
+    # 10 blocks (640 KiB) go out as a chunked body, then the iterable raises:
+    # the response is cut off and the connection closed.
+    ex = exchange(srv.port, request_bytes("GET", "/tracked?mid,50,10"), timeout=10)
+    assert ex.closed
+    head, _, body = ex.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    with pytest.raises(Exception):
+        dechunk(body)
+    wait_for(lambda: closes(srv, "mid"), what="close()")
+    assert closes(srv, "mid") == ["closed mid after 10"]
+    srv.wait_log(r"iteration failed on purpose \(mid\)")
+
+
+def test_closing_app_from_basic(start_server, tmp_path):
+    f = tmp_path / "closed"
+    s = start_server("basic:closing_app", env={"CLOSE_FILE": str(f)})
+    assert s.request()[2] == b"part1 part2"
+    assert s.request("HEAD", "/")[0] == 200
+    wait_for(lambda: f.exists() and f.read_text().count("closed") == 2, what="two closes")
+
+
+# ---- wsgi.url_scheme and X-Forwarded-Proto --------------------------------------------
+
+def scheme(s, headers):
+    st, _, body = s.request("GET", "/environ", headers=headers)
+    env = json.loads(body)
+    return env["wsgi.url_scheme"], env.get("SERVER_PORT")
+
+
+def test_forwarded_proto_from_trusted_peer(start_server):
+    s = start_server("basic:app")  # default: 127.0.0.1,::1 trusted
+    assert scheme(s, {})[0] == "http"
+    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org"}) == ("https", "443")
+    assert scheme(s, {"X-Forwarded-Proto": "http"})[0] == "http"
+    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org:8443"}) == ("https", "8443")
+
+
+def test_forwarded_proto_from_untrusted_peer(start_server):
+    s = start_server("basic:app", "--forwarded-allow-ips", "10.9.9.9")
+    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org"}) == ("http", "80")
+    # The header still reaches the app as data; it just does not count.
+    st, _, body = s.request("GET", "/environ", headers={"X-Forwarded-Proto": "https"})
+    assert json.loads(body)["HTTP_X_FORWARDED_PROTO"] == "https"
+
+
+def test_forwarded_allow_ips_star(start_server):
+    s = start_server("basic:app", "--forwarded-allow-ips", "*")
+    assert scheme(s, {"X-Forwarded-Proto": "https"})[0] == "https"
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+def test_app_exception_is_generic_500(srv):
+    mark = srv.log().count("app raised after start_response")
+    st, h, body = srv.request("GET", "/tracked-raise-in-app")
+    assert st == 500
+    assert len(body) < 100 and b"Traceback" not in body and b"RuntimeError" not in body
+    assert h["content-length"] == str(len(body))
+    log = srv.wait_log(r"RuntimeError: app raised after start_response", count=mark + 1)
+    assert "Traceback" in log
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["header-name-space", "header-name-colon", "header-value-lf", "header-value-cr", "header-value-nul",
+     "header-non-latin1", "header-bytes", "headers-tuple", "status-bytes", "status-short",
+     "status-letters", "status-crlf", "status-no-space", "body-str", "body-str-gen",
+     "content-length-bad"],
+)
+def test_invalid_response_is_500(srv, kind):
+    ex = exchange(srv.port, request_bytes("GET", f"/bad?{kind}"))
+    assert ex.closed
+    (r,), rest = parse_responses(ex.data, ["GET"])
+    assert r.status == 500 and rest == b""
+    assert b"should not be sent" not in ex.data and b"a str" not in ex.data
+    assert b"X-Injected" not in ex.data and b"X-Bad" not in ex.data
+
+
+@pytest.mark.parametrize("status", ["100 Continue", "101 Switching Protocols", "103 Early Hints"])
+def test_informational_status_from_app_is_500(srv, status):
+    # A WSGI app answers with a final response; a 1xx sent as the only
+    # answer would leave the client waiting for the real one and take the
+    # next response on the connection for it (a response desync).
+    ex = exchange(srv.port, request_bytes("GET", "/status?" + status.replace(" ", "%20"))
+                  + request_bytes("GET", "/types"))
+    assert ex.closed
+    (r,), rest = parse_responses(ex.data, ["GET"])
+    assert r.status == 500 and rest == b"", ex
+
+
+@pytest.mark.parametrize("status,line", [
+    ("200 OK", b"HTTP/1.1 200 OK\r\n"),
+    ("299 Custom reason with spaces", b"HTTP/1.1 299 Custom reason with spaces\r\n"),
+    ("200", b"HTTP/1.1 200 \r\n"),  # RFC 9112: the SP before an empty reason is required
+    ("404 Nicht%20gefunden%20%E4", b"HTTP/1.1 404 Nicht gefunden \xe4\r\n"),  # latin-1 reason
+])
+def test_status_line_on_the_wire(srv, status, line):
+    ex = exchange(srv.port, request_bytes("GET", "/status?" + status.replace(" ", "%20"),
+                                          [("Connection", "close")]))
+    assert ex.data.startswith(line), ex
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    assert r.body == b"status body"
+
+
+def test_short_body_closes_connection(srv):
+    ex = exchange(srv.port, request_bytes("GET", "/short-body") + request_bytes("GET", "/types"))
+    assert ex.closed
+    head, _, body = ex.data.partition(b"\r\n\r\n")
+    assert b"Content-Length: 10" in head and body == b"12345"
+
+
+def test_long_body_is_cut_to_content_length(srv):
+    ex = exchange(srv.port, request_bytes("GET", "/long-body") + request_bytes("GET", "/app-close"))
+    rs, rest = parse_responses(ex.data, ["GET", "GET"])
+    assert rs[0].body == b"abc" and rs[1].body == b"bye" and rest == b""
+
+
+def test_hop_by_hop_headers_from_app_are_dropped(srv):
+    ex = exchange(srv.port, request_bytes("GET", "/hop-by-hop") + request_bytes("GET", "/app-close"))
+    rs, rest = parse_responses(ex.data, ["GET", "GET"])
+    assert rs[0].body == b"framed by the server" and rest == b""
+    assert rs[0].header("keep-alive") is None and rs[0].header("upgrade") is None
+    assert rs[0].header("transfer-encoding") is None
+    # The app's Connection: close is honoured.
+    assert rs[1].header("connection").lower() == "close" and ex.closed
+
+
+def test_worker_survives_errors(srv):
+    pids = srv.worker_pids()
+    for path in ["/twice", "/bad?status-bytes", "/tracked?x,2,1", "/tracked-raise-in-app"]:
+        srv.request("GET", path)
+    assert srv.worker_pids() == pids
+    assert srv.request("GET", "/types")[0] == 200
