@@ -16,8 +16,23 @@ use crate::config::AllowIps;
 use crate::http::RequestHead;
 use crate::sock::ListenAddr;
 
+/// Python strings made once per connection and reused by every request
+/// on it (keep-alive clients send the same Host each time).
+#[derive(Default)]
+pub struct PeerCache {
+    addr_port: Option<(Py<PyString>, Py<PyString>)>,
+    /// (raw Host header, SERVER_NAME, SERVER_PORT)
+    host: Option<(Box<[u8]>, Py<PyString>, Py<PyString>)>,
+}
+
+impl std::fmt::Debug for PeerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerCache")
+    }
+}
+
 /// Who is on the other end of the connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Peer {
     /// Textual IP ("" for unix sockets, as Gunicorn).
     pub addr: String,
@@ -26,6 +41,7 @@ pub struct Peer {
     /// May set X-Forwarded-Proto & co (forwarded_allow_ips; unix-socket
     /// peers are local proxies and trusted, as in Gunicorn).
     pub trusted: bool,
+    pub cache: std::cell::RefCell<PeerCache>,
 }
 
 impl Peer {
@@ -43,16 +59,36 @@ impl Peer {
                     addr: ip.to_string(),
                     port: a.port().to_string(),
                     trusted: allow.allows(&ip),
+                    cache: Default::default(),
                 }
             }
             None => Peer {
                 addr: String::new(),
                 port: String::new(),
                 trusted: true,
+                cache: Default::default(),
             },
         }
     }
 }
+
+unsafe extern "C" {
+    // CPython's own "dict with room for n items" (exported by libpython,
+    // not wrapped by pyo3-ffi).
+    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+}
+
+/// Keys `build` sets on every request (seeded in the base dict).
+const PER_REQUEST_KEYS: [&str; 8] = [
+    "REQUEST_METHOD",
+    "SERVER_PROTOCOL",
+    "RAW_URI",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "wsgi.input",
+];
 
 /// The constant part of every environ for one listener.
 pub fn base_environ<'py>(
@@ -62,30 +98,41 @@ pub fn base_environ<'py>(
     multithread: bool,
     multiprocess: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
+    // Presized: PyDict_Copy keeps the table size of its source, so every
+    // per-request copy has room for this request's headers without a
+    // resize. Every key the request sets is seeded here too (placeholder
+    // values), so setting it replaces a value rather than inserting.
+    // SAFETY: _PyDict_NewPresized returns a new reference or NULL (error set).
+    let d = unsafe {
+        let p = _PyDict_NewPresized(40);
+        Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked::<PyDict>()
+    };
+    for key in PER_REQUEST_KEYS {
+        d.set_item(PyString::intern(py, key), "")?;
+    }
     let sys = py.import("sys")?;
-    d.set_item("wsgi.version", (1, 0))?;
-    d.set_item("wsgi.multithread", multithread)?;
-    d.set_item("wsgi.multiprocess", multiprocess)?;
-    d.set_item("wsgi.run_once", false)?;
+    d.set_item(intern!(py, "wsgi.version"), (1, 0))?;
+    d.set_item(intern!(py, "wsgi.multithread"), multithread)?;
+    d.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
+    d.set_item(intern!(py, "wsgi.run_once"), false)?;
     match super::pylog::install(py)? {
-        Some(errors) => d.set_item("wsgi.errors", errors)?,
-        None => d.set_item("wsgi.errors", sys.getattr("stderr")?)?,
+        Some(errors) => d.set_item(intern!(py, "wsgi.errors"), errors)?,
+        None => d.set_item(intern!(py, "wsgi.errors"), sys.getattr("stderr")?)?,
     }
     d.set_item(
         "wsgi.file_wrapper",
         py.get_type::<super::response::FileWrapper>(),
     )?;
-    d.set_item("wsgi.input_terminated", true)?;
-    d.set_item("wsgi.url_scheme", intern!(py, "http"))?;
+    d.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    d.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
     d.set_item(
         "SERVER_SOFTWARE",
         concat!("ferricorn/", env!("CARGO_PKG_VERSION")),
     )?;
-    d.set_item("SCRIPT_NAME", root_path)?;
+    d.set_item(intern!(py, "SCRIPT_NAME"), root_path)?;
     let (name, port) = listen.server_name_port();
-    d.set_item("SERVER_NAME", name)?;
-    d.set_item("SERVER_PORT", port)?;
+    d.set_item(intern!(py, "SERVER_NAME"), name)?;
+    d.set_item(intern!(py, "SERVER_PORT"), port)?;
     Ok(d)
 }
 
@@ -230,8 +277,12 @@ pub fn build<'py>(
     }
     env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path_info))?;
     env.set_item(intern!(py, "QUERY_STRING"), PyString::new(py, query))?;
-    env.set_item(intern!(py, "REMOTE_ADDR"), PyString::new(py, &c.peer.addr))?;
-    env.set_item(intern!(py, "REMOTE_PORT"), PyString::new(py, &c.peer.port))?;
+    let mut cache = c.peer.cache.borrow_mut();
+    let (addr, port) = cache.addr_port.get_or_insert_with(|| {
+        (PyString::new(py, &c.peer.addr).unbind(), PyString::new(py, &c.peer.port).unbind())
+    });
+    env.set_item(intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
+    env.set_item(intern!(py, "REMOTE_PORT"), port.bind(py))?;
 
     let mut https = false;
     let mut host: Option<&[u8]> = None;
@@ -288,14 +339,29 @@ pub fn build<'py>(
         env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
     if let Some(h) = host {
-        let (name, port) = split_host(h);
-        env.set_item(intern!(py, "SERVER_NAME"), latin1_str(py, name))?;
-        let port: &[u8] = match port {
-            Some(p) => p,
-            None if https => b"443",
-            None => b"80",
+        let fresh = match &cache.host {
+            Some((raw, _, _)) => &**raw != h,
+            None => true,
         };
-        env.set_item(intern!(py, "SERVER_PORT"), latin1_str(py, port))?;
+        if fresh || https {
+            let (name, port) = split_host(h);
+            let port: &[u8] = match port {
+                Some(p) => p,
+                None if https => b"443",
+                None => b"80",
+            };
+            let entry = (h.into(), latin1_str(py, name).unbind(), latin1_str(py, port).unbind());
+            if https {
+                // The default port depends on the scheme: don't cache.
+                env.set_item(intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
+                env.set_item(intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
+                return Ok(env);
+            }
+            cache.host = Some(entry);
+        }
+        let (_, name, port) = cache.host.as_ref().expect("host cached above");
+        env.set_item(intern!(py, "SERVER_NAME"), name.bind(py))?;
+        env.set_item(intern!(py, "SERVER_PORT"), port.bind(py))?;
     }
     Ok(env)
 }
