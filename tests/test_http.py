@@ -9,6 +9,7 @@ pipelining, HEAD, chunked in both directions, 100-continue, limits.
 """
 import http.client
 import json
+import re
 import socket
 import time
 
@@ -666,14 +667,20 @@ def test_keepalive_zero_closes_after_each_response(start_server):
 
 
 def test_client_half_close_still_answered(srv):
+    # The request is answered, then the connection closes at once (not at
+    # the keep-alive timeout): the client said it will send nothing more.
     s = connect(srv.port)
     try:
-        s.sendall(request_bytes("GET", "/"))
+        s.sendall(request_bytes("GET", "/") * 2)
         s.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
         ex = read_until_close(s)
+        took = time.monotonic() - t0
     finally:
         s.close()
-    assert ex.closed and ex.data.endswith(b"Hello, World!")
+    assert ex.closed and took < 1.0, (took, ex)
+    rs, rest = parse_responses(ex.data, ["GET", "GET"])
+    assert [r.body for r in rs] == [b"Hello, World!"] * 2 and rest == b""
 
 
 # ---- concurrency ------------------------------------------------------------
@@ -760,3 +767,71 @@ def test_expect_100_continue_ignored_for_http10(srv):
         s.close()
     (r,), _ = parse_responses(ex.data, ["POST"])
     assert r.status == 200 and r.body == b"ok"
+
+
+def test_mutated_requests_never_break_the_worker(srv):
+    """A fixed-seed fuzz: 400 mutations of valid requests. Every answer is a
+    well-formed response (or none), and the worker never dies."""
+    import random
+
+    rnd = random.Random(20261125)
+    seeds = [
+        request_bytes("GET", "/environ?a=1", [("X-A", "b"), ("Connection", "close")]),
+        post(["Content-Length: 5", "Connection: close"], b"hello"),
+        post(["Transfer-Encoding: chunked", "Connection: close"], b"5\r\nhello\r\n0\r\n\r\n"),
+        b"GET / HTTP/1.0\r\n\r\n",
+    ]
+    specials = [b"\r", b"\n", b"\x00", b" ", b"\t", b":", b",", b"0", b"f", b"\xff", b"\r\n", b"-", b"_"]
+    pids = srv.server.worker_pids()
+    for i in range(400):
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            pos = rnd.randrange(len(data))
+            op = rnd.random()
+            if op < 0.4:
+                data[pos:pos + 1] = rnd.choice(specials)
+            elif op < 0.7:
+                del data[pos:pos + rnd.randint(1, 3)]
+            else:
+                data[pos:pos] = rnd.choice(specials) * rnd.randint(1, 3)
+        ex = exchange(srv.port, bytes(data), timeout=3, shut=True)
+        assert ex.closed, (bytes(data), ex)
+        if ex.data:
+            assert re.match(rb"HTTP/1\.[01] [1-5]\d\d ", ex.data), (bytes(data), ex)
+            assert b"\r\n\r\n" in ex.data, (bytes(data), ex)
+            status = ex.status
+            if status >= 400:
+                assert ex.closed, (bytes(data), ex)
+    assert srv.server.worker_pids() == pids
+    assert "panicked" not in srv.server.log()
+    assert srv.server.request("GET", "/")[0] == 200
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: h\r",  # incomplete head
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",  # complete request, then FIN
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc",  # short body
+], ids=["partial-head", "complete", "short-body"])
+def test_fin_arriving_with_the_data_closes_promptly(srv, data):
+    # Data and FIN in one segment (TCP_CORK, then shutdown), after the
+    # server has already seen the socket empty: one epoll edge brings both.
+    # The server must notice the EOF now, not at a timeout.
+    for _ in range(3):
+        s = connect(srv.port)
+        try:
+            recv_timeout = s.gettimeout()
+            time.sleep(0.1)  # accepted, read, EAGAIN
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            t0 = time.monotonic()
+            ex = read_until_close(s, timeout=4)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        assert ex.closed, ex
+        assert took < 1.0, took
+        if data.endswith(b"\r\n\r\n"):
+            assert ex.data.endswith(b"Hello, World!")
+        else:
+            assert ex.data == b""

@@ -49,9 +49,10 @@ def read_until_close(s, timeout=5):
         out += chunk
 
 
-def exchange(port, data, timeout=5, pieces=None, delay=0.0):
+def exchange(port, data, timeout=5, pieces=None, delay=0.0, shut=False):
     """Send `data` (or the list `pieces`, one send each with `delay` between)
-    and read until the server closes or `timeout` passes."""
+    and read until the server closes or `timeout` passes. `shut` half-closes
+    our side after sending (the server then sees EOF)."""
     s = connect(port, timeout)
     try:
         if pieces is None:
@@ -63,6 +64,11 @@ def exchange(port, data, timeout=5, pieces=None, delay=0.0):
                 s.sendall(p)
             except (BrokenPipeError, ConnectionResetError):
                 break
+        if shut:
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         return read_until_close(s, timeout)
     finally:
         s.close()

@@ -68,6 +68,10 @@ pub struct Conn {
     pub wpos: usize,
     pub readable: bool,
     pub writable: bool,
+    /// epoll reported the peer's FIN (EPOLLRDHUP). A short read then does
+    /// not mean "wait for the next edge": the FIN came with the data's edge
+    /// and no other edge will follow, so keep reading until recv says 0.
+    pub rdhup: bool,
     pub eof: bool,
     pub phase: Phase,
     pub last_active_ms: u64,
@@ -95,6 +99,7 @@ impl Conn {
             wpos: 0,
             readable: true,
             writable: true,
+            rdhup: false,
             eof: false,
             phase: Phase::Idle,
             last_active_ms: now,
@@ -149,7 +154,7 @@ impl Conn {
             let n = n as usize;
             // SAFETY: the kernel initialised n bytes.
             unsafe { self.rbuf.set_len(len + n) };
-            if n < spare {
+            if n < spare && !self.rdhup {
                 // A short read drained the socket; the next arrival raises
                 // a new edge (see module docs).
                 self.readable = false;

@@ -324,6 +324,9 @@ impl Loop {
                         {
                             c.readable = true;
                         }
+                        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 {
+                            c.rdhup = true;
+                        }
                         if flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                             c.writable = true;
                         }
