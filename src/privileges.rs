@@ -32,6 +32,7 @@ pub fn drop_to(s: &Settings) -> Result<(), String> {
     if s.user.is_none() && s.group.is_none() {
         return Ok(());
     }
+    let parent = nix::unistd::getppid();
     let user = s.user.as_deref().map(resolve_user).transpose()?;
     let gid = match (&s.group, &user) {
         (Some(g), _) => Some(resolve_group(g)?),
@@ -51,6 +52,15 @@ pub fn drop_to(s: &Settings) -> Result<(), String> {
         nix::unistd::setuid(u.uid).map_err(|e| format!("setuid({}): {e}", u.uid))?;
         // SAFETY: single-threaded here (fresh child); HOME for the app.
         unsafe { std::env::set_var("HOME", &u.dir) };
+    }
+    // Changing the uid/gid clears the parent-death signal (the kernel's
+    // commit_creds does so): set it again, or a worker outlives a master
+    // killed with SIGKILL. Then check the master did not die meanwhile.
+    // SAFETY: prctl with an int argument; getppid cannot fail.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid() != parent {
+        // SAFETY: leaving the forked worker before it runs anything.
+        unsafe { libc::_exit(0) };
     }
     Ok(())
 }

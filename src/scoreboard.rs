@@ -25,6 +25,10 @@ const DESC_LEN: usize = 116;
 pub const STATE_FREE: u32 = 0;
 pub const STATE_BOOTING: u32 = 1;
 pub const STATE_READY: u32 = 2;
+/// The worker decided to exit by itself (max_requests, --reload) and is
+/// finishing its requests: the master starts its replacement at once and
+/// does not count the exit as a crash.
+pub const STATE_LEAVING: u32 = 3;
 
 #[repr(C)]
 pub struct ThreadSlot {
@@ -175,6 +179,16 @@ impl Slot {
     pub fn set_ready(&self) {
         self.beat();
         self.state.store(STATE_READY, Ordering::Release);
+    }
+    /// Announce a planned exit (only from READY: a slot being released or
+    /// reused is never marked).
+    pub fn set_leaving(&self) {
+        let _ = self.state.compare_exchange(
+            STATE_READY,
+            STATE_LEAVING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)

@@ -35,13 +35,17 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::config::LogLevel;
 use crate::config::{EXIT_APP_LOAD_ERROR, EXIT_CONFIG_ERROR, Options, Settings};
 use crate::log;
-use crate::scoreboard::{STATE_READY, Scoreboard, now_ms};
+use crate::scoreboard::{STATE_LEAVING, STATE_READY, Scoreboard, now_ms};
 use crate::sock::Listener;
 use crate::systemd::notify::Notifier;
 
 /// Slots in the heartbeat table: room for the largest worker count twice
 /// over (old and new generation during a reload) plus spares.
 const SCOREBOARD_SLOTS: usize = 2 * 1024 + 64;
+
+/// A worker that dies sooner than this after it began serving counts
+/// towards the crash-loop backoff.
+const QUICK_DEATH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WorkerState {
@@ -80,7 +84,11 @@ pub struct Master {
     listeners: Vec<Listener>,
     scoreboard: Scoreboard,
     workers: BTreeMap<Pid, Worker>,
+    /// The highest generation number handed out so far (never reused).
     generation: u64,
+    /// The generation kept at strength while no reload runs: the last one
+    /// that completed a reload (a failed reload leaves it unchanged).
+    serving: u64,
     target: usize,
     mode: Mode,
     stop_deadline: Option<Instant>,
@@ -136,29 +144,50 @@ impl Master {
             .map_err(|e| format!("sigprocmask: {e}"))?;
         let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
-        let (scoreboard, workers, generation) = match adopted {
+        let graceful = Duration::from_secs(settings.graceful_timeout);
+        let (scoreboard, workers, generation, serving) = match adopted {
             Some(h) => {
                 let sb = Scoreboard::adopt(h.scoreboard_fd, h.capacity)
                     .map_err(|e| format!("scoreboard: {e}"))?;
                 let mut workers = BTreeMap::new();
-                for (pid, slot, g) in h.workers {
+                let now = Instant::now();
+                for w in h.workers {
+                    let state = match w.state {
+                        upgrade::AdoptedState::Booting => WorkerState::Booting,
+                        upgrade::AdoptedState::Serving => WorkerState::Serving,
+                        upgrade::AdoptedState::Retiring | upgrade::AdoptedState::Aborted => {
+                            WorkerState::Retiring
+                        }
+                    };
                     workers.insert(
-                        Pid::from_raw(pid),
+                        Pid::from_raw(w.pid),
                         Worker {
-                            slot,
-                            generation: g,
-                            state: WorkerState::Serving,
-                            spawned: Instant::now(),
-                            aborted: None,
-                            retire_deadline: None,
+                            slot: w.slot,
+                            generation: w.generation,
+                            state,
+                            spawned: now,
+                            aborted: (w.state == upgrade::AdoptedState::Aborted).then_some(now),
+                            // The old image's deadline is not carried over:
+                            // a retiring worker gets a fresh graceful period.
+                            retire_deadline: (state == WorkerState::Retiring)
+                                .then_some(now + graceful),
                         },
                     );
                 }
-                (sb, workers, h.generation)
+                let serving = h.serving.unwrap_or_else(|| {
+                    workers
+                        .values()
+                        .filter(|w| w.state != WorkerState::Retiring)
+                        .map(|w| w.generation)
+                        .max()
+                        .unwrap_or(h.generation)
+                });
+                (sb, workers, h.generation, serving)
             }
             None => (
                 Scoreboard::create(SCOREBOARD_SLOTS).map_err(|e| format!("scoreboard: {e}"))?,
                 BTreeMap::new(),
+                0,
                 0,
             ),
         };
@@ -170,6 +199,7 @@ impl Master {
             scoreboard,
             workers,
             generation,
+            serving,
             target,
             mode: Mode::Running,
             stop_deadline: None,
@@ -202,6 +232,25 @@ impl Master {
         if self.settings.preload {
             match crate::preload::load(&self.settings) {
                 Ok(app) => self.preloaded = Some(app),
+                Err(tb) if !self.workers.is_empty() => {
+                    // Re-exec'd by HUP/USR2 with --preload, and the code on
+                    // disk is broken now: the adopted workers keep serving
+                    // (as a failed HUP without --preload does). Replacements,
+                    // if any are needed, import the app themselves.
+                    log::error(&format!(
+                        "Failed to load application {:?}:\n{}",
+                        self.settings.wsgi_app,
+                        tb.trim_end()
+                    ));
+                    log::error(&format!(
+                        "Reload failed (the application failed to load in the master); \
+                         the previous generation keeps serving ({} workers)",
+                        self.workers.len()
+                    ));
+                    self.last_reload = Some("failed: the application failed to load".into());
+                    self.ready_sent = true;
+                    self.notify(|n| n.ready());
+                }
                 Err(tb) => {
                     log::critical(&format!(
                         "Failed to load application {:?}:\n{}",
@@ -214,6 +263,12 @@ impl Master {
         }
         if self.workers.is_empty() {
             self.generation = 1;
+            self.serving = 1;
+        } else if self.settings.preload && self.preloaded.is_none() {
+            log::info(&format!(
+                "Upgraded in place: adopted {} workers",
+                self.workers.len()
+            ));
         } else {
             // Adopted after an in-place upgrade: start a new generation on
             // the new binary and retire the adopted ones once it serves.
@@ -327,6 +382,7 @@ impl Master {
         ));
         self.notify(|n| n.stopping());
         self.mode = Mode::Stopping { graceful };
+        self.stop_listening();
         if graceful {
             self.signal_all(Signal::SIGTERM, |_| true);
             self.stop_deadline =
@@ -337,6 +393,26 @@ impl Master {
         }
         for w in self.workers.values_mut() {
             w.state = WorkerState::Retiring;
+        }
+    }
+
+    /// On stop, refuse new connections at once on the sockets we bound
+    /// ourselves: shutdown(2) acts on the socket shared with every worker,
+    /// so the kernel stops completing handshakes while in-flight requests
+    /// finish. (Closing our fd alone would not: the workers hold it open.)
+    /// Sockets from systemd or inherited by fd are left alone: their owner
+    /// keeps queueing connections for the next instance.
+    fn stop_listening(&self) {
+        for l in &self.listeners {
+            let ours = self.settings.bind.contains(&l.name)
+                && matches!(
+                    crate::sock::BindSpec::parse(&l.name),
+                    Ok(crate::sock::BindSpec::Tcp(_) | crate::sock::BindSpec::Unix(_))
+                );
+            if ours {
+                // SAFETY: shutdown(2) on a listening socket we own.
+                unsafe { libc::shutdown(l.fd.as_raw_fd(), libc::SHUT_RD) };
+            }
         }
     }
 
@@ -361,11 +437,35 @@ impl Master {
     }
 
     fn begin_reload(&mut self) {
-        if !matches!(self.mode, Mode::Running) {
-            log::warning("Ignoring HUP: a reload or stop is already in progress");
-            return;
+        match self.mode {
+            Mode::Stopping { .. } => {
+                log::warning("Ignoring HUP: stopping");
+                return;
+            }
+            Mode::Reloading { generation } => {
+                // The generation being booted was made from what was on
+                // disk at the previous HUP; this HUP asks for what is there
+                // now. Drop it and start over (the serving one stays).
+                log::info(&format!(
+                    "Handling signal: hup; abandoning generation {generation} (still booting) and reloading again"
+                ));
+                let deadline = Instant::now() + Duration::from_secs(self.settings.graceful_timeout);
+                for (pid, w) in self.workers.iter_mut() {
+                    if w.generation == generation && w.state != WorkerState::Retiring {
+                        let sig = if w.state == WorkerState::Booting {
+                            Signal::SIGKILL
+                        } else {
+                            Signal::SIGTERM
+                        };
+                        let _ = kill(*pid, sig);
+                        w.state = WorkerState::Retiring;
+                        w.retire_deadline = Some(deadline);
+                    }
+                }
+                self.mode = Mode::Running;
+            }
+            Mode::Running => log::info("Handling signal: hup; reloading"),
         }
-        log::info("Handling signal: hup; reloading");
         self.notify(|n| n.reloading());
         if self.settings.preload {
             // Preloaded code lives in the master: only a re-exec reloads it.
@@ -425,6 +525,7 @@ impl Master {
             "Reload complete: generation {generation} serving ({took} ms)"
         ));
         self.last_reload = Some(format!("generation {generation}"));
+        self.serving = generation;
         self.mode = Mode::Running;
         self.notify(|n| n.ready());
         self.update_status(true);
@@ -441,22 +542,19 @@ impl Master {
             }
         }
         self.mode = Mode::Running;
+        // `serving` still names the previous generation: maintain() keeps
+        // that one at strength, and the next HUP starts a fresh number.
         self.last_reload = Some(format!("failed: {why}"));
         self.notify(|n| n.ready());
         self.update_status(true);
     }
 
+    /// The generation maintain() spawns into: the one a reload is
+    /// booting, otherwise the one serving.
     fn current_generation(&self) -> u64 {
         match self.mode {
             Mode::Reloading { generation } => generation,
-            _ => self
-                .workers
-                .values()
-                .filter(|w| w.state != WorkerState::Retiring)
-                .map(|w| w.generation)
-                .max()
-                .unwrap_or(self.generation)
-                .max(self.generation),
+            _ => self.serving,
         }
     }
 
@@ -475,8 +573,13 @@ impl Master {
             let Some(w) = self.workers.remove(&pid) else {
                 continue;
             };
+            // A worker that announced its own exit (max_requests, --reload)
+            // and left cleanly is not a crash, even if we had not seen the
+            // announcement yet.
+            let planned = self.scoreboard.slot(w.slot).state() == STATE_LEAVING
+                && code == Some(0);
             self.scoreboard.release(w.slot);
-            let expected = w.state == WorkerState::Retiring;
+            let expected = w.state == WorkerState::Retiring || planned;
             let mut fields = vec![("WORKER_PID", pid.to_string())];
             match (code, signal) {
                 (Some(c), _) => {
@@ -537,36 +640,50 @@ impl Master {
                     }
                 }
             } else if !expected && !matches!(self.mode, Mode::Stopping { .. }) {
-                if w.spawned.elapsed() < Duration::from_secs(5) {
+                if w.spawned.elapsed() < QUICK_DEATH {
                     self.quick_deaths += 1;
                 } else {
                     self.quick_deaths = 0;
                 }
             }
-            if self.quick_deaths > 0 {
-                let backoff =
-                    Duration::from_millis((100u64 << self.quick_deaths.min(7)).min(10_000));
+            if let Some(backoff) = self.backoff() {
                 self.next_spawn_at = Instant::now() + backoff;
-                if self.quick_deaths >= 3 {
-                    log::warning(&format!(
-                        "Workers keep dying right after start; waiting {} ms before the next one",
-                        backoff.as_millis()
-                    ));
-                }
+                log::warning(&format!(
+                    "Workers keep dying right after start ({} in a row); waiting {} ms before the next one",
+                    self.quick_deaths,
+                    backoff.as_millis()
+                ));
             }
             self.update_status(true);
         }
+    }
+
+    /// How long to wait before the next spawn in a crash loop. A single
+    /// early death (one worker killed) is replaced at once; from the second
+    /// in a row the wait doubles: 200 ms, 400 ms, ... up to 10 s.
+    fn backoff(&self) -> Option<Duration> {
+        (self.quick_deaths >= 2).then(|| {
+            Duration::from_millis((100u64 << (self.quick_deaths - 1).min(7)).min(10_000))
+        })
     }
 
     /// Kill workers stuck in one request for longer than --timeout.
     fn check_timeouts(&mut self) {
         let now = now_ms();
         let timeout_ms = self.settings.timeout * 1000;
+        let graceful = Duration::from_secs(self.settings.graceful_timeout);
         for (pid, w) in self.workers.iter_mut() {
             let slot = self.scoreboard.slot(w.slot);
-            if w.state == WorkerState::Booting && slot.state() == STATE_READY {
+            let st = slot.state();
+            if w.state == WorkerState::Booting && (st == STATE_READY || st == STATE_LEAVING) {
                 w.state = WorkerState::Serving;
                 w.spawned = Instant::now();
+            }
+            if w.state == WorkerState::Serving && st == STATE_LEAVING {
+                // The worker is recycling itself (max_requests, --reload):
+                // start its replacement now, and bound its drain.
+                w.state = WorkerState::Retiring;
+                w.retire_deadline = Some(Instant::now() + graceful);
             }
             if let Some(at) = w.aborted {
                 if at.elapsed() > Duration::from_secs(2) {
@@ -574,10 +691,22 @@ impl Master {
                 }
                 continue;
             }
-            if timeout_ms == 0 || w.state == WorkerState::Booting {
+            if timeout_ms == 0 {
                 continue;
             }
             let stuck = match slot.oldest_busy() {
+                // Gunicorn's rule: a worker must be up within --timeout
+                // too. An import that hangs would otherwise hold a reload
+                // (or the start) forever; the SIGABRT makes faulthandler
+                // show where it hangs.
+                _ if w.state == WorkerState::Booting => (w.spawned.elapsed()
+                    > Duration::from_millis(timeout_ms))
+                .then(|| {
+                    format!(
+                        "it did not finish booting (importing the app) within {}s",
+                        self.settings.timeout
+                    )
+                }),
                 Some((since, desc)) if now.saturating_sub(since) > timeout_ms => Some(format!(
                     "request {desc} ran longer than {}s",
                     self.settings.timeout
@@ -647,6 +776,15 @@ impl Master {
             }
             return;
         }
+        if self.quick_deaths > 0
+            && active
+                .iter()
+                .any(|p| self.workers[p].state == WorkerState::Serving
+                    && self.workers[p].spawned.elapsed() >= QUICK_DEATH)
+        {
+            // A worker has served long enough: the crash loop is over.
+            self.quick_deaths = 0;
+        }
         let mut missing = self.target - active.len();
         while missing > 0 {
             if Instant::now() < self.next_spawn_at {
@@ -657,10 +795,9 @@ impl Master {
                 self.next_spawn_at = Instant::now() + Duration::from_secs(1);
                 return;
             }
-            if self.quick_deaths > 0 {
+            if let Some(backoff) = self.backoff() {
                 // In a crash loop, start one at a time.
-                self.next_spawn_at = Instant::now()
-                    + Duration::from_millis((100u64 << self.quick_deaths.min(7)).min(10_000));
+                self.next_spawn_at = Instant::now() + backoff;
             }
             missing -= 1;
         }
@@ -672,9 +809,12 @@ impl Master {
             .claim(generation)
             .ok_or("heartbeat table is full")?;
         let settings = self.settings.clone();
+        let master = nix::unistd::getpid();
         // SAFETY: the master is single-threaded, so the child starts with a
         // consistent copy of everything; it never returns from worker::run.
-        let forked = if self.preloaded.is_some() {
+        // With --preload CPython lives in this process (even when the
+        // import failed after a re-exec), so fork by its protocol.
+        let forked = if self.settings.preload {
             crate::preload::fork()
         } else {
             unsafe { fork() }
@@ -682,7 +822,8 @@ impl Master {
         match forked {
             Ok(ForkResult::Child) => {
                 // SAFETY: PR_SET_PDEATHSIG so the worker dies with its master
-                // even on SIGKILL; then check the master did not die already.
+                // even on SIGKILL; then check the master did not die already
+                // (the new parent is then init or a subreaper, not 1 always).
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
                 // SAFETY: the child never returns from worker::run, so this
                 // Master (and its scoreboard mapping) is never dropped here;
@@ -690,7 +831,7 @@ impl Master {
                 let sb_slot: &'static crate::scoreboard::Slot =
                     unsafe { &*(self.scoreboard.slot(slot) as *const crate::scoreboard::Slot) };
                 sb_slot.set_pid(std::process::id() as i32);
-                if nix::unistd::getppid().as_raw() == 1 {
+                if nix::unistd::getppid() != master {
                     unsafe { libc::_exit(0) };
                 }
                 crate::proctitle::set(&format!("ferricorn: worker [{}]", settings.proc_name));
@@ -816,14 +957,27 @@ impl Master {
         }
         log::info("Handling signal: usr2; upgrading in place (re-exec)");
         self.notify(|n| n.reloading());
+        let workers = self
+            .workers
+            .iter()
+            .map(|(p, w)| upgrade::AdoptedWorker {
+                pid: p.as_raw(),
+                slot: w.slot,
+                generation: w.generation,
+                state: match w.state {
+                    _ if w.aborted.is_some() => upgrade::AdoptedState::Aborted,
+                    WorkerState::Booting => upgrade::AdoptedState::Booting,
+                    WorkerState::Serving => upgrade::AdoptedState::Serving,
+                    WorkerState::Retiring => upgrade::AdoptedState::Retiring,
+                },
+            })
+            .collect();
         let err = upgrade::reexec(
             &self.listeners,
             &self.scoreboard,
-            self.workers
-                .iter()
-                .map(|(p, w)| (p.as_raw(), w.slot, w.generation))
-                .collect(),
+            workers,
             self.generation,
+            self.serving,
             self.notifier.as_ref(),
             self.watchdog,
         );

@@ -36,13 +36,56 @@ pub fn remember_exe() {
     }
 }
 
+/// Where an adopted worker stood in the previous image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptedState {
+    Booting,
+    Serving,
+    /// Sent TERM (reload, TTOU, recycling): it must not be counted as a
+    /// serving worker by the new image.
+    Retiring,
+    /// Sent SIGABRT for a timeout: SIGKILL follows if it lingers.
+    Aborted,
+}
+
+impl AdoptedState {
+    fn as_str(self) -> &'static str {
+        match self {
+            AdoptedState::Booting => "booting",
+            AdoptedState::Serving => "serving",
+            AdoptedState::Retiring => "retiring",
+            AdoptedState::Aborted => "aborted",
+        }
+    }
+    fn parse(s: &str) -> Option<AdoptedState> {
+        Some(match s {
+            "booting" => AdoptedState::Booting,
+            "serving" => AdoptedState::Serving,
+            "retiring" => AdoptedState::Retiring,
+            "aborted" => AdoptedState::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+/// One worker carried across the exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdoptedWorker {
+    pub pid: i32,
+    pub slot: usize,
+    pub generation: u64,
+    pub state: AdoptedState,
+}
+
 /// What the previous image handed over.
 pub struct Handoff {
     pub scoreboard_fd: RawFd,
     pub capacity: usize,
+    /// The highest generation number handed out.
     pub generation: u64,
-    /// (pid, slot, generation)
-    pub workers: Vec<(i32, usize, u64)>,
+    /// The generation that was serving (absent from older images).
+    pub serving: Option<u64>,
+    pub workers: Vec<AdoptedWorker>,
     /// (fd, name)
     pub listeners: Vec<(RawFd, String)>,
 }
@@ -54,11 +97,15 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
     };
     // SAFETY: called at the top of main, single-threaded.
     unsafe { std::env::remove_var(VAR) };
-    let text = v.to_string_lossy().into_owned();
+    parse(&v.to_string_lossy())
+}
+
+fn parse(text: &str) -> Result<Option<Handoff>, String> {
     let mut h = Handoff {
         scoreboard_fd: -1,
         capacity: 0,
         generation: 0,
+        serving: None,
         workers: vec![],
         listeners: vec![],
     };
@@ -82,20 +129,32 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
                     .and_then(|x| x.parse().ok())
                     .ok_or_else(|| bad(line))?
             }
+            Some("serving") => {
+                h.serving = Some(
+                    it.next()
+                        .and_then(|x| x.parse().ok())
+                        .ok_or_else(|| bad(line))?,
+                )
+            }
             Some("worker") => {
-                let pid = it
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| bad(line))?;
-                let slot = it
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| bad(line))?;
-                let g = it
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| bad(line))?;
-                h.workers.push((pid, slot, g));
+                // worker PID SLOT GENERATION [STATE]
+                let f: Vec<&str> = line.split(' ').skip(1).collect();
+                if f.len() < 3 || f.len() > 4 {
+                    return Err(bad(line));
+                }
+                let pid = f[0].parse().map_err(|_| bad(line))?;
+                let slot = f[1].parse().map_err(|_| bad(line))?;
+                let generation = f[2].parse().map_err(|_| bad(line))?;
+                let state = match f.get(3) {
+                    Some(s) => AdoptedState::parse(s).ok_or_else(|| bad(line))?,
+                    None => AdoptedState::Serving,
+                };
+                h.workers.push(AdoptedWorker {
+                    pid,
+                    slot,
+                    generation,
+                    state,
+                });
             }
             Some("listener") => {
                 let fd = it
@@ -118,8 +177,9 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
 pub fn reexec(
     listeners: &[Listener],
     scoreboard: &Scoreboard,
-    workers: Vec<(i32, usize, u64)>,
+    workers: Vec<AdoptedWorker>,
     generation: u64,
+    serving: u64,
     notifier: Option<&Notifier>,
     watchdog: Option<Duration>,
 ) -> String {
@@ -127,13 +187,20 @@ pub fn reexec(
         return "executable path unknown".into();
     };
     let mut text = format!(
-        "scoreboard {} {}\ngeneration {}\n",
+        "scoreboard {} {}\ngeneration {}\nserving {}\n",
         scoreboard.raw_fd(),
         scoreboard.capacity(),
-        generation
+        generation,
+        serving
     );
-    for (pid, slot, g) in &workers {
-        text.push_str(&format!("worker {pid} {slot} {g}\n"));
+    for w in &workers {
+        text.push_str(&format!(
+            "worker {} {} {} {}\n",
+            w.pid,
+            w.slot,
+            w.generation,
+            w.state.as_str()
+        ));
     }
     for l in listeners {
         text.push_str(&format!(
@@ -181,4 +248,30 @@ pub fn reexec(
         exe.display(),
         err.map(|e| e.to_string()).unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_round_trip_text() {
+        let h = parse(
+            "scoreboard 7 2112\ngeneration 3\nserving 2\n\
+             worker 100 0 2 serving\nworker 101 1 3 booting\nworker 99 4 1\n\
+             listener 5 127.0.0.1:0\nlistener 6 unix:/run/a b\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.scoreboard_fd, h.capacity, h.generation), (7, 2112, 3));
+        assert_eq!(h.serving, Some(2));
+        assert_eq!(h.workers.len(), 3);
+        assert_eq!(h.workers[1].state, AdoptedState::Booting);
+        // A line from an older image without the state: serving.
+        assert_eq!(h.workers[2].state, AdoptedState::Serving);
+        assert_eq!(h.listeners[1], (6, "unix:/run/a b".to_string()));
+        assert!(parse("scoreboard 7 1\nworker 1 2\n").is_err());
+        assert!(parse("scoreboard 7 1\nworker 1 2 3 dancing\n").is_err());
+        assert!(parse("generation 1\n").is_err());
+    }
 }

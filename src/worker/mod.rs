@@ -339,6 +339,11 @@ impl Loop {
                 self.last_sweep_ms = now;
             }
             if self.draining() {
+                if self.sh.draining.load(Ordering::Relaxed) {
+                    // Our own decision (max_requests, --reload): tell the
+                    // master, which starts the replacement now.
+                    self.sh.slot.set_leaving();
+                }
                 self.set_accepting(false);
                 if self.live == 0 {
                     return;

@@ -1,0 +1,745 @@
+"""The master supervises workers like Gunicorn's arbiter (and closes its gaps).
+
+Every test drives the real binary; the reload/upgrade/crash tests do so under
+a concurrent load of real HTTP clients (threads running http.client request
+loops) and count failed requests. See docs/SIGNALS.md for what each signal
+is meant to do.
+"""
+import collections
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import conftest
+from conftest import APPS, BIN
+
+# A module the tests rewrite on disk, to prove a new generation imports
+# fresh code. It records every import (pid and version) in IMPORT_LOG.
+GEN_APP = '''\
+import os, time
+VERSION = {version!r}
+_log = os.environ.get("IMPORT_LOG")
+if _log:
+    with open(_log, "a") as f:
+        f.write("%d %s\\n" % (os.getpid(), VERSION))
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/sleep":
+        time.sleep(float(environ.get("QUERY_STRING") or "1"))
+        body = ("slept " + VERSION).encode()
+    elif path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/both":
+        body = ("%s %d" % (VERSION, os.getpid())).encode()
+    else:
+        body = VERSION.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+# Not bytecode-cached: a rewrite within the same second must be seen.
+NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def write_app(d, version, name="vapp"):
+    p = Path(d) / f"{name}.py"
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(GEN_APP.format(version=version))
+    os.rename(tmp, p)  # atomic, as a deploy would do
+    return p
+
+
+def write_hanging_app(d, name="vapp"):
+    p = Path(d) / f"{name}.py"
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text("import time\ntime.sleep(600)  # an import that never finishes\n")
+    os.rename(tmp, p)
+    return p
+
+
+def write_broken_app(d, name="vapp"):
+    p = Path(d) / f"{name}.py"
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text("VERSION = 'broken'\ndef app(environ, start_response:\n    pass\n")
+    os.rename(tmp, p)
+    return p
+
+
+class Load:
+    """Client threads looping over requests until stopped.
+
+    `fresh` threads open a new connection per request: every failure counts.
+    `slow` threads do the same but wait 50 ms between connecting and
+    sending (a client that preconnects, or a slow network): a server that
+    drops accepted connections whose request has not arrived yet fails them.
+    `keepalive` threads reuse their connection the way HTTP client libraries
+    do: when the server closed an idle keep-alive connection just as the
+    next request went out (a race no server can close), the request is
+    retried once on a new connection, like urllib3/requests do for
+    idempotent requests; that retry is counted in `stale_retries`, and a
+    failure of the retry is a failure.
+    """
+
+    def __init__(self, port, path="/", fresh=3, keepalive=1, slow=1, timeout=10):
+        self.port = port
+        self.path = path
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failures = []
+        self.stale_retries = 0
+        self.results = []  # (monotonic time, body)
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(False,), daemon=True) for _ in range(fresh)]
+        self.threads += [threading.Thread(target=self._run, args=(True,), daemon=True) for _ in range(keepalive)]
+        self.threads += [threading.Thread(target=self._run, args=(False, 0.05), daemon=True) for _ in range(slow)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self.threads:
+            t.join(self.timeout + 5)
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _new(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+
+    def _once(self, conn):
+        conn.request("GET", self.path)
+        r = conn.getresponse()
+        body = r.read()
+        return r.status, body, r.will_close
+
+    def _record(self, status, body):
+        with self.lock:
+            if status == 200:
+                self.ok += 1
+                self.results.append((time.monotonic(), body))
+            else:
+                self.failures.append(f"status {status}: {body[:100]!r}")
+
+    def _run(self, keepalive, preconnect=0):
+        conn = None
+        while not self._stop.is_set():
+            reused = conn is not None
+            if conn is None:
+                conn = self._new()
+            try:
+                if preconnect:
+                    conn.connect()
+                    time.sleep(preconnect)
+                status, body, will_close = self._once(conn)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                conn = None
+                if not reused:
+                    with self.lock:
+                        self.failures.append(repr(e))
+                    continue
+                with self.lock:
+                    self.stale_retries += 1
+                conn = self._new()
+                try:
+                    status, body, will_close = self._once(conn)
+                except Exception as e2:  # noqa: BLE001 -- any error is a failure
+                    with self.lock:
+                        self.failures.append(f"retry: {e2!r}")
+                    conn.close()
+                    conn = None
+                    continue
+            except Exception as e:  # noqa: BLE001
+                with self.lock:
+                    self.failures.append(repr(e))
+                conn.close()
+                conn = None
+                continue
+            self._record(status, body)
+            if not keepalive or will_close:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def bodies_after(self, t):
+        with self.lock:
+            return [b for (at, b) in self.results if at >= t]
+
+    def count(self):
+        with self.lock:
+            return self.ok
+
+
+def wait_for(pred, timeout, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def proc_status(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].split()
+    return None
+
+
+def args_of(pid):
+    return subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+
+
+def get(port, path="/", timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def in_background(fn, *args):
+    """Run fn(*args) in a thread; returns a callable giving its result."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except Exception as e:  # noqa: BLE001
+            box["value"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def result(timeout=30):
+        t.join(timeout)
+        return box.get("value")
+
+    return result
+
+
+# --- HUP ------------------------------------------------------------------
+
+
+def test_hup_under_load_serves_fresh_code_without_failures(start_server, tmp_path):
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "-w", "2", "--graceful-timeout", "10", cwd=tmp_path, env=NO_PYC)
+    old = s.worker_pids()
+    assert len(old) == 2
+    with Load(s.port) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        # A request in flight on the old generation when HUP arrives.
+        inflight = in_background(get, s.port, "/sleep?1.5")
+        time.sleep(0.3)
+        write_app(tmp_path, "version-2")
+        hup_at = time.monotonic()
+        s.kill(signal.SIGHUP)
+        s.wait_log(r"Reload complete: generation 2", timeout=15)
+        wait_for(lambda: not set(old) & set(s.worker_pids()), 10, what="old generation to exit")
+        retired_at = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(retired_at)) > 50, 10, what="requests after the reload")
+    assert inflight() == (200, b"slept v1"), "the in-flight request must finish on the old generation"
+    assert load.failures == [], load.failures[:5]
+    before = load.bodies_after(0)
+    assert b"v1" in before
+    after = load.bodies_after(retired_at)
+    assert after and set(after) == {b"version-2"}, collections.Counter(after)
+    new = s.worker_pids()
+    assert len(new) == 2 and not set(new) & set(old)
+    print(f"HUP: {load.ok} ok, 0 failed, {load.stale_retries} keep-alive retries; "
+          f"old generation gone {retired_at - hup_at:.2f}s after HUP")
+
+
+def test_hup_old_generation_bounded_by_graceful_timeout(start_server, tmp_path):
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "-w", "1", "--graceful-timeout", "1", cwd=tmp_path, env=NO_PYC)
+    old = s.worker_pids()
+    stuck = in_background(get, s.port, "/sleep?30", 40)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    s.kill(signal.SIGHUP)
+    wait_for(lambda: not alive(old[0]), 6, what="old worker killed after graceful_timeout")
+    took = time.monotonic() - t0
+    assert 0.9 <= took < 4, took
+    assert isinstance(stuck(), Exception)  # it was cut off, by design
+    s.wait_log(r"did not finish within graceful_timeout")
+    assert get(s.port)[0] == 200
+
+
+def test_hup_with_broken_app_keeps_old_generation(start_server, tmp_path):
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "-w", "2", cwd=tmp_path, env=NO_PYC)
+    old = s.worker_pids()
+    with Load(s.port) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        write_broken_app(tmp_path)
+        s.kill(signal.SIGHUP)
+        s.wait_log(r"Reload failed", timeout=15)
+        t = time.monotonic()
+        # The master does not keep spawning the broken generation.
+        time.sleep(2)
+        wait_for(lambda: len(load.bodies_after(t)) > 50, 10, what="requests after the failed reload")
+    assert load.failures == [], load.failures[:5]
+    assert set(load.bodies_after(0)) == {b"v1"}
+    assert s.worker_pids() == old
+    log = s.log()
+    assert "SyntaxError" in log
+    assert len(re.findall(r"Failed to load application", log)) <= 2, log
+    # Fixed code on disk: the next HUP goes through, and the old
+    # generation retires (it does not keep serving beside the new one).
+    write_app(tmp_path, "fixed")
+    s.kill(signal.SIGHUP)
+    s.wait_log(r"Reload complete", timeout=15)
+    wait_for(lambda: not set(old) & set(s.worker_pids()), 10, what="old generation to exit")
+    assert len(s.worker_pids()) == 2
+    assert get(s.port) == (200, b"fixed")
+
+
+def test_hup_with_hanging_import_times_out_and_next_hup_recovers(start_server, tmp_path):
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "-w", "2", "-t", "2", cwd=tmp_path, env=NO_PYC)
+    old = s.worker_pids()
+    with Load(s.port) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        write_hanging_app(tmp_path)
+        s.kill(signal.SIGHUP)
+        # The new workers hang in the import: killed after --timeout, with
+        # the place they hang in the log; the old generation serves on.
+        log = s.wait_log(r"did not finish booting \(importing the app\) within 2s", timeout=10)
+        s.wait_log(r'File ".*vapp\.py", line 2 in <module>', timeout=5)
+        assert s.proc.poll() is None
+        # A HUP with good code on disk abandons the hanging generation.
+        write_app(tmp_path, "v3")
+        s.kill(signal.SIGHUP)
+        s.wait_log(r"abandoning generation 2", timeout=5)
+        s.wait_log(r"Reload complete: generation 3", timeout=15)
+        wait_for(lambda: not set(old) & set(s.worker_pids()), 10, what="old generation to exit")
+        done = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(done)) > 30, 10, what="requests after the reload")
+    assert load.failures == [], load.failures[:5]
+    assert set(load.bodies_after(0)) == {b"v1", b"v3"}
+    assert set(load.bodies_after(done)) == {b"v3"}
+    assert len(s.worker_pids()) == 2
+
+
+# --- USR2 -----------------------------------------------------------------
+
+
+def test_usr2_after_binary_replaced_under_load(start_server, tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "ferricorn"
+    shutil.copy2(BIN, exe)
+    monkeypatch.setattr(conftest, "BIN", str(exe))
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "-w", "2", cwd=tmp_path, env=NO_PYC)
+    master = s.pid
+    old = s.worker_pids()
+    with Load(s.port, path="/both") as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        # Replace the binary as a package upgrade does: the running inode
+        # is deleted.
+        shutil.copy2(BIN, bindir / "ferricorn.new")
+        os.rename(bindir / "ferricorn.new", exe)
+        assert os.readlink(f"/proc/{master}/exe").endswith("(deleted)")
+        s.kill(signal.SIGUSR2)
+        s.wait_log(r"Upgraded in place: adopted 2 workers", timeout=15)
+        s.wait_log(r"Reload complete", timeout=15)
+        wait_for(lambda: not set(old) & set(s.worker_pids()), 10, what="old workers to exit")
+        done = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(done)) > 50, 10, what="requests after the upgrade")
+    assert s.proc.poll() is None
+    assert load.failures == [], load.failures[:5]
+    assert os.readlink(f"/proc/{master}/exe") == str(exe)
+    new = s.worker_pids()
+    assert len(new) == 2 and not set(new) & set(old)
+    served_by = {int(b.split()[1]) for b in load.bodies_after(done)}
+    assert served_by <= set(new), (served_by, new)
+    assert args_of(master).startswith("ferricorn: master")
+    print(f"USR2: {load.ok} ok, 0 failed, {load.stale_retries} keep-alive retries")
+    assert s.stop() == 0
+
+
+def test_usr2_exec_failure_keeps_running(start_server, tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "ferricorn"
+    shutil.copy2(BIN, exe)
+    monkeypatch.setattr(conftest, "BIN", str(exe))
+    s = start_server("basic:app", "-w", "2")
+    workers = s.worker_pids()
+    # Not an executable format: execve fails and the master carries on.
+    bad = bindir / "bad"
+    bad.write_text("this is not a program\n")
+    bad.chmod(0o755)
+    os.rename(bad, exe)
+    s.kill(signal.SIGUSR2)
+    s.wait_log(r"In-place upgrade failed: execve .*ferricorn: .*", timeout=5)
+    assert get(s.port)[0] == 200
+    assert s.worker_pids() == workers
+    # The sockets did not leak into anything, and a good binary upgrades.
+    shutil.copy2(BIN, bindir / "good")
+    os.rename(bindir / "good", exe)
+    s.kill(signal.SIGUSR2)
+    s.wait_log(r"Reload complete", timeout=15)
+    wait_for(lambda: not set(workers) & set(s.worker_pids()), 10, what="old workers to exit")
+    assert get(s.port)[0] == 200
+    assert s.stop() == 0
+
+
+# --- worker death -----------------------------------------------------------
+
+
+def test_kill9_worker_under_load(start_server):
+    s = start_server("basic:app", "-w", "2")
+    before = s.worker_pids()
+    with Load(s.port, path="/pid", fresh=3, keepalive=1) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        t0 = time.monotonic()
+        os.kill(before[0], signal.SIGKILL)
+
+        def replacement_serves():
+            with load.lock:
+                for at, b in load.results:
+                    if at >= t0 and int(b) not in before:
+                        return at
+            return None
+
+        served_at = wait_for(replacement_serves, 5, what="a replacement worker to serve")
+        time.sleep(0.3)
+    took = served_at - t0
+    assert took < 1.0, f"replacement served {took:.3f}s after kill -9"
+    assert len(load.failures) <= 5, load.failures
+    assert len(s.worker_pids()) == 2
+    assert re.search(rf"Worker \(pid:{before[0]}\) was sent SIGKILL", s.log())
+    print(f"kill -9 worker: {len(load.failures)} failed of {load.ok}, replacement served after {took * 1000:.0f} ms")
+
+
+def test_stuck_request_times_out_with_traceback(start_server):
+    s = start_server("basic:app", "-w", "2", "-t", "2")
+    pids = s.worker_pids()
+    stuck = in_background(get, s.port, "/sleep?30", 40)
+    t0 = time.monotonic()
+    log = s.wait_log(r"Worker \(pid:\d+\) was terminated by signal SIGABRT", timeout=10)
+    took = time.monotonic() - t0
+    assert isinstance(stuck(), Exception)
+    assert 2 <= took < 5, took
+    m = re.search(r"WORKER TIMEOUT \(pid:(\d+)\): request GET /sleep\?30 ran longer than 2s", log)
+    assert m, log
+    victim = int(m.group(1))
+    assert victim in pids
+    # faulthandler's dump: basic.py's frame, at the time.sleep line.
+    src = (APPS / "basic.py").read_text().splitlines()
+    sleep_line = next(i + 1 for i, l in enumerate(src) if "time.sleep(" in l)
+    assert re.search(rf'File ".*basic\.py", line {sleep_line} in app', log), log
+    wait_for(lambda: len(s.worker_pids()) == 2 and victim not in s.worker_pids(), 5, what="replacement")
+    assert get(s.port)[0] == 200
+
+
+def test_idle_worker_never_times_out(start_server):
+    s = start_server("basic:app", "-w", "1", "-t", "1")
+    pid = s.worker_pids()
+    time.sleep(3.5)
+    assert s.worker_pids() == pid
+    assert get(s.port, "/pid") == (200, str(pid[0]).encode())
+    assert "TIMEOUT" not in s.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_max_requests_recycles_without_failures(start_server, workers):
+    s = start_server("basic:app", "-w", workers, "--max-requests", "25")
+    first = set(s.worker_pids())
+    with Load(s.port, path="/pid", fresh=2, keepalive=2) as load:
+        wait_for(lambda: len({b for _, b in load.results}) >= 6, 20, what="several worker generations")
+    assert load.failures == [], load.failures[:5]
+    seen = {int(b) for _, b in load.results}
+    assert first < seen
+    counts = collections.Counter(int(b) for _, b in load.results)
+    # A worker takes no new connection past its limit; a request that
+    # already reached one of its open connections (at most one per client
+    # thread) is still answered rather than dropped.
+    assert max(counts.values()) <= 25 + 4, counts
+    assert re.findall(r"Autorestarting worker after 25 requests", s.log())
+    assert "keep dying" not in s.log()
+    print(f"max-requests: {load.ok} ok over {len(seen)} workers, 0 failed, {load.stale_retries} keep-alive retries")
+
+
+def test_max_requests_jitter_varies_the_limit(start_server):
+    s = start_server("basic:app", "-w", "2", "--max-requests", "10", "--max-requests-jitter", "20")
+    with Load(s.port, path="/pid", fresh=2, keepalive=1) as load:
+        wait_for(lambda: len(re.findall(r"Autorestarting worker after", s.log())) >= 6, 20,
+                 what="six recycles")
+    assert load.failures == [], load.failures[:5]
+    limits = [int(n) for n in re.findall(r"Autorestarting worker after (\d+) requests", s.log())]
+    assert all(10 <= n <= 30 for n in limits), limits
+    assert len(set(limits)) > 1, limits
+
+
+# --- TTIN / TTOU ----------------------------------------------------------------
+
+
+def test_ttin_ttou_change_the_worker_count(start_server):
+    s = start_server("basic:app", "-w", "2")
+    sent = collections.Counter()
+
+    def send(sig, name):
+        # Two identical standard signals sent before the master reads the
+        # first are one signal (the kernel keeps one pending): wait for
+        # each to be handled, as an operator's shell would.
+        sent[name] += 1
+        s.kill(sig)
+        s.wait_log(rf"Handling signal: {name}", count=sent[name], timeout=5)
+
+    with Load(s.port, fresh=2, keepalive=1) as load:
+        send(signal.SIGTTIN, "ttin")
+        send(signal.SIGTTIN, "ttin")
+        wait_for(lambda: len(s.worker_pids()) == 4, 10, what="4 workers")
+        for _ in range(5):
+            send(signal.SIGTTOU, "ttou")
+        wait_for(lambda: len(s.worker_pids()) == 1, 10, what="1 worker")
+        time.sleep(0.5)
+        assert len(s.worker_pids()) == 1  # never below one
+        send(signal.SIGTTIN, "ttin")
+        wait_for(lambda: len(s.worker_pids()) == 2, 10, what="2 workers")
+    assert load.failures == [], load.failures[:5]
+    log = s.log()
+    assert re.findall(r"workers now (\d+)", log) == ["3", "4", "3", "2", "1", "1", "1", "2"]
+
+
+# --- USR1 -------------------------------------------------------------------
+
+
+def test_usr1_reopens_rotated_logs(start_server, tmp_path):
+    err = tmp_path / "error.log"
+    acc = tmp_path / "access.log"
+    s = start_server("basic:app", "-w", "2", "--error-logfile", str(err), "--access-logfile", str(acc),
+                     ready=False)
+    # The fixture's log is empty (the error log is the file): wait on it.
+    wait_for(lambda: err.exists() and "workers are serving" in err.read_text(), 20, what="boot")
+    s.port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", err.read_text()).group(1))
+    for _ in range(4):
+        assert get(s.port, "/log")[0] == 200
+    os.rename(err, str(err) + ".1")
+    os.rename(acc, str(acc) + ".1")
+    s.kill(signal.SIGUSR1)
+    wait_for(lambda: err.exists() and acc.exists(), 5, what="new log files")
+    time.sleep(0.5)  # let both workers act on their USR1
+    old_err = Path(str(err) + ".1").read_text()
+    old_acc = Path(str(acc) + ".1").read_text()
+    for _ in range(10):
+        assert get(s.port, "/log")[0] == 200
+    s.kill(signal.SIGTTIN)  # a master line after the reopen
+    wait_for(lambda: "Handling signal: ttin" in err.read_text(), 5, what="master line in the new file")
+    wait_for(lambda: acc.read_text().count("/log") == 10, 5, what="access lines in the new file")
+    assert err.read_text().count("a warning from the app") == 10
+    assert Path(str(err) + ".1").read_text().count("a warning from the app") == old_err.count("a warning from the app")
+    assert Path(str(acc) + ".1").read_text() == old_acc
+    assert s.stop() == 0
+
+
+# --- boot failures ----------------------------------------------------------
+
+
+def test_import_error_with_4_workers_exits_3_without_respawn():
+    t = time.monotonic()
+    p = subprocess.run(
+        [BIN, "-b", "127.0.0.1:0", "-w", "4", "broken:app"],
+        cwd=APPS, capture_output=True, text=True, timeout=30,
+    )
+    took = time.monotonic() - t
+    assert p.returncode == 3, p.stderr
+    assert took < 10, took
+    assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
+    assert p.stderr.count("Failed to load application") <= 4
+    assert len(re.findall(r"Booting worker", p.stderr)) == 0
+
+
+@pytest.mark.parametrize("mode", ["timer", "request"])
+def test_crash_loop_backs_off(start_server, mode):
+    s = start_server("crashy:app", "-w", "2", env={"CRASH_MODE": mode}, ready=(mode == "request"))
+    t0 = time.monotonic()
+    load = Load(s.port, fresh=2, keepalive=0, timeout=2).start() if mode == "request" else None
+    time.sleep(5)
+    if load:
+        load.stop()
+    log = s.log()
+    boots = len(re.findall(r"Booting worker with pid", log))
+    # Without backoff two workers dying 0.2s after boot respawn ~40 times
+    # in 5 s; with it, a handful.
+    assert boots <= 14, log
+    assert re.search(r"waiting \d+ ms before the next one", log), log
+    assert s.proc.poll() is None
+    assert s.stop() == 0
+    print(f"crash loop ({mode}): {boots} boots in {time.monotonic() - t0:.1f}s")
+
+
+# --- master death -----------------------------------------------------------
+
+
+def test_kill9_master_leaves_no_worker(start_server):
+    s = start_server("basic:app", "-w", "3")
+    workers = s.worker_pids()
+    assert len(workers) == 3
+    s.kill(signal.SIGKILL)
+    s.proc.wait(5)
+    wait_for(lambda: not any(alive(p) for p in workers), 1.0, what="workers to die with the master")
+
+
+# --- preload ----------------------------------------------------------------
+
+
+def test_preload_imports_once_in_master_and_hup_reexecs(start_server, tmp_path):
+    imports = tmp_path / "imports.log"
+    write_app(tmp_path, "v1")
+    env = dict(NO_PYC, IMPORT_LOG=str(imports))
+    s = start_server("vapp:app", "--preload", "-w", "2", cwd=tmp_path, env=env)
+    assert imports.read_text().split() == [str(s.pid), "v1"]
+    old = s.worker_pids()
+    assert get(s.port) == (200, b"v1")
+    status, pid = get(s.port, "/pid")
+    assert int(pid) in old and int(pid) != s.pid
+    with Load(s.port) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        write_app(tmp_path, "version-2")
+        s.kill(signal.SIGHUP)
+        s.wait_log(r"Reload complete", timeout=15)
+        wait_for(lambda: not set(old) & set(s.worker_pids()), 10, what="old workers to exit")
+        done = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(done)) > 30, 10, what="requests after the reload")
+    assert load.failures == [], load.failures[:5]
+    assert set(load.bodies_after(done)) == {b"version-2"}
+    lines = imports.read_text().splitlines()
+    assert lines == [f"{s.pid} v1", f"{s.pid} version-2"], lines
+
+
+def test_preload_hup_with_broken_app_keeps_serving(start_server, tmp_path):
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "--preload", "-w", "2", cwd=tmp_path, env=NO_PYC)
+    old = s.worker_pids()
+    with Load(s.port) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        write_broken_app(tmp_path)
+        s.kill(signal.SIGHUP)
+        s.wait_log(r"Reload failed \(the application failed to load in the master\)", timeout=15)
+        t = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(t)) > 50, 10, what="requests after the failed reload")
+        assert s.worker_pids() == old
+        write_app(tmp_path, "v3")
+        s.kill(signal.SIGHUP)
+        s.wait_log(r"Reload complete", timeout=15)
+        wait_for(lambda: not set(old) & set(s.worker_pids()), 10, what="old workers to exit")
+        done = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(done)) > 30, 10, what="requests after the reload")
+    assert load.failures == [], load.failures[:5]
+    assert set(load.bodies_after(done)) == {b"v3"}
+    assert "SyntaxError" in s.log()
+    assert s.proc.poll() is None
+
+
+# --- pid file, process titles -------------------------------------------------
+
+
+def test_pidfile_and_process_titles(start_server, tmp_path):
+    pidfile = tmp_path / "run" / "app.pid"
+    pidfile.parent.mkdir()
+    s = start_server("basic:app", "-w", "2", "-p", str(pidfile), "-n", "shop")
+    assert pidfile.read_text().strip() == str(s.pid)
+    assert args_of(s.pid) == "ferricorn: master [shop]"
+    for w in s.worker_pids():
+        assert args_of(w) == "ferricorn: worker [shop]"
+    assert s.stop() == 0
+    assert not pidfile.exists()
+
+
+# --- privileges -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_user_group_drop(start_server):
+    d = tempfile.mkdtemp(prefix="ferricorn-user-")
+    try:
+        os.chmod(d, 0o755)
+        shutil.copy(APPS / "basic.py", d)
+        os.chmod(Path(d) / "basic.py", 0o644)
+        s = start_server("basic:app", "-w", "2", "--user", "nobody", "--group", "nogroup", cwd=d,
+                         env=NO_PYC)
+        workers = s.worker_pids()
+        assert proc_status(s.pid, "Uid")[:2] == ["0", "0"]
+        for w in workers:
+            assert proc_status(w, "Uid") == ["65534"] * 4
+            assert proc_status(w, "Gid") == ["65534"] * 4
+        status, pid = get(s.port, "/pid")
+        assert status == 200 and int(pid) in workers
+        # Dropping privileges must not lose the parent-death signal.
+        s.kill(signal.SIGKILL)
+        s.proc.wait(5)
+        wait_for(lambda: not any(alive(p) for p in workers), 1.0, what="workers to die with the master")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- stopping -------------------------------------------------------------------
+
+
+def test_term_finishes_in_flight_and_refuses_new(start_server):
+    s = start_server("basic:app", "-w", "2")
+    inflight = in_background(get, s.port, "/sleep?1.5")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    s.kill(signal.SIGTERM)
+    time.sleep(0.2)
+    # New connections are refused while the in-flight request finishes.
+    with pytest.raises((ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected)):
+        get(s.port, "/", timeout=2)
+    assert inflight() == (200, b"slept")
+    assert s.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_int_quit_stop_fast(start_server, sig):
+    s = start_server("basic:app", "-w", "2")
+    workers = s.worker_pids()
+    inflight = in_background(get, s.port, "/sleep?10", 15)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    s.kill(sig)
+    assert s.proc.wait(5) == 0
+    assert time.monotonic() - t0 < 2
+    assert isinstance(inflight(), Exception)
+    assert not any(alive(p) for p in workers)
