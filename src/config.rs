@@ -776,7 +776,7 @@ mod tests {
     fn errors_name_the_key() {
         let e = merge(&opts(&["-w", "0", "app:app"]), "", &[]).unwrap_err();
         assert_eq!(e.key, "workers");
-        let e = merge(&opts(&["-b", "nonsense", "app:app"]), "", &[]).unwrap_err();
+        let e = merge(&opts(&["-b", "host:http", "app:app"]), "", &[]).unwrap_err();
         assert_eq!(e.key, "bind");
         let e = merge(&opts(&["--log-level", "loud", "app:app"]), "", &[]).unwrap_err();
         assert_eq!(e.key, "loglevel");
