@@ -284,6 +284,8 @@ impl Master {
             self.ready_sent = true;
         }
         self.notify(|n| n.status("booting workers"));
+        // Fork the first workers before waiting on anything.
+        self.maintain();
         loop {
             self.wait_for_signals();
             self.reap();
@@ -301,10 +303,20 @@ impl Master {
     }
 
     fn wait_for_signals(&mut self) {
-        let timeout_ms: i32 = match self.watchdog {
+        let mut timeout_ms: i32 = match self.watchdog {
             Some(w) => (w.as_millis() as i32 / 2).clamp(10, 500),
             None => 500,
         };
+        if self
+            .workers
+            .values()
+            .any(|w| w.state == WorkerState::Booting)
+        {
+            // A worker says it is ready through the scoreboard, not with a
+            // signal: look often while one boots, so a reload completes (and
+            // READY=1 goes out) soon after the last new worker can serve.
+            timeout_ms = timeout_ms.min(20);
+        }
         let mut pfd = libc::pollfd {
             fd: self.sigfd.as_raw_fd(),
             events: libc::POLLIN,
