@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import APPS, Server
-from wire import connect, dechunk, exchange, parse_responses, read_until_close, recv_until, request_bytes
+from wire import (connect, dechunk, exchange, parse_responses, read_until_close, recv_response, recv_until,
+                  request_bytes)
 
 
 def wait_for(pred, timeout=5, what="condition"):
@@ -539,3 +540,159 @@ def test_worker_survives_errors(srv):
         srv.request("GET", path)
     assert srv.worker_pids() == pids
     assert srv.request("GET", "/types")[0] == 200
+
+
+# ---- wsgi.file_wrapper ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fw(tmp_path_factory):
+    import os
+    d = tmp_path_factory.mktemp("fw")
+    data = os.urandom(3 << 20)
+    (d / "blob").write_bytes(data)
+    close_file = d / "closed.txt"
+    close_file.write_text("")
+    s = Server(["-b", "127.0.0.1:0", "wsgicases:app"], APPS,
+               {"CLOSE_FILE": str(close_file), "FILE_TO_SEND": str(d / "blob")})
+    s.close_file = close_file
+    s.data = data
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("plain", lambda d: d),
+    ("bytesio", lambda d: d),  # no descriptor: iterated instead of sendfile
+    ("offset", lambda d: d[1000:]),  # sent from where the file stands
+    ("offset-buffered", lambda d: d[10:]),  # despite Python's read-ahead
+])
+def test_file_wrapper_variants(fw, mode, expect):
+    want = expect(fw.data)
+    # Twice on one connection, then a normal request: framing stays right.
+    reqs = request_bytes("GET", f"/fw?{mode}") * 2 + request_bytes("GET", "/types", [("Connection", "close")])
+    ex = exchange(fw.port, reqs, timeout=20)
+    rs, rest = parse_responses(ex.data, ["GET"] * 3)
+    assert rest == b""
+    for r in rs[:2]:
+        assert r.status == 200 and len(r.body) == len(want) and r.body == want
+    assert rs[2].status == 200
+    wait_for(lambda: closes(fw, f"file-{mode}") and len(closes(fw, f"file-{mode}")) == 2,
+             what="file close()")
+
+
+def test_file_wrapper_with_shorter_content_length(fw):
+    reqs = request_bytes("GET", "/fw?short-cl") + request_bytes("GET", "/types", [("Connection", "close")])
+    ex = exchange(fw.port, reqs, timeout=20)
+    rs, rest = parse_responses(ex.data, ["GET", "GET"])
+    assert rs[0].body == fw.data[:5000] and rs[1].status == 200 and rest == b""
+
+
+def test_file_wrapper_with_longer_content_length_closes(fw):
+    reqs = request_bytes("GET", "/fw?long-cl") + request_bytes("GET", "/types")
+    ex = exchange(fw.port, reqs, timeout=20)
+    assert ex.closed
+    head, _, body = ex.data.partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % (len(fw.data) + 100) in head
+    assert body == fw.data  # all there is, then the connection ends
+
+
+def test_file_wrapper_head(fw):
+    st, h, body = fw.request("HEAD", "/fw?plain")
+    assert st == 200 and body == b""
+    wait_for(lambda: closes(fw, "file-plain"), what="file close()")
+
+
+def test_file_wrapper_client_disconnect_closes_file(fw):
+    s = connect(fw.port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    before = len(closes(fw, "file-plain"))
+    try:
+        s.sendall(request_bytes("GET", "/fw?plain"))
+        recv_until(s, b"\r\n\r\n")
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    wait_for(lambda: len(closes(fw, "file-plain")) > before, timeout=10, what="file close() after disconnect")
+
+
+def test_write_called_from_inside_the_iterable(srv):
+    # Not encouraged by PEP 3333, but legal: the bytes go out in order.
+    st, _, body = srv.request("GET", "/write-in-iter")
+    assert st == 200
+    assert body == b"a" * 300_000 + b"LATE-WRITE" + b"end"
+
+
+def test_file_wrapper_head_has_content_length(fw):
+    # HEAD answers what GET would, without reading the file.
+    reqs = request_bytes("HEAD", "/fw?plain") + request_bytes("GET", "/fw?plain", [("Connection", "close")])
+    ex = exchange(fw.port, reqs, timeout=20)
+    (head, get), rest = parse_responses(ex.data, ["HEAD", "GET"])
+    assert rest == b"" and get.body == fw.data
+    assert head.header("content-length") == get.header("content-length") == str(len(fw.data))
+
+
+def test_file_wrapper_with_204_sends_no_body(fw):
+    reqs = request_bytes("GET", "/fw?204") + request_bytes("GET", "/types", [("Connection", "close")])
+    ex = exchange(fw.port, reqs, timeout=20)
+    head, _, rest = ex.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 204 ")
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:100]
+    wait_for(lambda: closes(fw, "file-204"), what="file close()")
+
+
+def test_unix_socket_peer(start_server, tmp_path):
+    path = tmp_path / "s.sock"
+    s = start_server("basic:app", f"-b", f"unix:{path}", bind=False)
+
+    class UnixConn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(5)
+            self.sock.connect(str(path))
+
+    c = UnixConn("localhost")
+    c.request("GET", "/environ", headers={"X-Forwarded-Proto": "https"})
+    r = c.getresponse()
+    env = json.loads(r.read())
+    c.close()
+    assert r.status == 200
+    # A unix-socket peer is the local proxy: trusted, and has no address.
+    assert env["wsgi.url_scheme"] == "https"
+    assert env["REMOTE_ADDR"] == ""
+    assert env["SERVER_NAME"] == "localhost"
+
+
+def test_per_request_values_on_one_connection(srv):
+    # Nothing from one request leaks into the next on the same connection.
+    reqs = [
+        ("/types?1", [("Host", "a.example:81")], {"SERVER_NAME": "a.example", "SERVER_PORT": "81",
+                                                  "wsgi.url_scheme": "http", "HTTP_X_ONE": "1"}),
+        ("/types?2", [("Host", "b.example"), ("X-Forwarded-Proto", "https")],
+         {"SERVER_NAME": "b.example", "SERVER_PORT": "443", "wsgi.url_scheme": "https"}),
+        ("/types?3", [("Host", "b.example")], {"SERVER_NAME": "b.example", "SERVER_PORT": "80",
+                                               "wsgi.url_scheme": "http"}),
+        ("/types?4", [("Host", "a.example:81")], {"SERVER_NAME": "a.example", "SERVER_PORT": "81"}),
+    ]
+    s = connect(srv.port)
+    try:
+        port = str(s.getsockname()[1])
+        for i, (path, headers, want) in enumerate(reqs):
+            hdrs = [(k, v) for k, v in headers]
+            if i == 0:
+                hdrs.append(("X-One", "1"))
+            raw = f"GET {path} HTTP/1.1\r\n".encode() + b"".join(
+                f"{k}: {v}\r\n".encode() for k, v in hdrs) + b"\r\n"
+            s.sendall(raw)
+            r = recv_response(s)
+            env = {k: v[1] for k, v in json.loads(r.body).items() if isinstance(v, list) and len(v) == 2}
+            for k, v in want.items():
+                assert env.get(k) == v, (i, k, env.get(k))
+            assert env["QUERY_STRING"] == str(i + 1)
+            assert env["REMOTE_PORT"] == port
+            if i:
+                assert "HTTP_X_ONE" not in env
+                assert "HTTP_X_FORWARDED_PROTO" not in env or i == 1
+    finally:
+        s.close()

@@ -207,3 +207,25 @@ def request_bytes(method="GET", path="/", headers=(), body=b"", version="HTTP/1.
         lines.append("Host: localhost")
     lines += [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def recv_response(s, method="GET", timeout=5):
+    """Read exactly one complete response (keep-alive safe); returns it."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        if data:
+            try:
+                (r,), rest = parse_responses(data, [method], eof=False)
+                assert rest == b"", f"bytes after the response: {rest[:200]!r}"
+                return r
+            except Incomplete:
+                pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out reading a response; got {data[:500]!r}")
+        s.settimeout(left)
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed mid-response; got {data[:500]!r}")
+        data += chunk

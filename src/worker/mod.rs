@@ -812,13 +812,13 @@ enum Pump {
 
 fn pump(stream: &mut Stream, sock: RawFd, wbuf: &mut Vec<u8>, sent: &mut u64) -> Pump {
     match stream {
-        Stream::Iter { iter, framing, .. } => {
-            match Python::attach(|py| response::pump_iter(py, iter, framing, wbuf, sent)) {
-                Ok(true) => Pump::Done,
-                Ok(false) => Pump::More,
-                Err(()) => Pump::Failed,
-            }
-        }
+        Stream::Iter {
+            iter, framing, sr, ..
+        } => match Python::attach(|py| response::pump_iter(py, iter, sr, framing, wbuf, sent)) {
+            Ok(true) => Pump::Done,
+            Ok(false) => Pump::More,
+            Err(()) => Pump::Failed,
+        },
         Stream::File {
             file,
             offset,

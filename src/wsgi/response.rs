@@ -103,6 +103,10 @@ struct SrState {
     /// Body bytes passed to `write()` and not yet flushed (unframed).
     written: Vec<u8>,
     body_bytes: u64,
+    /// The app returned and the I/O loop now streams the rest: `write()`
+    /// (called from inside the iterable) only queues, and `pump_iter`
+    /// sends the queue in order with the iterable's items.
+    handed_off: bool,
 }
 
 #[pyclass(module = "ferricorn", name = "StartResponse", frozen)]
@@ -347,7 +351,7 @@ impl StartResponse {
             return Err(PyAssertionError::new_err("write() before start_response"));
         }
         st.written.extend_from_slice(data.as_bytes());
-        if st.written.len() < HIGH_WATER {
+        if st.written.len() < HIGH_WATER || st.handed_off {
             return Ok(());
         }
         // Too much to hold: send the head (if not yet) and what we have.
@@ -454,6 +458,8 @@ pub enum Stream {
         iter: Py<PyAny>,
         result: Py<PyAny>,
         framing: Framing,
+        /// For `write()` calls made from inside the iterable.
+        sr: Option<Py<StartResponse>>,
     },
     File {
         file: OwnedFd,
@@ -551,7 +557,11 @@ pub fn run_app(
             return fail_before_or_after_head(sr.get(), req, out, start);
         }
     };
-    let outcome = frame_result(py, sr.get(), &result, req, out, start);
+    let mut outcome = frame_result(py, sr.get(), &result, req, out, start);
+    if let Some(Stream::Iter { sr: slot, .. }) = &mut outcome.stream {
+        sr.get().state.lock().unwrap().handed_off = true;
+        *slot = Some(sr.unbind());
+    }
     if !matches!(outcome.stream, Some(_)) {
         close_result(py, &result);
     }
@@ -590,35 +600,36 @@ fn frame_result(
     out: &mut Vec<u8>,
     start: usize,
 ) -> Outcome {
-    // 1. A file with a real descriptor: sendfile from the I/O loop.
-    if !req.is_head {
-        if let Some((file, offset, size)) = file_of(result) {
-            let mut st = sr.state.lock().unwrap();
-            if st.committed.is_none() && st.written.is_empty() && st.status.is_some() {
-                let len = st.content_length.map(|c| c.min(size)).unwrap_or(size);
-                let declared = st.content_length;
-                return match sr.commit(&mut st, Some(len), out) {
-                    Ok(_) => Outcome {
-                        status: st.status.as_ref().unwrap().0,
-                        // A file shorter than its declared length cannot
-                        // complete the framing: close after it.
-                        keep_alive: st.keep_alive && declared.is_none_or(|c| c <= size),
-                        body_bytes: 0,
-                        stream: Some(Stream::File {
-                            file,
-                            offset,
-                            remaining: len,
-                            result: result.clone().unbind(),
-                        }),
-                        headers: std::mem::take(&mut st.headers),
-                    },
-                    Err(e) => {
-                        drop(st);
-                        log_py_error(py, &e, "Error in response");
-                        internal_error(req.minor, out, start)
-                    }
-                };
-            }
+    // 1. A file with a real descriptor: sendfile from the I/O loop. For
+    // HEAD (and 204/304) only the head goes out, with the length GET
+    // would have, and the file is never read.
+    if let Some((file, offset, size)) = file_of(result) {
+        let mut st = sr.state.lock().unwrap();
+        if st.committed.is_none() && st.written.is_empty() && st.status.is_some() {
+            let len = st.content_length.map(|c| c.min(size)).unwrap_or(size);
+            let declared = st.content_length;
+            return match sr.commit(&mut st, Some(len), out) {
+                Ok(framing) => Outcome {
+                    status: st.status.as_ref().unwrap().0,
+                    // A file shorter than its declared length cannot
+                    // complete the framing: close after it.
+                    keep_alive: st.keep_alive
+                        && (framing == Framing::NoBody || declared.is_none_or(|c| c <= size)),
+                    body_bytes: 0,
+                    stream: (framing != Framing::NoBody).then(|| Stream::File {
+                        file,
+                        offset,
+                        remaining: len,
+                        result: result.clone().unbind(),
+                    }),
+                    headers: std::mem::take(&mut st.headers),
+                },
+                Err(e) => {
+                    drop(st);
+                    log_py_error(py, &e, "Error in response");
+                    internal_error(req.minor, out, start)
+                }
+            };
         }
     }
 
@@ -694,6 +705,7 @@ fn frame_result(
             iter: it.unbind(),
             result: result.clone().unbind(),
             framing,
+            sr: None,
         }),
         None => {
             if !framing.finish(out) {
@@ -717,6 +729,7 @@ fn frame_result(
 pub fn pump_iter(
     py: Python<'_>,
     iter: &Py<PyAny>,
+    sr: &Option<Py<StartResponse>>,
     framing: &mut Framing,
     out: &mut Vec<u8>,
     sent: &mut u64,
@@ -725,7 +738,17 @@ pub fn pump_iter(
     let start = out.len();
     loop {
         // SAFETY-free: PyIter_Next semantics via pyo3's call.
-        match it.call_method0("__next__") {
+        let next = it.call_method0("__next__");
+        // What the app passed to write() during that step goes first.
+        if let Some(sr) = sr {
+            let mut st = sr.get().state.lock().unwrap();
+            if !st.written.is_empty() {
+                let w = std::mem::take(&mut st.written);
+                drop(st);
+                *sent += framing.frame(&w, out);
+            }
+        }
+        match next {
             Ok(item) => match item.cast::<PyBytes>() {
                 Ok(b) => {
                     *sent += framing.frame(b.as_bytes(), out);

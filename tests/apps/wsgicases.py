@@ -44,6 +44,34 @@ class Tracked:
         note(f"closed {self.tag} after {self.yielded}")
 
 
+class TrackedFile:
+    """A file-like object that records close() (and exposes fileno() only
+    when the wrapped object has a real one)."""
+
+    def __init__(self, f, tag):
+        self.f = f
+        self.tag = tag
+        if hasattr(f, "fileno"):
+            try:
+                f.fileno()
+                self.fileno = f.fileno
+            except Exception:  # noqa: BLE001  (BytesIO: no descriptor)
+                pass
+
+    def read(self, n=-1):
+        return self.f.read(n)
+
+    def seek(self, *a):
+        return self.f.seek(*a)
+
+    def tell(self):
+        return self.f.tell()
+
+    def close(self):
+        note(f"closed file-{self.tag} after 0")
+        self.f.close()
+
+
 def describe(v):
     if isinstance(v, (str, bool, int, float)) or v is None:
         return v
@@ -231,6 +259,45 @@ def app(environ, start_response):
         else:
             raise ValueError(kind)
         return [b"should not be sent"]
+
+    if path == "/fw":
+        # wsgi.file_wrapper variants; FILE_TO_SEND names a regular file.
+        import io
+        mode = q
+        fname = os.environ.get("FILE_TO_SEND", __file__)
+        headers = [("Content-Type", "application/octet-stream")]
+        if mode == "bytesio":
+            f = TrackedFile(io.BytesIO(open(fname, "rb").read()), "bytesio")
+        elif mode == "offset":
+            f = TrackedFile(open(fname, "rb"), "offset")
+            f.seek(1000)
+        elif mode == "offset-buffered":
+            f = TrackedFile(open(fname, "rb"), "offset-buffered")
+            f.read(10)  # Python's buffered reader reads ahead past this
+        elif mode == "short-cl":
+            f = TrackedFile(open(fname, "rb"), "short-cl")
+            headers.append(("Content-Length", "5000"))
+        elif mode == "long-cl":
+            f = TrackedFile(open(fname, "rb"), "long-cl")
+            headers.append(("Content-Length", str(os.path.getsize(fname) + 100)))
+        elif mode == "204":
+            f = TrackedFile(open(fname, "rb"), "204")
+            start_response("204 No Content", [])
+            return environ["wsgi.file_wrapper"](f, 65536)
+        else:
+            f = TrackedFile(open(fname, "rb"), "plain")
+        start_response("200 OK", headers)
+        return environ["wsgi.file_wrapper"](f, 65536)
+
+    if path == "/write-in-iter":
+        # write() called from inside the iterable, after the app returned.
+        write = start_response("200 OK", TEXT)
+
+        def gen():
+            yield b"a" * 300_000
+            write(b"LATE-WRITE")
+            yield b"end"
+        return gen()
 
     if path == "/status":
         from urllib.parse import unquote
