@@ -835,3 +835,23 @@ def test_fin_arriving_with_the_data_closes_promptly(srv, data):
             assert ex.data.endswith(b"Hello, World!")
         else:
             assert ex.data == b""
+
+
+def test_valid_chunked_oddities_accepted(srv):
+    body = (b"0005\r\nhello\r\n"  # leading zeros
+            b"A\r\n0123456789\r\n"  # upper-case hex
+            b"1 ;name=\"quoted; value\"\r\n!\r\n"  # BWS + quoted extension
+            b"0\r\nTrailer-A: 1\r\nTrailer-B: 2\r\n\r\n")
+    ex = srv.accepted(post(["Transfer-Encoding: chunked", "Connection: close"], body))
+    (r,), _ = parse_responses(ex.data, ["POST"])
+    assert r.body == b"hello0123456789!"
+
+
+def test_one_hundred_pipelined_requests(srv):
+    n = 100
+    reqs = b"".join(request_bytes("GET", f"/environ?{i}") for i in range(n - 1))
+    reqs += request_bytes("GET", f"/environ?{n - 1}", [("Connection", "close")])
+    ex = exchange(srv.port, reqs, timeout=10)
+    rs, rest = parse_responses(ex.data, ["GET"] * n)
+    assert rest == b"" and len(rs) == n
+    assert [json.loads(r.body)["QUERY_STRING"] for r in rs] == [str(i) for i in range(n)]
