@@ -165,15 +165,19 @@ def start_journald(args, env):
     s = Server(["-b", f"127.0.0.1:{port}"] + args, APPS, env, ready=False)
     s.port = port
     deadline = time.monotonic() + 20
-    while True:
-        try:
-            if s.request("GET", "/pid", timeout=2)[0] == 200:
-                return s
-        except OSError:
-            pass
-        assert s.proc.poll() is None, s.log()
-        assert time.monotonic() < deadline, s.log()
-        time.sleep(0.1)
+    try:
+        while True:
+            try:
+                if s.request("GET", "/pid", timeout=2)[0] == 200:
+                    return s
+            except OSError:
+                pass
+            assert s.proc.poll() is None, s.log()
+            assert time.monotonic() < deadline, s.log()
+            time.sleep(0.1)
+    except BaseException:
+        s.close()  # never leak a server when start-up fails
+        raise
 
 
 def test_notify_boot_reload_upgrade_stop_in_order(notify_socket):

@@ -151,6 +151,12 @@ pub fn event(l: LogLevel, msg: &str, fields: &[(&str, String)]) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Text to stderr even under journald (see the worker's boot failure).
+pub fn critical_to_stderr(msg: &str) {
+    let line = format!("[{}] [{}] [CRITICAL] {}\n", timestamp_error(), std::process::id(), msg);
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 #[track_caller]
 pub fn debug(msg: &str) {
     event(LogLevel::Debug, msg, &[]);

@@ -34,6 +34,8 @@ use crate::wsgi::response::{self, ReqInfo, Stream};
 use conn::{AccessInfo, BodyReader, BodyState, Conn, Io, Phase, Responding};
 
 const TOK_WAKE: u64 = u64::MAX;
+/// The master we were forked by; a different parent means it died.
+static MASTER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
 
 /// What all loops of one worker share.
@@ -58,10 +60,19 @@ pub fn run(
     preloaded: Option<Py<PyAny>>,
 ) -> ! {
     signals::install();
+    let master = nix::unistd::getppid();
     if let Err(e) = crate::privileges::drop_to(&settings) {
         crate::log::critical(&format!("Cannot drop privileges: {e}"));
         exit(1);
     }
+    // Changing credentials clears PR_SET_PDEATHSIG (see prctl(2)): arm it
+    // again, then make sure the master did not die in between.
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid() != master {
+        exit(0);
+    }
+    MASTER_PID.store(master.as_raw(), Ordering::Relaxed);
     let app = match preloaded {
         Some(app) => app,
         None => boot_python(&settings),
@@ -162,7 +173,10 @@ fn boot_python(settings: &Settings) -> Py<PyAny> {
     }) {
         Ok(app) => app,
         Err(tb) => {
-            crate::log::critical(&format!(
+            // To stderr, not the native journal socket: we exit right away,
+            // and journald can attribute a dead sender's datagram to no unit,
+            // while a stderr stream connection always belongs to the unit.
+            crate::log::critical_to_stderr(&format!(
                 "Failed to load application {:?}:\n{}",
                 settings.wsgi_app,
                 tb.trim_end()
@@ -332,6 +346,14 @@ impl Loop {
                         }
                         self.drive(i, now);
                     }
+                }
+            }
+            if now.saturating_sub(self.last_sweep_ms) >= 1000 && self.thread == 0 {
+                // Belt and braces beside PDEATHSIG: never keep serving old
+                // code on the socket without a master.
+                if nix::unistd::getppid().as_raw() != MASTER_PID.load(Ordering::Relaxed) {
+                    crate::log::warning("Master is gone; worker exiting");
+                    exit(0);
                 }
             }
             if now.saturating_sub(self.last_sweep_ms) >= 1000 || self.draining() {
