@@ -248,6 +248,13 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _pid_ns(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
 def _cmdline(pid: int) -> str:
     try:
         return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
@@ -278,12 +285,8 @@ def cleanup_stale_runs() -> None:
                 continue
             if key == "nspawn_pid" and root not in _cmdline(pid):
                 continue
-            if key == "leader_pid":
-                try:
-                    if os.readlink(f"/proc/{pid}/root") != root:
-                        continue
-                except OSError:
-                    continue
+            if key == "leader_pid" and (not info.get("leader_ns") or _pid_ns(pid) != info["leader_ns"]):
+                continue
             log(f"killing stale {key} {pid} of {root}")
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -293,6 +296,7 @@ def cleanup_stale_runs() -> None:
             time.sleep(0.5)
             shutil.rmtree(root, ignore_errors=True)
         info_file.unlink(missing_ok=True)
+        info_file.with_suffix(".log").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +317,7 @@ class Container:
         self.keep = os.environ.get("FERRICORN_E2E_KEEP") == "1" if keep is None else keep
         self.proc: subprocess.Popen | None = None
         self.leader: int | None = None
+        self.leader_ns: str | None = None  # "pid:[inode]" of the container's PID namespace
         self._log_file = None
 
     # -- lifecycle --------------------------------------------------------
@@ -333,7 +338,14 @@ class Container:
         subprocess.run(["cp", "-a", "--reflink=auto", str(CACHE_ROOT), str(self.root)], check=True)
         log(f"fresh root {self.root} in {time.monotonic() - t0:.1f}s")
         import atexit
+        import threading
         atexit.register(self.stop)
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            # a plain SIGTERM (a CI timeout, say) should still tear down
+            def _term(signum, frame):
+                raise SystemExit(128 + signum)
+            signal.signal(signal.SIGTERM, _term)
         self._log_file = open(self.log_path, "wb")
         cmd = ["systemd-nspawn", "--keep-unit", "--register=no", "--console=read-only",
                "-M", self.name[:64], "-D", str(self.root), "-b"]
@@ -343,6 +355,7 @@ class Container:
         self._write_info()
         try:
             self.leader = self._find_leader(timeout=30)
+            self.leader_ns = _pid_ns(self.leader)
             self._write_info()
             self._wait_running(boot_timeout)
         except CannotBoot:
@@ -354,7 +367,8 @@ class Container:
     def _write_info(self) -> None:
         self.info_path.write_text(json.dumps({
             "root": str(self.root), "owner_pid": os.getpid(),
-            "nspawn_pid": self.proc.pid if self.proc else None, "leader_pid": self.leader}))
+            "nspawn_pid": self.proc.pid if self.proc else None, "leader_pid": self.leader,
+            "leader_ns": self.leader_ns}))
 
     def _boot_log(self) -> str:
         try:
@@ -435,21 +449,25 @@ class Container:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(10)
-        if self.leader and _pid_alive(self.leader):
+        if self.leader and self.leader_ns and _pid_ns(self.leader) == self.leader_ns:
+            # still our container's PID 1: killing it ends its whole PID namespace
+            log(f"killing the container's PID 1 (host pid {self.leader})")
             try:
-                if os.readlink(f"/proc/{self.leader}/root") == str(self.root):
-                    log(f"killing the container's PID 1 (host pid {self.leader})")
-                    os.kill(self.leader, signal.SIGKILL)
-                    for _ in range(100):
-                        if not _pid_alive(self.leader):
-                            break
-                        time.sleep(0.1)
-            except (OSError, ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-        self.leader = None
+            for _ in range(100):
+                if not _pid_alive(self.leader):
+                    break
+                time.sleep(0.1)
+        self.leader = self.leader_ns = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+            try:  # keep the last boot log only
+                self.log_path.replace(E2E_DIR / "last-boot.log")
+            except OSError:
+                pass
         if self.proc is not None:
             self.proc = None
             if self.keep:
@@ -457,6 +475,14 @@ class Container:
             else:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.info_path.unlink(missing_ok=True)
+
+    def host_pids(self) -> list[int]:
+        """Host pids of every process in the container (its PID namespace)."""
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and self.leader_ns and _pid_ns(int(d.name)) == self.leader_ns:
+                out.append(int(d.name))
+        return out
 
     # -- inside -----------------------------------------------------------
     def _nsenter(self) -> list[str]:

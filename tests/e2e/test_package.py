@@ -143,3 +143,55 @@ def test_lintian_clean(deb):
     print(r.stdout)
     assert r.returncode == 0, r.stdout
     assert not re.search(r"^[EW]: ", r.stdout, re.M), r.stdout
+
+
+def test_example_config_is_accepted(deb, tmp_path):
+    """/etc/ferricorn/example.toml, every commented key switched on, starts a server that answers."""
+    import http.client
+    import os
+    import signal
+    import socket
+    import time
+
+    app = tmp_path / "hello.py"
+    app.write_text("def application(environ, start_response):\n"
+                   "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+                   "    return [b'hello\\n']\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    venv = REPO / "target" / "testenv"  # made with /usr/bin/python3, like the package expects
+    assert (venv / "pyvenv.cfg").is_file()
+    text = (REPO / "debian" / "example.toml").read_text()
+    text = re.sub(r"^# (\w+ = .*?)([ \t]+#.*)?$", r"\1", text, flags=re.M)  # uncomment every setting
+    text = re.sub(r'^wsgi_app = .*$', 'wsgi_app = "hello:application"', text, flags=re.M)
+    text = re.sub(r'^chdir = .*$', f'chdir = "{tmp_path}"', text, flags=re.M)
+    text = re.sub(r'^virtualenv = .*$', f'virtualenv = "{venv}"', text, flags=re.M)
+    text = re.sub(r'^bind = .*$', f'bind = ["127.0.0.1:{port}"]', text, flags=re.M)
+    cfg = tmp_path / "example.toml"
+    cfg.write_text(text)
+    proc = subprocess.Popen([str(REPO / "target" / "release" / "ferricorn"), "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "NOTIFY_SOCKET")})
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                status = conn.getresponse().status
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200, f"exit {proc.poll()}; config:\n{text}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            out = proc.communicate(timeout=40)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    print(out[-3000:])
