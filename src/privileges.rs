@@ -75,3 +75,28 @@ pub fn check(s: &Settings) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Give the log files to the workers' user (Gunicorn does the same), so a
+/// worker that dropped privileges can reopen them on USR1. Called by the
+/// master (as root) after it opened or reopened them; a no-op without
+/// `--user`/`--group` or when not running as root.
+pub fn chown_logs(s: &Settings) -> Result<(), String> {
+    if (s.user.is_none() && s.group.is_none()) || !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let user = s.user.as_deref().map(resolve_user).transpose()?;
+    let uid = user.as_ref().map(|u| u.uid);
+    let gid = match (&s.group, &user) {
+        (Some(g), _) => Some(resolve_group(g)?),
+        (None, Some(u)) => Some(u.gid),
+        (None, None) => None,
+    };
+    let paths = [Some(s.errorlog.as_str()), s.accesslog.as_deref()];
+    for p in paths.into_iter().flatten() {
+        if p == "-" || p.is_empty() {
+            continue;
+        }
+        nix::unistd::chown(p, uid, gid).map_err(|e| format!("chown {p}: {e}"))?;
+    }
+    Ok(())
+}

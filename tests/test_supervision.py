@@ -544,14 +544,19 @@ def test_ttin_ttou_change_the_worker_count(start_server):
 # --- USR1 -------------------------------------------------------------------
 
 
-def test_usr1_reopens_rotated_logs(start_server, tmp_path):
-    err = tmp_path / "error.log"
-    acc = tmp_path / "access.log"
+def start_logging_to_files(start_server, d, *args, cwd=APPS, env=None):
+    err = Path(d) / "error.log"
+    acc = Path(d) / "access.log"
     s = start_server("basic:app", "-w", "2", "--error-logfile", str(err), "--access-logfile", str(acc),
-                     ready=False)
+                     *args, cwd=cwd, env=env, ready=False)
     # The fixture's log is empty (the error log is the file): wait on it.
     wait_for(lambda: err.exists() and "workers are serving" in err.read_text(), 20, what="boot")
     s.port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", err.read_text()).group(1))
+    return s, err, acc
+
+
+def rotate_and_check(s, err, acc):
+    """Rotate both logs, USR1, and check every new line lands in the new files."""
     for _ in range(4):
         assert get(s.port, "/log")[0] == 200
     os.rename(err, str(err) + ".1")
@@ -569,6 +574,12 @@ def test_usr1_reopens_rotated_logs(start_server, tmp_path):
     assert err.read_text().count("a warning from the app") == 10
     assert Path(str(err) + ".1").read_text().count("a warning from the app") == old_err.count("a warning from the app")
     assert Path(str(acc) + ".1").read_text() == old_acc
+    assert "reopening log files:" not in err.read_text()  # no error reopening
+
+
+def test_usr1_reopens_rotated_logs(start_server, tmp_path):
+    s, err, acc = start_logging_to_files(start_server, tmp_path)
+    rotate_and_check(s, err, acc)
     assert s.stop() == 0
 
 
@@ -709,6 +720,21 @@ def test_user_group_drop(start_server):
         s.kill(signal.SIGKILL)
         s.proc.wait(5)
         wait_for(lambda: not any(alive(p) for p in workers), 1.0, what="workers to die with the master")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_user_group_workers_reopen_logs_on_usr1(start_server):
+    d = tempfile.mkdtemp(prefix="ferricorn-user-")
+    try:
+        os.chmod(d, 0o755)
+        shutil.copy(APPS / "basic.py", d)
+        s, err, acc = start_logging_to_files(start_server, d, "--user", "nobody", "--group", "nogroup",
+                                             cwd=d, env=NO_PYC)
+        assert all(proc_status(w, "Uid")[0] == "65534" for w in s.worker_pids())
+        rotate_and_check(s, err, acc)
+        assert s.stop() == 0
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -283,6 +283,7 @@ impl Master {
             self.reload_started = Some(Instant::now());
             self.ready_sent = true;
         }
+        self.own_logs();
         self.notify(|n| n.status("booting workers"));
         // Fork the first workers before waiting on anything.
         self.maintain();
@@ -362,10 +363,20 @@ impl Master {
                 if let Err(e) = log::reopen() {
                     log::error(&format!("reopening log files: {e}"));
                 }
+                self.own_logs();
                 self.signal_all(Signal::SIGUSR1, |_| true);
             }
             Signal::SIGUSR2 => self.upgrade(),
             _ => {}
+        }
+    }
+
+    /// Workers running as `--user` must be able to reopen the log files.
+    fn own_logs(&self) {
+        if let Err(e) = crate::privileges::chown_logs(&self.settings) {
+            log::warning(&format!(
+                "cannot hand the log files to the workers' user: {e}; they will not reopen them on USR1"
+            ));
         }
     }
 
@@ -496,6 +507,7 @@ impl Master {
                     log::error(&format!("reloading log settings: {e}"));
                 }
                 self.settings = s;
+                self.own_logs();
             }
             Err(e) => {
                 log::error(&format!("Reload: {e}; keeping the running configuration"));
