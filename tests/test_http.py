@@ -282,6 +282,19 @@ def test_two_host_headers_are_400(srv):
     srv.rejected(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400)
 
 
+@pytest.mark.parametrize("host", [b"a b", b"a/b", b"evil.example/x?", b"user@host", b"a#b", b'"q"', b"a\\b",
+                                  b"caf\xc3\xa9.example", b"a\tb"], ids=repr)
+def test_invalid_host_value_is_400(srv, host):
+    # RFC 9112 3.2: a Host that cannot be uri-host[:port] is a 400.
+    srv.rejected(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", 400)
+
+
+def test_valid_host_values_are_served(srv):
+    for host in [b"example.com:8080", b"[::1]:80", b"under_score.example", b""]:
+        ex = srv.accepted(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        assert ex.data.endswith(b"Hello, World!")
+
+
 def test_http10_without_host_is_served(srv):
     ex = srv.accepted(b"GET / HTTP/1.0\r\n\r\n")
     assert ex.closed and ex.data.startswith(b"HTTP/1.0 200")

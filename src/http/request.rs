@@ -431,6 +431,22 @@ fn is_tchar(b: u8) -> bool {
         | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
+/// RFC 9112 §3.2: a Host with an invalid value is a 400. The value is
+/// `uri-host [ ":" port ]` (RFC 3986): reg-name characters, an IP literal
+/// in brackets, digits for the port; it may be empty. Anything else (SP,
+/// `/`, `@`, `?`, `#`, quotes, controls, non-ASCII) cannot be a host and
+/// would reach the app as SERVER_NAME / HTTP_HOST.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*'
+                    | b'+' | b',' | b';' | b'=' | b':' | b'[' | b']' | b'%'
+            )
+    })
+}
+
 /// Elements of a comma-separated list value, OWS-trimmed (may be empty).
 #[inline]
 fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -575,7 +591,12 @@ fn build_head(
         }
         let value = trim_ows(f.value);
         match name.len() {
-            4 if name.eq_ignore_ascii_case("host") => hosts += 1,
+            4 if name.eq_ignore_ascii_case("host") => {
+                hosts += 1;
+                if !valid_host(value) {
+                    return Err(HttpError::BadRequest("invalid Host"));
+                }
+            }
             6 if name.eq_ignore_ascii_case("expect") => {
                 expect_continue |= minor == 1 && value.eq_ignore_ascii_case(b"100-continue");
             }
@@ -1004,6 +1025,32 @@ mod tests {
         assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
         ok(b"GET / HTTP/1.0\r\n\r\n");
         ok(b"GET / HTTP/1.1\r\nhost:\r\n\r\n");
+        for h in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8000",
+            "[fe80::1%25eth0]",
+            "xn--bcher-kva.example",
+            "under_score.example",
+        ] {
+            ok(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes());
+        }
+        for h in [
+            "a b",
+            "a/b",
+            "a@b",
+            "a?b",
+            "a#b",
+            "a\"b",
+            "<a>",
+            "a\\b",
+            "h\u{e9}",
+            "a\tb",
+        ] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
+            assert_eq!(status(req.as_bytes()), 400, "{h:?}");
+        }
     }
 
     // ---- Content-Length ----------------------------------------------------
