@@ -868,3 +868,65 @@ def test_one_hundred_pipelined_requests(srv):
     rs, rest = parse_responses(ex.data, ["GET"] * n)
     assert rest == b"" and len(rs) == n
     assert [json.loads(r.body)["QUERY_STRING"] for r in rs] == [str(i) for i in range(n)]
+
+
+def test_error_answer_survives_a_client_still_sending(srv):
+    # The server rejects the head while the client is still pushing a big
+    # body: it must drain (linger) rather than close with unread data, or
+    # the kernel's RST would destroy the 431 before the client reads it.
+    import threading
+
+    s = connect(srv.port, timeout=10)
+    head = b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 8000000\r\n" + field_line(9000) + b"\r\n\r\n"
+    errors = []
+
+    def pump():
+        try:
+            s.sendall(head)
+            for _ in range(40):
+                s.sendall(b"z" * 200_000)
+        except OSError as e:  # the server may close once it has drained enough
+            errors.append(e)
+
+    t = threading.Thread(target=pump)
+    t.start()
+    try:
+        data = recv_until(s, b"\r\n\r\n", timeout=10)
+        t.join(10)
+    finally:
+        s.close()
+    assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+
+
+# ---- curl ------------------------------------------------------------------
+
+def curl(*args, input=None, timeout=20):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("curl")
+    if exe is None:
+        pytest.fail("curl is not installed (tests/run installs it)")
+    return subprocess.run([exe, "-sS", *args], input=input, capture_output=True, timeout=timeout)
+
+
+def test_curl_clients(srv):
+    base = f"http://127.0.0.1:{srv.port}"
+    # A chunked upload from stdin, with Expect: 100-continue.
+    body = b"".join(b"%06d\n" % i for i in range(300_000))  # 2.1 MB
+    p = curl("-v", "-T", "-", "-H", "Expect: 100-continue", f"{base}/echo", input=body)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == body
+    err = p.stderr.decode()
+    assert "Transfer-Encoding: chunked" in err and "HTTP/1.1 100 Continue" in err
+    # HEAD, HTTP/1.0, and keep-alive reuse across two URLs.
+    p = curl("-I", f"{base}/")
+    assert p.stdout.startswith(b"HTTP/1.1 200") and b"Content-Length: 13" in p.stdout
+    p = curl("--http1.0", f"{base}/big?1")
+    assert p.stdout == b"x" * (1 << 20)
+    p = curl("-v", f"{base}/", f"{base}/stream?2")
+    assert p.stdout == b"Hello, World!chunk 0\nchunk 1\n"
+    assert "Re-using existing connection" in p.stderr.decode() or "Reusing existing" in p.stderr.decode()
+    # --data-binary with a Content-Length.
+    p = curl("--data-binary", "@-", f"{base}/echo", input=b"\x00\x01binary\xff")
+    assert p.stdout == b"\x00\x01binary\xff"
