@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
 use crate::http::response::{
     is_hop_by_hop, parse_status, status_has_no_body, valid_header_name, valid_header_value,
@@ -119,7 +119,8 @@ fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     let s = obj.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj)))
     })?;
-    let cow = s.to_cow()?;
+    // to_str borrows CPython's cached UTF-8 form: no copy for ASCII.
+    let cow = s.to_str()?;
     if cow.is_ascii() {
         return Ok(cow.as_bytes().to_vec());
     }
@@ -335,7 +336,7 @@ impl StartResponse {
             // 3333 says nothing was sent, so nothing is kept.
             *st = new;
         }
-        slf.getattr("write")
+        slf.getattr(pyo3::intern!(slf.py(), "write"))
     }
 
     /// The legacy `write()` callable: body bytes the app pushes imperatively.
@@ -455,7 +456,7 @@ impl FileWrapper {
 /// The rest of a response body, sent by the I/O loop as the socket drains.
 pub enum Stream {
     Iter {
-        iter: Py<PyAny>,
+        iter: Py<PyIterator>,
         result: Py<PyAny>,
         framing: Framing,
         /// For `write()` calls made from inside the iterable.
@@ -486,13 +487,18 @@ pub fn log_py_error(py: Python<'_>, err: &PyErr, context: &str) {
 }
 
 pub fn close_result(py: Python<'_>, result: &Bound<'_, PyAny>) {
-    match result.hasattr("close") {
-        Ok(true) => {
-            if let Err(e) = result.call_method0("close") {
+    // Lists and tuples (the common case) have no close(); asking would
+    // raise and format an AttributeError on every request.
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return;
+    }
+    match result.getattr(pyo3::intern!(py, "close")) {
+        Ok(close) => {
+            if let Err(e) = close.call0() {
                 log_py_error(py, &e, "Error in the application's close()");
             }
         }
-        Ok(false) => {}
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {}
         Err(e) => log_py_error(py, &e, "Error looking up close()"),
     }
 }
@@ -635,7 +641,7 @@ fn frame_result(
 
     // 2. Gather body bytes: a list/tuple whole, an iterator up to HIGH_WATER.
     let mut body: Vec<u8> = Vec::new();
-    let mut iter: Option<Bound<'_, PyAny>> = None;
+    let mut iter: Option<Bound<'_, PyIterator>> = None;
     let gathered = (|| -> PyResult<()> {
         let push = |item: Bound<'_, PyAny>, body: &mut Vec<u8>| -> PyResult<()> {
             let b = item.cast::<PyBytes>().map_err(|_| {
@@ -663,7 +669,7 @@ fn frame_result(
                     None => break,
                 }
                 if body.len() >= HIGH_WATER {
-                    iter = Some(it.into_any());
+                    iter = Some(it);
                     break;
                 }
             }
@@ -728,17 +734,17 @@ fn frame_result(
 /// `Err(())` when the response must be cut off (app error, short body).
 pub fn pump_iter(
     py: Python<'_>,
-    iter: &Py<PyAny>,
+    iter: &Py<PyIterator>,
     sr: &Option<Py<StartResponse>>,
     framing: &mut Framing,
     out: &mut Vec<u8>,
     sent: &mut u64,
 ) -> Result<bool, ()> {
-    let it = iter.bind(py);
+    // PyIter_Next: no StopIteration object is created at the end.
+    let mut it = iter.bind(py).clone();
     let start = out.len();
     loop {
-        // SAFETY-free: PyIter_Next semantics via pyo3's call.
-        let next = it.call_method0("__next__");
+        let next = it.next();
         // What the app passed to write() during that step goes first.
         if let Some(sr) = sr {
             let mut st = sr.get().state.lock().unwrap();
@@ -749,7 +755,10 @@ pub fn pump_iter(
             }
         }
         match next {
-            Ok(item) => match item.cast::<PyBytes>() {
+            None => {
+                return if framing.finish(out) { Ok(true) } else { Err(()) };
+            }
+            Some(Ok(item)) => match item.cast::<PyBytes>() {
                 Ok(b) => {
                     *sent += framing.frame(b.as_bytes(), out);
                     if out.len() - start >= HIGH_WATER {
@@ -765,14 +774,7 @@ pub fn pump_iter(
                     return Err(());
                 }
             },
-            Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => {
-                return if framing.finish(out) {
-                    Ok(true)
-                } else {
-                    Err(())
-                };
-            }
-            Err(e) => {
+            Some(Err(e)) => {
                 log_py_error(py, &e, "Error in response iterable");
                 return Err(());
             }
