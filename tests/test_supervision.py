@@ -32,6 +32,7 @@ _log = os.environ.get("IMPORT_LOG")
 if _log:
     with open(_log, "a") as f:
         f.write("%d %s\\n" % (os.getpid(), VERSION))
+time.sleep({import_delay})
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
@@ -53,10 +54,10 @@ def app(environ, start_response):
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def write_app(d, version, name="vapp"):
+def write_app(d, version, name="vapp", import_delay=0):
     p = Path(d) / f"{name}.py"
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(GEN_APP.format(version=version))
+    tmp.write_text(GEN_APP.format(version=version, import_delay=import_delay))
     os.rename(tmp, p)  # atomic, as a deploy would do
     return p
 
@@ -395,6 +396,31 @@ def test_usr2_after_binary_replaced_under_load(start_server, tmp_path, monkeypat
     assert s.stop() == 0
 
 
+def test_usr2_during_a_reload_under_load(start_server, tmp_path):
+    # USR2 while a HUP's generation is still booting: the hand-off carries
+    # the booting workers as booting, and only the newest generation stays.
+    imports = tmp_path / "imports.log"
+    write_app(tmp_path, "v1")
+    s = start_server("vapp:app", "-w", "2", cwd=tmp_path, env=dict(NO_PYC, IMPORT_LOG=str(imports)))
+    old = s.worker_pids()
+    with Load(s.port) as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        write_app(tmp_path, "version-2", import_delay=1)  # a slow import, like Django's
+        s.kill(signal.SIGHUP)
+        wait_for(lambda: imports.read_text().count("version-2") == 2, 5, what="the new workers to import")
+        s.kill(signal.SIGUSR2)
+        s.wait_log(r"Upgraded in place: adopted 4 workers", timeout=10)
+        s.wait_log(r"Reload complete: generation 3", timeout=15)
+        wait_for(lambda: len(s.worker_pids()) == 2 and not set(old) & set(s.worker_pids()), 10,
+                 what="only the newest generation")
+        done = time.monotonic()
+        time.sleep(1)  # nothing else is spawned or retired afterwards
+        assert len(s.worker_pids()) == 2
+        wait_for(lambda: len(load.bodies_after(done)) > 30, 10, what="requests after the upgrade")
+    assert load.failures == [], load.failures[:5]
+    assert set(load.bodies_after(done)) == {b"version-2"}
+
+
 def test_usr2_exec_failure_keeps_running(start_server, tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -468,6 +494,18 @@ def test_stuck_request_times_out_with_traceback(start_server):
     sleep_line = next(i + 1 for i, l in enumerate(src) if "time.sleep(" in l)
     assert re.search(rf'File ".*basic\.py", line {sleep_line} in app', log), log
     wait_for(lambda: len(s.worker_pids()) == 2 and victim not in s.worker_pids(), 5, what="replacement")
+    assert get(s.port)[0] == 200
+
+
+def test_timeout_kill_follows_an_ignored_abort(start_server):
+    s = start_server("basic:app", "-w", "1", "-t", "1")
+    pid = s.worker_pids()[0]
+    stuck = in_background(get, s.port, "/stubborn?30", 40)
+    log = s.wait_log(rf"Worker \(pid:{pid}\) was terminated by signal SIGKILL", timeout=10)
+    assert isinstance(stuck(), Exception)
+    assert re.search(rf"WORKER TIMEOUT \(pid:{pid}\): request GET /stubborn\?30 ran longer than 1s", log)
+    assert "out of memory" not in log  # the master knows why it killed it
+    wait_for(lambda: s.worker_pids() and pid not in s.worker_pids(), 5, what="replacement")
     assert get(s.port)[0] == 200
 
 

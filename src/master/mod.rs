@@ -777,6 +777,23 @@ impl Master {
             return;
         }
         let cur_gen = self.current_generation();
+        if self.mode == Mode::Running {
+            // Outside a reload only the serving generation belongs: one
+            // left from elsewhere (a reload still booting when a --preload
+            // re-exec failed to import the app) is retired, not kept.
+            let deadline = Instant::now() + Duration::from_secs(self.settings.graceful_timeout);
+            for (pid, w) in self.workers.iter_mut() {
+                if w.generation != cur_gen && w.state != WorkerState::Retiring {
+                    log::info(&format!(
+                        "Retiring worker (pid:{pid}) of generation {} (generation {cur_gen} is serving)",
+                        w.generation
+                    ));
+                    let _ = kill(*pid, Signal::SIGTERM);
+                    w.state = WorkerState::Retiring;
+                    w.retire_deadline = Some(deadline);
+                }
+            }
+        }
         let active: Vec<Pid> = self
             .workers
             .iter()

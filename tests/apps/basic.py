@@ -96,6 +96,15 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slept"]
 
+    if path == "/stubborn":
+        # Ignores the SIGABRT a timeout sends: the master must follow up
+        # with SIGKILL.
+        import signal
+        signal.signal(signal.SIGABRT, signal.SIG_IGN)
+        time.sleep(float(environ.get("QUERY_STRING") or "30"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"survived"]
+
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]
