@@ -696,3 +696,14 @@ def test_per_request_values_on_one_connection(srv):
                 assert "HTTP_X_FORWARDED_PROTO" not in env or i == 1
     finally:
         s.close()
+
+
+def test_absolute_form_authority_wins_over_host(start_server):
+    # RFC 9112 §3.2.2: the target's authority replaces the Host header.
+    s = start_server("basic:app")
+    raw = s.raw(b"GET http://real.example:8081/environ HTTP/1.1\r\nHost: other.example\r\n"
+                b"Connection: close\r\n\r\n")
+    env = json.loads(raw.partition(b"\r\n\r\n")[2])
+    assert env["SERVER_NAME"] == "real.example" and env["SERVER_PORT"] == "8081"
+    assert env["HTTP_HOST"] == "real.example:8081"
+    assert env["PATH_INFO"] == "/environ"

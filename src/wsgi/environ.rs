@@ -285,7 +285,10 @@ pub fn build<'py>(
     env.set_item(intern!(py, "REMOTE_PORT"), port.bind(py))?;
 
     let mut https = false;
-    let mut host: Option<&[u8]> = None;
+    // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
+    // host, whatever the Host header says.
+    let target_host = absolute_authority(&head.target);
+    let mut host: Option<&[u8]> = target_host;
     let hs = &head.headers;
     for (i, h) in hs.iter().enumerate() {
         // Repeated fields are combined into the first occurrence.
@@ -297,6 +300,10 @@ pub fn build<'py>(
             continue; // set below from the body actually read
         }
         if name.eq_ignore_ascii_case("host") {
+            if let Some(t) = target_host {
+                env.set_item(intern!(py, "HTTP_HOST"), latin1_str(py, t))?;
+                continue;
+            }
             host = Some(&h.value);
         }
         if c.peer.trusted {
@@ -366,6 +373,19 @@ pub fn build<'py>(
     Ok(env)
 }
 
+/// The authority of an absolute-form target (`http://host:port/path`).
+fn absolute_authority(target: &str) -> Option<&[u8]> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let auth = &rest[..end];
+    // Drop any userinfo (not allowed in http URIs, but never let it pose as a host).
+    let auth = auth.rsplit_once('@').map(|(_, h)| h).unwrap_or(auth);
+    (!auth.is_empty()).then_some(auth.as_bytes())
+}
+
 fn split_host(h: &[u8]) -> (&[u8], Option<&[u8]>) {
     if h.first() == Some(&b'[') {
         if let Some(end) = h.iter().position(|&b| b == b']') {
@@ -399,6 +419,14 @@ mod tests {
         assert_eq!(&*percent_decode(b"/%e9"), b"/\xe9");
         assert_eq!(&*percent_decode(b"/%zz%4"), b"/%zz%4");
         assert_eq!(&*percent_decode(b"/100%"), b"/100%");
+    }
+
+    #[test]
+    fn absolute_form_authority() {
+        assert_eq!(absolute_authority("http://a.example:81/x?y"), Some(&b"a.example:81"[..]));
+        assert_eq!(absolute_authority("HTTPS://b/"), Some(&b"b"[..]));
+        assert_eq!(absolute_authority("/x"), None);
+        assert_eq!(absolute_authority("ftp://c/"), None);
     }
 
     #[test]
