@@ -257,9 +257,11 @@ def in_background(fn, *args):
 # --- HUP ------------------------------------------------------------------
 
 
-def test_hup_under_load_serves_fresh_code_without_failures(start_server, tmp_path):
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_hup_under_load_serves_fresh_code_without_failures(start_server, tmp_path, threads):
     write_app(tmp_path, "v1")
-    s = start_server("vapp:app", "-w", "2", "--graceful-timeout", "10", cwd=tmp_path, env=NO_PYC)
+    s = start_server("vapp:app", "-w", "2", "--threads", threads, "--graceful-timeout", "10",
+                     cwd=tmp_path, env=NO_PYC)
     old = s.worker_pids()
     assert len(old) == 2
     with Load(s.port) as load:
@@ -282,7 +284,7 @@ def test_hup_under_load_serves_fresh_code_without_failures(start_server, tmp_pat
     assert after and set(after) == {b"version-2"}, collections.Counter(after)
     new = s.worker_pids()
     assert len(new) == 2 and not set(new) & set(old)
-    print(f"HUP: {load.ok} ok, 0 failed, {load.stale_retries} keep-alive retries; "
+    print(f"HUP (--threads {threads}): {load.ok} ok, 0 failed, {load.stale_retries} keep-alive retries; "
           f"old generation gone {retired_at - hup_at:.2f}s after HUP")
 
 
@@ -419,6 +421,25 @@ def test_usr2_during_a_reload_under_load(start_server, tmp_path):
         wait_for(lambda: len(load.bodies_after(done)) > 30, 10, what="requests after the upgrade")
     assert load.failures == [], load.failures[:5]
     assert set(load.bodies_after(done)) == {b"version-2"}
+
+
+def test_usr2_follows_a_switched_symlink(start_server, tmp_path, monkeypatch):
+    # Deployments that switch a symlink to a new release: USR2 runs what
+    # the path we were started by points to now.
+    for rel in ("a", "b"):
+        (tmp_path / rel).mkdir()
+        shutil.copy2(BIN, tmp_path / rel / "ferricorn")
+    link = tmp_path / "ferricorn"
+    os.symlink(tmp_path / "a" / "ferricorn", link)
+    monkeypatch.setattr(conftest, "BIN", str(link))
+    s = start_server("basic:app", "-w", "1")
+    assert os.readlink(f"/proc/{s.pid}/exe") == str(tmp_path / "a" / "ferricorn")
+    os.symlink(tmp_path / "b" / "ferricorn", tmp_path / "new-link")
+    os.rename(tmp_path / "new-link", link)
+    s.kill(signal.SIGUSR2)
+    s.wait_log(r"Reload complete", timeout=15)
+    assert os.readlink(f"/proc/{s.pid}/exe") == str(tmp_path / "b" / "ferricorn")
+    assert get(s.port)[0] == 200
 
 
 def test_usr2_exec_failure_keeps_running(start_server, tmp_path, monkeypatch):
@@ -676,7 +697,10 @@ def test_preload_imports_once_in_master_and_hup_reexecs(start_server, tmp_path):
     imports = tmp_path / "imports.log"
     write_app(tmp_path, "v1")
     env = dict(NO_PYC, IMPORT_LOG=str(imports))
-    s = start_server("vapp:app", "--preload", "-w", "2", cwd=tmp_path, env=env)
+    # A relative --chdir: the master changes directory to import the app,
+    # and the re-exec must still find everything relative to where it began.
+    s = start_server("vapp:app", "--preload", "-w", "2", "--chdir", tmp_path.name, cwd=tmp_path.parent,
+                     env=env)
     assert imports.read_text().split() == [str(s.pid), "v1"]
     old = s.worker_pids()
     assert get(s.port) == (200, b"v1")

@@ -24,16 +24,63 @@ const VAR: &str = "FERRICORN_UPGRADE";
 static EXE: OnceLock<PathBuf> = OnceLock::new();
 /// argv as we were started (the process title later overwrites argv).
 static ARGS: OnceLock<Vec<OsString>> = OnceLock::new();
+/// The directory we were started in (--preload may chdir the master); the
+/// re-exec runs from there, so relative paths in argv mean the same again.
+static START_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 pub fn remember_exe() {
-    let _ = ARGS.set(std::env::args_os().collect());
-    if let Ok(p) = std::env::current_exe() {
-        // current_exe reads /proc/self/exe; strip a " (deleted)" suffix in
-        // case we were ourselves started by an upgrade of a replaced file.
-        let s = p.to_string_lossy();
-        let clean = s.strip_suffix(" (deleted)").map(PathBuf::from).unwrap_or(p);
-        let _ = EXE.set(clean);
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cwd = std::env::current_dir().ok();
+    let invoked = args.first().and_then(|a0| {
+        resolve_invoked(a0, cwd.as_deref(), std::env::var_os("PATH").as_deref())
+    });
+    if let Some(d) = cwd {
+        let _ = START_DIR.set(d);
     }
+    let _ = ARGS.set(args);
+    // The path we were invoked by, symlinks kept: an upgrade that switches
+    // a symlink (or replaces the file) is then followed. Failing that, the
+    // file we run from (/proc/self/exe, minus a " (deleted)" suffix in case
+    // we were ourselves started by an upgrade of a replaced file).
+    let exe = invoked.or_else(|| {
+        std::env::current_exe().ok().map(|p| {
+            let s = p.to_string_lossy();
+            s.strip_suffix(" (deleted)").map(PathBuf::from).unwrap_or(p)
+        })
+    });
+    if let Some(p) = exe {
+        let _ = EXE.set(p);
+    }
+}
+
+/// argv[0] as an absolute path, the way the shell found it: relative to the
+/// directory we started in (the master may chdir later, with --preload) if
+/// it holds a slash, else the first executable of that name on PATH.
+fn resolve_invoked(
+    argv0: &std::ffi::OsStr,
+    cwd: Option<&std::path::Path>,
+    path_var: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exe = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if argv0.is_empty() {
+        return None;
+    }
+    let p = std::path::Path::new(argv0);
+    if argv0.as_bytes().contains(&b'/') {
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd?.join(p)
+        };
+        return is_exe(&abs).then_some(abs);
+    }
+    std::env::split_paths(path_var?)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(p))
+        .find(|c| is_exe(c))
 }
 
 /// Where an adopted worker stood in the previous image.
@@ -237,8 +284,15 @@ pub fn reexec(
             to_c(&b)
         })
         .collect();
+    let here = std::env::current_dir().ok();
+    if let Some(d) = START_DIR.get() {
+        let _ = std::env::set_current_dir(d);
+    }
     let err = nix::unistd::execve(&path, &args, &envs).err();
-    // Still here: put close-on-exec back.
+    // Still here: back to where we were, and put close-on-exec back.
+    if let Some(d) = here {
+        let _ = std::env::set_current_dir(d);
+    }
     for fd in keep {
         // SAFETY: fcntl on our own fds.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -253,6 +307,38 @@ pub fn reexec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invoked_path_keeps_symlinks() {
+        use std::ffi::OsStr;
+        let dir = std::env::temp_dir().join(format!("ferricorn-exe-test-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let real = dir.join("real-ferricorn");
+        std::fs::write(&real, b"x").unwrap();
+        std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let link = bin.join("ferricorn");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // Found on PATH: the symlink, not its target.
+        let path = std::env::join_paths([dir.join("nowhere"), bin.clone()]).unwrap();
+        assert_eq!(
+            resolve_invoked(OsStr::new("ferricorn"), None, Some(&path)),
+            Some(link.clone())
+        );
+        // Relative to the start directory.
+        assert_eq!(
+            resolve_invoked(OsStr::new("bin/ferricorn"), Some(&dir), None),
+            Some(link.clone())
+        );
+        assert_eq!(
+            resolve_invoked(link.as_os_str(), None, None),
+            Some(link.clone())
+        );
+        assert_eq!(resolve_invoked(OsStr::new("nope"), None, Some(&path)), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn handoff_round_trip_text() {
