@@ -442,6 +442,15 @@ def test_usr2_follows_a_switched_symlink(start_server, tmp_path, monkeypatch):
     assert get(s.port)[0] == 200
 
 
+def test_term_right_after_usr2_is_not_lost(start_server):
+    # Both signals are likely read in one batch: the exec must not happen
+    # before the TERM read with it is handled (it would be lost).
+    s = start_server("basic:app", "-w", "2")
+    os.kill(s.pid, signal.SIGUSR2)
+    os.kill(s.pid, signal.SIGTERM)
+    assert s.proc.wait(10) == 0
+
+
 def test_usr2_exec_failure_keeps_running(start_server, tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
     bindir.mkdir()

@@ -106,6 +106,10 @@ pub struct Master {
     preloaded: Option<pyo3::Py<pyo3::PyAny>>,
     reload_started: Option<Instant>,
     last_reload: Option<String>,
+    /// USR2 (or HUP with --preload) was received: re-exec at the end of
+    /// this turn, after every other signal read with it was handled (the
+    /// exec would drop them: they are already out of the signalfd).
+    upgrade_pending: bool,
 }
 
 const HANDLED: [Signal; 10] = [
@@ -216,6 +220,7 @@ impl Master {
             preloaded: None,
             reload_started: None,
             last_reload: None,
+            upgrade_pending: false,
         })
     }
 
@@ -334,6 +339,9 @@ impl Master {
         for sig in queue {
             self.handle_signal(sig);
         }
+        if std::mem::take(&mut self.upgrade_pending) {
+            self.upgrade();
+        }
     }
 
     fn handle_signal(&mut self, sig: Signal) {
@@ -366,7 +374,10 @@ impl Master {
                 self.own_logs();
                 self.signal_all(Signal::SIGUSR1, |_| true);
             }
-            Signal::SIGUSR2 => self.upgrade(),
+            Signal::SIGUSR2 => {
+                log::info("Handling signal: usr2; upgrading in place (re-exec)");
+                self.upgrade_pending = true;
+            }
             _ => {}
         }
     }
@@ -492,7 +503,8 @@ impl Master {
         self.notify(|n| n.reloading());
         if self.settings.preload {
             // Preloaded code lives in the master: only a re-exec reloads it.
-            self.upgrade();
+            log::info("--preload: reloading by an in-place re-exec");
+            self.upgrade_pending = true;
             return;
         }
         match Settings::load(&self.cli) {
@@ -994,9 +1006,9 @@ impl Master {
     /// sockets, the heartbeat table and the running workers.
     fn upgrade(&mut self) {
         if matches!(self.mode, Mode::Stopping { .. }) {
+            log::warning("Not upgrading: stopping");
             return;
         }
-        log::info("Handling signal: usr2; upgrading in place (re-exec)");
         self.notify(|n| n.reloading());
         let workers = self
             .workers
