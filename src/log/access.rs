@@ -36,7 +36,8 @@ pub struct Record<'a> {
     pub body_bytes: u64,
     pub duration: Duration,
     pub request_headers: &'a [crate::http::Header],
-    pub response_headers: &'a [(Vec<u8>, Vec<u8>)],
+    /// The app's response headers as serialized: `Name: value\r\n`...
+    pub response_headers: &'a [u8],
     pub request_id: u64,
 }
 
@@ -48,10 +49,13 @@ impl<'a> Record<'a> {
             .map(|h| &*h.value)
     }
     fn resp_header(&self, name: &str) -> Option<&'a [u8]> {
-        self.response_headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.as_slice())
+        self.response_headers.split(|&b| b == b'\n').find_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
     }
     fn path_query(&self) -> (&'a str, &'a str) {
         self.target.split_once('?').unwrap_or((self.target, ""))
@@ -296,7 +300,7 @@ mod tests {
             body_bytes: 13,
             duration: Duration::from_micros(1500),
             request_headers: &hdrs,
-            response_headers: &[(b"Content-Type".to_vec(), b"text/plain".to_vec())],
+            response_headers: b"Content-Type: text/plain\r\nX-A: b\r\n",
             request_id: 1,
         };
         let mut s = String::new();

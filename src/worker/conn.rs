@@ -43,7 +43,7 @@ pub struct Responding {
 pub struct AccessInfo {
     pub head: RequestHead,
     pub started: std::time::Instant,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub headers: Vec<u8>,
     pub request_id: u64,
 }
 

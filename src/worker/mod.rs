@@ -356,6 +356,13 @@ impl Loop {
                     exit(0);
                 }
             }
+            if self.accepting && now.saturating_sub(self.last_sweep_ms) >= 1000 {
+                // Backstop for a wake-up lost to a worker that exited
+                // between being woken and accepting: look once a second.
+                for li in 0..self.sh.listeners.len() {
+                    self.accept(li, now);
+                }
+            }
             if now.saturating_sub(self.last_sweep_ms) >= 1000 || self.draining() {
                 self.sweep(now);
                 self.last_sweep_ms = now;
@@ -403,7 +410,11 @@ impl Loop {
         // accepted it, and a loop busy in the app must not hoard a burst.
         let batch = if self.sh.settings.threads > 1 { 1 } else { 16 };
         for _ in 0..batch {
-            if self.live >= self.sh.settings.worker_connections || self.draining() {
+            // Even while draining, take what woke us: with EPOLLEXCLUSIVE
+            // no other worker was woken for these connections, and they
+            // would wait in the queue until the next one arrived. They are
+            // served with `Connection: close`; the loop then deregisters.
+            if self.live >= self.sh.settings.worker_connections {
                 self.set_accepting(false);
                 return;
             }

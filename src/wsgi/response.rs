@@ -91,7 +91,8 @@ pub struct ReqInfo {
 #[derive(Default)]
 struct SrState {
     status: Option<(u16, Vec<u8>)>,
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The app's headers, validated and serialized: `Name: value\r\n`...
+    headers: Vec<u8>,
     content_length: Option<u64>,
     app_wants_close: bool,
     has_date: bool,
@@ -130,6 +131,24 @@ fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
                 .map_err(|_| PyValueError::new_err(format!("{what} {cow:?} is not latin-1")))
         })
         .collect()
+}
+
+/// Append a latin-1 native string's bytes to `out` (no intermediate Vec).
+fn latin1_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<u8>) -> PyResult<()> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj)))
+    })?;
+    let text = s.to_str()?;
+    if text.is_ascii() {
+        out.extend_from_slice(text.as_bytes());
+        return Ok(());
+    }
+    for c in text.chars() {
+        out.push(u8::try_from(c as u32).map_err(|_| {
+            PyValueError::new_err(format!("{what} {text:?} is not latin-1"))
+        })?);
+    }
+    Ok(())
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -192,12 +211,7 @@ impl StartResponse {
         if !st.has_date {
             crate::http::response::with_date_line(|d| out.extend_from_slice(d));
         }
-        for (n, v) in &st.headers {
-            out.extend_from_slice(n);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
-        }
+        out.extend_from_slice(&st.headers);
         if let Some(n) = add_length {
             let _ = write!(out, "Content-Length: {n}\r\n");
         }
@@ -283,21 +297,27 @@ impl StartResponse {
                         "each header must be a (name, value) tuple",
                     ));
                 }
-                let name = latin1(&t.get_item(0)?, "header name")?;
-                let value = latin1(&t.get_item(1)?, "header value")?;
-                if !valid_header_name(&name) {
+                let block = &mut new.headers;
+                let start = block.len();
+                latin1_into(&t.get_item(0)?, "header name", block)?;
+                let name_end = block.len();
+                block.extend_from_slice(b": ");
+                latin1_into(&t.get_item(1)?, "header value", block)?;
+                let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
+                if !valid_header_name(name) {
                     return Err(PyValueError::new_err(format!(
                         "invalid header name {:?}",
-                        String::from_utf8_lossy(&name)
+                        String::from_utf8_lossy(name)
                     )));
                 }
-                if !valid_header_value(&value) {
+                if !valid_header_value(value) {
                     return Err(PyValueError::new_err(format!(
                         "invalid value for header {:?}: control characters (CR/LF) are not allowed",
-                        String::from_utf8_lossy(&name)
+                        String::from_utf8_lossy(name)
                     )));
                 }
-                if is_hop_by_hop(&name) {
+                let mut keep = true;
+                if is_hop_by_hop(name) {
                     if name.eq_ignore_ascii_case(b"connection")
                         && value
                             .split(|&b| b == b',')
@@ -305,9 +325,8 @@ impl StartResponse {
                     {
                         new.app_wants_close = true;
                     }
-                    continue;
-                }
-                if name.eq_ignore_ascii_case(b"content-length") {
+                    keep = false;
+                } else if name.eq_ignore_ascii_case(b"content-length") {
                     let v = value.trim_ascii();
                     let n = (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
                         .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
@@ -315,22 +334,24 @@ impl StartResponse {
                         .ok_or_else(|| {
                             PyValueError::new_err(format!(
                                 "invalid Content-Length {:?}",
-                                String::from_utf8_lossy(&value)
+                                String::from_utf8_lossy(value)
                             ))
                         })?;
                     if new.content_length.is_some_and(|c| c != n) {
                         return Err(PyValueError::new_err("conflicting Content-Length headers"));
                     }
-                    if new.content_length.is_some() {
-                        continue;
-                    }
+                    keep = new.content_length.is_none();
                     new.content_length = Some(n);
                 } else if name.eq_ignore_ascii_case(b"date") {
                     new.has_date = true;
                 } else if name.eq_ignore_ascii_case(b"server") {
                     new.has_server = true;
                 }
-                new.headers.push((name, value));
+                if keep {
+                    new.headers.extend_from_slice(b"\r\n");
+                } else {
+                    new.headers.truncate(start);
+                }
             }
             // Keep what write() produced before an exc_info restart? PEP
             // 3333 says nothing was sent, so nothing is kept.
@@ -476,8 +497,8 @@ pub struct Outcome {
     pub keep_alive: bool,
     pub body_bytes: u64,
     pub stream: Option<Stream>,
-    /// Response headers (moved out, for the access log).
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Response headers as sent, `Name: value\r\n`... (for the access log).
+    pub headers: Vec<u8>,
 }
 
 /// Log a Python exception with its traceback to the error log.
