@@ -139,6 +139,67 @@ def memory(pid):
     }
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """utime+stime of one process, in clock ticks (0 if gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class CpuWatch:
+    """How much CPU processes other than ours used during a measurement: the machine is
+    shared, and a compile running beside a benchmark halves its figures."""
+
+    def __init__(self, pids_fn):
+        self.pids_fn = pids_fn
+
+    @staticmethod
+    def _stat():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal
+        return v[0] + v[1] + v[2], (v[7] if len(v) > 7 else 0)
+
+    def _ours(self):
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ru_self = resource.getrusage(resource.RUSAGE_SELF)
+        ticks = (ru.ru_utime + ru.ru_stime + ru_self.ru_utime + ru_self.ru_stime) * CLK_TCK
+        # kernel threads (ksoftirqd, kworkers) mostly carry our own loopback traffic
+        pids = self.pids_fn() + children_map().get(2, [])
+        return ticks + sum(proc_cpu(p) for p in pids), pids
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.busy0, self.steal0 = self._stat()
+        self.ours0, _ = self._ours()
+
+    def stop(self):
+        wall = time.monotonic() - self.t0
+        busy1, steal1 = self._stat()
+        ours1, _ = self._ours()
+        # a process that appeared during the window counts from 0, which is right
+        ours_delta = ours1 - self.ours0
+        cap = wall * CLK_TCK * (os.cpu_count() or 1)
+        self.foreign = max(0.0, (busy1 - self.busy0 - ours_delta) / cap * 100) if cap else 0.0
+        self.steal = (steal1 - self.steal0) / cap * 100 if cap else 0.0
+        return self
+
+    def warning(self, threshold=10.0):
+        out = []
+        if self.foreign >= threshold:
+            out.append("WARNING: other processes used %.0f%% of the CPUs" % self.foreign)
+        if self.steal >= 5.0:
+            out.append("WARNING: %.0f%% CPU steal" % self.steal)
+        return "; ".join(out)
+
+
 def http_get(port, path="/", method="GET", body=None, timeout=5.0):
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -304,10 +365,11 @@ def cmd_ferricorn(app, cwd, port, workers, preload, valgrind):
         shown = FERRICORN.relative_to(ROOT) if FERRICORN.is_relative_to(ROOT) else FERRICORN
         raise Skip("skipped: %s missing (build: PYO3_PYTHON=/usr/bin/python3 cargo build --release)"
                    % shown)
-    cmd = [FERRICORN, "-w", workers, "-b", "%s:%d" % (HOST, port), "--chdir", cwd,
-           "--virtualenv", VENV]
+    cmd = [FERRICORN]
     if preload:
+        # first, so that an optional-value flag cannot swallow the app argument
         cmd.append("--preload")
+    cmd += ["-w", workers, "-b", "%s:%d" % (HOST, port), "--chdir", cwd, "--virtualenv", VENV]
     if valgrind:
         cmd += ["-t", "600"]
     return cmd + [app], ""
@@ -535,6 +597,9 @@ def row(scenario, server, **kw):
     return r
 
 
+RETRY_BUDGET = [150.0]  # seconds a run may spend measuring noisy loads again
+
+
 def run_load(scn, server, opts):
     title, appkey, workers, pin, extra, _ = LOAD_SCENARIOS[scn]
     _, _, path, method, _ = APPS_DEF[appkey]
@@ -557,7 +622,25 @@ def run_load(scn, server, opts):
             holder_note = "holder " + line
         # short warm-up, then the measured run
         run_wrk(srv.port, path, 1, lua=lua, pin=1 if pin else None)
-        res = run_wrk(srv.port, path, opts.duration, lua=lua, pin=1 if pin else None)
+        holder_pid = holder.pid if holder else None
+        best = None
+        for attempt in range(1 + opts.retries):
+            watch = CpuWatch(lambda: srv.pids() + ([holder_pid] + descendants(holder_pid)
+                                                     if holder_pid else []))
+            watch.start()
+            res = run_wrk(srv.port, path, opts.duration, lua=lua, pin=1 if pin else None)
+            watch.stop()
+            if best is None or watch.foreign < best[1].foreign:
+                best = (res, watch)
+            if watch.foreign < 10.0 or attempt == opts.retries:
+                break
+            if RETRY_BUDGET[0] < opts.duration + 3:
+                log("    other processes used %.0f%% of the CPUs (retry budget spent)" % watch.foreign)
+                break
+            RETRY_BUDGET[0] -= opts.duration + 3
+            log("    other processes used %.0f%% of the CPUs: measuring again" % watch.foreign)
+            time.sleep(2)
+        res, watch = best
         mem = memory(srv.proc.pid)
         if srv.proc.poll() is not None:
             raise Fail("server died during the load")
@@ -570,7 +653,8 @@ def run_load(scn, server, opts):
             holder = None
         return row(scn, server, rps=res["rps"], p50=res["p50"], p99=res["p99"],
                    errors=res["errors"], pss_mb=mem["pss_mb"], rss_worker_mb=mem["rss_worker_mb"],
-                   nprocs=mem["nprocs"], note="; ".join(x for x in (note, holder_note) if x))
+                   nprocs=mem["nprocs"], foreign_cpu=watch.foreign, steal=watch.steal,
+                   note="; ".join(x for x in (note, holder_note, watch.warning()) if x))
     except Skip as e:
         return row(scn, server, skip=str(e))
     except Fail as e:
@@ -636,8 +720,8 @@ def run_instr(server, opts):
             raise Fail("%d process(es) killed before callgrind could write" % len(empty))
         per = (totals[n_b][0] - totals[n_a][0]) / float(n_b - n_a)
         note = srvs[n_a].note
-        note = (note + "; " if note else "") + "%d files; (Ir@%d - Ir@%d)/%d" % (
-            totals[n_b][1], n_b, n_a, n_b - n_a)
+        note = (note + "; " if note else "") + "%d process%s; (Ir@%d - Ir@%d)/%d" % (
+            totals[n_b][1], "" if totals[n_b][1] == 1 else "es", n_b, n_a, n_b - n_a)
         return row("instr", server, instr=per, note=note)
     except Skip as e:
         return row("instr", server, skip=str(e))
@@ -653,12 +737,16 @@ def run_django_start(server, opts, preload=False):
     """Seconds from spawn to the first 200 of /admin/login/ (2 workers), median of N runs."""
     times = []
     note = ""
+    current = []
+    watch = CpuWatch(lambda: [p for s in current for p in s.pids()])
+    watch.start()
     try:
         for i in range(opts.django_repeats):
             app, cwd, path, _, check = APPS_DEF["django"]
             port = free_port()
             cmd, note = SERVERS[server](app, cwd, port, 2, preload, None)
             srv = Server(server, cmd, cwd, port, tag="-djstart%d" % i)
+            current[:] = [srv]
             if server == "bjoern":
                 srv.stop_signal = signal.SIGINT
             srv.start()
@@ -681,8 +769,11 @@ def run_django_start(server, opts, preload=False):
                     time.sleep(0.01)
             finally:
                 srv.stop()
+        watch.stop()
         return row("django-start", server, start_s=statistics.median(times),
-                   note=(note + "; " if note else "") + "median of %d" % len(times))
+                   foreign_cpu=watch.foreign, steal=watch.steal,
+                   note="; ".join(x for x in (note, "median of %d" % len(times), watch.warning())
+                                  if x))
     except Skip as e:
         return row("django-start", server, skip=str(e))
     except Fail as e:
@@ -785,7 +876,8 @@ def markdown(rows, meta):
     out.append("%s; wrk -t1 -c64 -d%ds --latency (1 s warm-up first); %s. "
                "PSS = sum over master+workers (smaps_rollup); RSS/worker = mean over the "
                "processes below the master (the process itself when it has no workers). "
-               "errors = non-2xx + socket errors. %s"
+               "errors = non-2xx + socket errors. A WARNING note means other processes used "
+               "that share of the CPUs during the measurement: repeat that row. %s"
                % (meta["machine"], meta["duration"], meta["mode"], meta["versions"]))
     out.append("")
     out.append("| scenario | server | result | p50 ms | p99 ms | errors | PSS MB | RSS/worker MB | note |")
@@ -805,11 +897,20 @@ def markdown(rows, meta):
     return "\n".join(out) + "\n"
 
 
-def lookup(rows, scenario, server, key):
+def find_row(rows, scenario, server):
     for r in rows:
         if r["scenario"] == scenario and r["server"] == server and "fail" not in r and "skip" not in r:
-            return r.get(key)
+            return r
     return None
+
+
+def lookup(rows, scenario, server, key):
+    r = find_row(rows, scenario, server)
+    return r.get(key) if r else None
+
+
+def noisy(rows, *keys):
+    return any((find_row(rows, sc, sv) or {}).get("foreign_cpu", 0) >= 10.0 for sc, sv, _ in keys)
 
 
 TARGETS = [
@@ -849,8 +950,11 @@ def ratio_section(rows):
             continue
         ratio = va / vb
         ok = ratio >= bound if op == ">=" else ratio <= bound
-        out.append("| %s | %s | %s | %.2fx | %s %.2fx | %s |" % (
-            label, fmt_num(va), fmt_num(vb), ratio, op, bound, "PASS" if ok else "FAIL"))
+        verdict = "PASS" if ok else "FAIL"
+        if noisy(rows, a, b):
+            verdict += " (other load during the run: repeat it)"
+        out.append("| %s | %s | %s | %.3fx | %s %.2fx | %s |" % (
+            label, fmt_num(va), fmt_num(vb), ratio, op, bound, verdict))
     return out
 
 
@@ -949,6 +1053,9 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds of wrk per run (default 8, quick 3)")
     ap.add_argument("--instr-counts", default="",
                     help="A,B request counts of the two callgrind runs (default 2000,12000; quick 300,1300)")
+    ap.add_argument("--retries", type=int, default=None,
+                    help="measure a load again (keeping the quietest) when other processes used "
+                         ">=10%% of the CPUs (default 1; quick 0)")
     ap.add_argument("--out", default=str(RESULTS / "latest"),
                     help="output prefix (writes PREFIX.md, PREFIX.png, PREFIX.json)")
     opts = ap.parse_args()
@@ -958,6 +1065,8 @@ def main():
     else:
         opts.instr_counts = (300, 1300) if opts.quick else (2000, 12000)
     opts.django_repeats = 1 if opts.quick else 3
+    if opts.retries is None:
+        opts.retries = 0 if opts.quick else 1
     scenarios = [s.strip() for s in opts.only.split(",") if s.strip()] or (
         QUICK_SCENARIOS if opts.quick else ALL_SCENARIOS)
     for s in scenarios:
@@ -973,6 +1082,7 @@ def main():
 
     prepare()
     t0 = time.monotonic()
+    load_start = os.getloadavg()[0]
     if not FERRICORN.exists():
         log("NOTE: %s is missing: ferricorn is skipped (build it with "
             "`PYO3_PYTHON=/usr/bin/python3 cargo build --release`)" % FERRICORN)
@@ -1024,7 +1134,8 @@ def main():
         "machine": "%d cores, %s" % (os.cpu_count(), os.uname().release),
         "duration": opts.duration,
         "mode": ("--quick" if opts.quick else "full") + (" --only " + opts.only if opts.only else "")
-        + ("; run took %.0f s" % elapsed),
+        + ("; run took %.0f s; load average %.1f at start, %.1f at end"
+           % (elapsed, load_start, os.getloadavg()[0])),
         "versions": versions(),
     }
     md = markdown(rows, meta)
