@@ -167,11 +167,11 @@ pub struct Options {
     #[arg(long = "log-target")]
     pub log_target: Option<String>,
     /// Import the app in the master before forking workers.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub preload: Option<bool>,
+    #[arg(long)]
+    pub preload: bool,
     /// Restart workers when Python source files change (development only).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub reload: Option<bool>,
+    #[arg(long)]
+    pub reload: bool,
     /// Switch worker processes to this user after binding.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
@@ -652,12 +652,10 @@ impl Settings {
             accesslog: cli.accesslog.clone().or(file.accesslog),
             access_log_format,
             log_target,
-            preload: cli
-                .preload
-                .or(file.preload_app)
-                .or(file.preload)
-                .unwrap_or(false),
-            reload: cli.reload.or(file.reload).unwrap_or(false),
+            // Plain flags, as in Gunicorn: given on the command line, or
+            // `preload_app = true` / `reload = true` in the file.
+            preload: cli.preload || file.preload_app.or(file.preload).unwrap_or(false),
+            reload: cli.reload || file.reload.unwrap_or(false),
             user: cli.user.clone().or(file.user),
             group: cli.group.clone().or(file.group),
             umask,
@@ -786,6 +784,15 @@ mod tests {
         assert_eq!(e.key, "wsgi_app");
         let e = toml::from_str::<FileOptions>("wokers = 2").unwrap_err();
         assert!(e.to_string().contains("wokers"), "{e}");
+    }
+
+    #[test]
+    fn flags_do_not_swallow_the_app() {
+        let o = opts(&["--preload", "app:app"]);
+        assert!(o.preload);
+        assert_eq!(o.wsgi_app.as_deref(), Some("app:app"));
+        let s = merge(&opts(&["app:app"]), "preload_app = true", &[]).unwrap();
+        assert!(s.preload);
     }
 
     #[test]
