@@ -34,6 +34,11 @@ use crate::wsgi::response::{self, ReqInfo, Stream};
 use conn::{AccessInfo, BodyReader, BodyState, Conn, Io, Phase, Responding};
 
 const TOK_WAKE: u64 = u64::MAX;
+thread_local! {
+    /// `wsgi.input` for requests without a body (one per I/O loop).
+    static EMPTY_INPUT: std::cell::RefCell<Option<Py<Input>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The master we were forked by; a different parent means it died.
 static MASTER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
@@ -764,10 +769,20 @@ impl Loop {
                         body_len,
                     },
                 )?;
-                env.set_item(
-                    pyo3::intern!(py, "wsgi.input"),
-                    Bound::new(py, Input::new(body))?,
-                )?;
+                let input = if body_len == 0 {
+                    // An empty body reads the same for everyone: share one.
+                    EMPTY_INPUT.with(|e| -> PyResult<Py<Input>> {
+                        if let Some(i) = &*e.borrow() {
+                            return Ok(i.clone_ref(py));
+                        }
+                        let i = Py::new(py, Input::new(Body::Mem(Vec::new())))?;
+                        *e.borrow_mut() = Some(i.clone_ref(py));
+                        Ok(i)
+                    })?
+                } else {
+                    Py::new(py, Input::new(body))?
+                };
+                env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
                 Ok(env.into_any())
             })();
             match built {
