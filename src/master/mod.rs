@@ -878,6 +878,10 @@ impl Master {
                 // even on SIGKILL; then check the master did not die already
                 // (the new parent is then init or a subreaper, not 1 always).
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                // The master's signalfd is of no use here (and the app
+                // should not inherit it). SAFETY: closing our own fd; this
+                // Master is never dropped in the child, so never again.
+                unsafe { libc::close(self.sigfd.as_raw_fd()) };
                 // SAFETY: the child never returns from worker::run, so this
                 // Master (and its scoreboard mapping) is never dropped here;
                 // the slot reference stays valid for the child's lifetime.
