@@ -730,6 +730,30 @@ def test_preload_imports_once_in_master_and_hup_reexecs(start_server, tmp_path):
     assert lines == [f"{s.pid} v1", f"{s.pid} version-2"], lines
 
 
+def test_hup_rereads_config_file_including_preload(start_server, tmp_path):
+    imports = tmp_path / "imports.log"
+    write_app(tmp_path, "v1")
+    conf = tmp_path / "ferricorn.toml"
+    conf.write_text("workers = 2\n")
+    s = start_server("vapp:app", "-c", str(conf), cwd=tmp_path, env=dict(NO_PYC, IMPORT_LOG=str(imports)))
+    assert len(s.worker_pids()) == 2
+    # More workers, and the app imported once by the master from now on.
+    conf.write_text("workers = 3\npreload_app = true\n")
+    s.kill(signal.SIGHUP)
+    s.wait_log(r"Upgraded in place", timeout=10)
+    s.wait_log(r"Reload complete", timeout=15)
+    wait_for(lambda: len(s.worker_pids()) == 3, 10, what="3 workers")
+    assert f"{s.pid} v1" in imports.read_text().splitlines()
+    assert get(s.port) == (200, b"v1")
+    # And back: workers = 1, no preload.
+    conf.write_text("workers = 1\n")
+    s.kill(signal.SIGHUP)
+    s.wait_log(r"Upgraded in place", count=2, timeout=10)  # preload was on: a re-exec
+    s.wait_log(r"Reload complete", count=2, timeout=15)
+    wait_for(lambda: len(s.worker_pids()) == 1, 10, what="1 worker")
+    assert get(s.port) == (200, b"v1")
+
+
 def test_preload_hup_with_broken_app_keeps_serving(start_server, tmp_path):
     write_app(tmp_path, "v1")
     s = start_server("vapp:app", "--preload", "-w", "2", cwd=tmp_path, env=NO_PYC)

@@ -508,6 +508,13 @@ impl Master {
             return;
         }
         match Settings::load(&self.cli) {
+            Ok(s) if s.preload => {
+                // `preload` was turned on in the config file: the app must
+                // now be imported by the master, which a fresh image does.
+                log::info("preload is now on: reloading by an in-place re-exec");
+                self.upgrade_pending = true;
+                return;
+            }
             Ok(s) => {
                 if s.bind != self.settings.bind {
                     log::warning(
@@ -867,7 +874,8 @@ impl Master {
         // consistent copy of everything; it never returns from worker::run.
         // With --preload CPython lives in this process (even when the
         // import failed after a re-exec), so fork by its protocol.
-        let forked = if self.settings.preload {
+        // SAFETY: Py_IsInitialized only reads a flag.
+        let forked = if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
             crate::preload::fork()
         } else {
             unsafe { fork() }
