@@ -7,6 +7,7 @@ is meant to do.
 """
 import collections
 import http.client
+import json
 import os
 import re
 import shutil
@@ -221,7 +222,8 @@ def proc_status(pid, key):
 
 
 def args_of(pid):
-    return subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["ps", "ww", "-o", "args=", "-p", str(pid)], capture_output=True,
+                          text=True).stdout.strip()
 
 
 def get(port, path="/", timeout=10):
@@ -791,6 +793,25 @@ def test_pidfile_and_process_titles(start_server, tmp_path):
         assert args_of(w) == "ferricorn: worker [shop]"
     assert s.stop() == 0
     assert not pidfile.exists()
+
+
+def test_process_title_longer_than_the_command_line(start_server, tmp_path):
+    # The name comes from the config file, so the title is longer than the
+    # command line: it takes the environment's space, and the environment
+    # the app sees is intact.
+    name = "a-long-process-name-" + "x" * 120
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'proc_name = "{name}"\n')
+    s = start_server("basic:app", "-w", "1", "-c", str(conf), env={"FERRICORN_TEST_MARK": "kept"})
+    assert len(" ".join(s.args)) < len(f"ferricorn: master [{name}]")
+    assert args_of(s.pid) == f"ferricorn: master [{name}]"
+    (w,) = s.worker_pids()
+    assert args_of(w) == f"ferricorn: worker [{name}]"
+    env = json.loads(get(s.port, "/environ")[1])
+    assert env["HTTP_HOST"].startswith("127.0.0.1")
+    # The app's process environment survived the move.
+    status, body = get(s.port, "/env?FERRICORN_TEST_MARK")
+    assert (status, body) == (200, b"kept")
 
 
 # --- privileges -----------------------------------------------------------------

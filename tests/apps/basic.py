@@ -105,6 +105,12 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"survived"]
 
+    if path == "/env":
+        # One variable of the worker's process environment.
+        name = environ.get("QUERY_STRING", "")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [os.environ.get(name, "<unset>").encode()]
+
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]
