@@ -856,6 +856,20 @@ def test_user_group_workers_reopen_logs_on_usr1(start_server):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user first")
+def test_user_switch_without_root_is_a_config_error():
+    def become_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+
+    p = subprocess.run([BIN, "-b", "127.0.0.1:0", "--user", "root", "basic:app"], cwd="/",
+                       env=dict(os.environ, PYTHONPATH=str(APPS)), capture_output=True, text=True,
+                       timeout=10, preexec_fn=become_nobody)
+    assert p.returncode == 2, p.stderr
+    assert "`user`" in p.stderr and "needs root" in p.stderr
+    assert "Booting worker" not in p.stderr
+
+
 # --- stopping -------------------------------------------------------------------
 
 
