@@ -186,16 +186,19 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
             Some("worker") => {
                 // worker PID SLOT GENERATION [STATE]
                 let f: Vec<&str> = line.split(' ').skip(1).collect();
-                if f.len() < 3 || f.len() > 4 {
+                // Fields after the state are for later versions.
+                if f.len() < 3 {
                     return Err(bad(line));
                 }
                 let pid = f[0].parse().map_err(|_| bad(line))?;
                 let slot = f[1].parse().map_err(|_| bad(line))?;
                 let generation = f[2].parse().map_err(|_| bad(line))?;
-                let state = match f.get(3) {
-                    Some(s) => AdoptedState::parse(s).ok_or_else(|| bad(line))?,
-                    None => AdoptedState::Serving,
-                };
+                // A state this version does not know counts as serving: it
+                // is retired with the rest once the new generation serves.
+                let state = f
+                    .get(3)
+                    .and_then(|s| AdoptedState::parse(s))
+                    .unwrap_or(AdoptedState::Serving);
                 h.workers.push(AdoptedWorker {
                     pid,
                     slot,
@@ -211,7 +214,9 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
                 let rest: Vec<&str> = it.collect();
                 h.listeners.push((fd, rest.join(" ")));
             }
-            _ => return Err(bad(line)),
+            // Lines a later version adds (a downgrade by USR2) are skipped.
+            Some(_) => {}
+            None => return Err(bad(line)),
         }
     }
     if h.scoreboard_fd < 0 {
@@ -357,7 +362,12 @@ mod tests {
         assert_eq!(h.workers[2].state, AdoptedState::Serving);
         assert_eq!(h.listeners[1], (6, "unix:/run/a b".to_string()));
         assert!(parse("scoreboard 7 1\nworker 1 2\n").is_err());
-        assert!(parse("scoreboard 7 1\nworker 1 2 3 dancing\n").is_err());
+        assert!(parse("scoreboard 7 1\nworker x 2 3\n").is_err());
         assert!(parse("generation 1\n").is_err());
+        // What a later version may add is skipped, not fatal (a downgrade).
+        let h = parse("scoreboard 7 1\nworker 1 2 3 dancing extra\nfuture thing\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.workers[0].state, AdoptedState::Serving);
     }
 }
