@@ -290,7 +290,15 @@ impl Loop {
                     self.ep.as_raw_fd(),
                     libc::EPOLL_CTL_ADD,
                     *fd,
-                    (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+                    // One loop per worker: EPOLLEXCLUSIVE wakes one worker per
+                    // connection. Several loops: wake them all, so a loop
+                    // busy in the app cannot be handed a new connection
+                    // while a sibling sits idle (the losers get EAGAIN).
+                    if self.sh.settings.threads > 1 {
+                        libc::EPOLLIN as u32
+                    } else {
+                        (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32
+                    },
                     TOK_LISTEN + i as u64,
                 )
             } else {
