@@ -110,6 +110,9 @@ pub fn base_environ<'py>(
     for key in PER_REQUEST_KEYS {
         d.set_item(PyString::intern(py, key), "")?;
     }
+    // The most common values are seeded too; `build` skips setting them.
+    d.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "GET"))?;
+    d.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
     let sys = py.import("sys")?;
     d.set_item(intern!(py, "wsgi.version"), (1, 0))?;
     d.set_item(intern!(py, "wsgi.multithread"), multithread)?;
@@ -249,21 +252,16 @@ pub fn build<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let env = base.copy()?;
     let head = c.head;
-    let method = match &*head.method {
-        "GET" => intern!(py, "GET").clone(),
-        "POST" => intern!(py, "POST").clone(),
-        "HEAD" => intern!(py, "HEAD").clone(),
-        m => PyString::new(py, m),
-    };
-    env.set_item(intern!(py, "REQUEST_METHOD"), method)?;
-    env.set_item(
-        intern!(py, "SERVER_PROTOCOL"),
-        if head.minor_version == 1 {
-            intern!(py, "HTTP/1.1")
-        } else {
-            intern!(py, "HTTP/1.0")
-        },
-    )?;
+    // GET, HTTP/1.1 and an empty query are what the base dict holds.
+    match &*head.method {
+        "GET" => {}
+        "POST" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "POST"))?,
+        "HEAD" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "HEAD"))?,
+        m => env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, m))?,
+    }
+    if head.minor_version != 1 {
+        env.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
+    }
     env.set_item(intern!(py, "RAW_URI"), PyString::new(py, &head.target))?;
     let (path, query) = split_target(&head.target);
     let decoded = percent_decode(path.as_bytes());
@@ -276,7 +274,9 @@ pub fn build<'py>(
         }
     }
     env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path_info))?;
-    env.set_item(intern!(py, "QUERY_STRING"), PyString::new(py, query))?;
+    if !query.is_empty() {
+        env.set_item(intern!(py, "QUERY_STRING"), PyString::new(py, query))?;
+    }
     let mut cache = c.peer.cache.borrow_mut();
     let (addr, port) = cache.addr_port.get_or_insert_with(|| {
         (PyString::new(py, &c.peer.addr).unbind(), PyString::new(py, &c.peer.port).unbind())
