@@ -109,14 +109,15 @@ def test_socket_activation_unknown_name_is_an_error(activate):
     assert "nope" in out
 
 
-class NotifySocket:
-    """A datagram socket standing in for systemd's notify socket."""
+class DatagramSink:
+    """A bound unix datagram socket read by a background thread; each
+    datagram (with any passed fd's content instead) goes to `received`."""
 
     def __init__(self, path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind(path)
-        self.messages = []  # (monotonic time, text)
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -125,12 +126,33 @@ class NotifySocket:
         self.sock.settimeout(0.2)
         while not self._stop:
             try:
-                data = self.sock.recv(65536)
+                data, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
             except socket.timeout:
                 continue
             except OSError:
                 return
-            self.messages.append((time.monotonic(), data.decode()))
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    # journald's memfd fallback: the entry is the fd's content.
+                    fd = struct.unpack("i", payload[:4])[0]
+                    data = os.pread(fd, 64 << 20, 0)
+                    os.close(fd)
+            self.received(data)
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class NotifySocket(DatagramSink):
+    """Stands in for systemd's notify socket."""
+
+    def __init__(self, path):
+        self.messages = []  # (monotonic time, text)
+        super().__init__(path)
+
+    def received(self, data):
+        self.messages.append((time.monotonic(), data.decode()))
 
     def wait_for(self, text, after=0, timeout=20):
         deadline = time.monotonic() + timeout
@@ -140,10 +162,6 @@ class NotifySocket:
                     return i
             time.sleep(0.05)
         raise AssertionError(f"no {text!r} after #{after}; got {[m for _, m in self.messages]}")
-
-    def close(self):
-        self._stop = True
-        self.sock.close()
 
 
 @pytest.fixture
@@ -268,32 +286,15 @@ def parse_native(data):
     return fields
 
 
-class JournalSocket:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind(path)
-        self.path = path
-        self.entries = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+class JournalSocket(DatagramSink):
+    """Stands in for journald's native socket."""
 
-    def _run(self):
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                data, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fd = struct.unpack("i", payload[:4])[0]
-                    data = os.pread(fd, 64 << 20, 0)
-                    os.close(fd)
-            self.entries.append(dict(parse_native(data)))
+    def __init__(self, path):
+        self.entries = []
+        super().__init__(path)
+
+    def received(self, data):
+        self.entries.append(dict(parse_native(data)))
 
     def wait(self, pred, timeout=15):
         deadline = time.monotonic() + timeout
@@ -303,10 +304,6 @@ class JournalSocket:
                     return e
             time.sleep(0.05)
         raise AssertionError(f"no matching entry; got {self.entries[-10:]}")
-
-    def close(self):
-        self._stop = True
-        self.sock.close()
 
 
 def test_journald_fields_priorities_and_tracebacks(tmp_path):
