@@ -313,7 +313,6 @@ impl AllowIps {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub wsgi_app: String,
-    pub config_file: Option<PathBuf>,
     pub bind: Vec<String>,
     /// True when no `bind` was given anywhere (so socket activation, if
     /// present, supplies every socket; otherwise 127.0.0.1:8000).
@@ -621,7 +620,6 @@ impl Settings {
 
         Ok(Settings {
             wsgi_app,
-            config_file: cli.config.clone(),
             bind,
             bind_is_default,
             workers,

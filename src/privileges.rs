@@ -72,13 +72,21 @@ pub fn check(s: &Settings) -> Result<(), String> {
     let user = s.user.as_deref().map(resolve_user).transpose()?;
     let gid = s.group.as_deref().map(resolve_group).transpose()?;
     if !nix::unistd::geteuid().is_root() {
-        let uid_change = user.as_ref().is_some_and(|u| u.uid != nix::unistd::getuid());
+        let uid_change = user
+            .as_ref()
+            .is_some_and(|u| u.uid != nix::unistd::getuid());
         let gid_change = gid.is_some_and(|g| g != nix::unistd::getgid());
         if uid_change || gid_change {
             return Err(format!(
                 "switching the workers to {}{} needs root, and ferricorn runs as uid {}",
-                s.user.as_deref().map(|u| format!("user {u}")).unwrap_or_default(),
-                s.group.as_deref().map(|g| format!(" group {g}")).unwrap_or_default(),
+                s.user
+                    .as_deref()
+                    .map(|u| format!("user {u}"))
+                    .unwrap_or_default(),
+                s.group
+                    .as_deref()
+                    .map(|g| format!(" group {g}"))
+                    .unwrap_or_default(),
                 nix::unistd::getuid()
             ));
         }

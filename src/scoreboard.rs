@@ -170,9 +170,6 @@ impl Slot {
     pub fn set_pid(&self, pid: i32) {
         self.pid.store(pid, Ordering::Release);
     }
-    pub fn pid(&self) -> i32 {
-        self.pid.load(Ordering::Acquire)
-    }
     pub fn state(&self) -> u32 {
         self.state.load(Ordering::Acquire)
     }
@@ -189,9 +186,6 @@ impl Slot {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-    }
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
     }
     pub fn beat(&self) {
         self.last_beat_ms.store(now_ms(), Ordering::Relaxed);

@@ -7,7 +7,7 @@
 //! break socket activation.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -305,11 +305,6 @@ pub fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )?;
     Ok(())
-}
-
-/// Leak an OwnedFd into a raw fd number that must stay open (exec hand-off).
-pub fn into_raw(fd: OwnedFd) -> RawFd {
-    fd.into_raw_fd()
 }
 
 #[cfg(test)]

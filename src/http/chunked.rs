@@ -106,6 +106,7 @@ impl ChunkedDecoder {
     }
 
     /// True once the whole chunked body, trailers included, has been read.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

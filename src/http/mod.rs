@@ -8,4 +8,4 @@ pub mod chunked;
 pub mod request;
 pub mod response;
 
-pub use request::{BodyKind, Header, HttpError, Limits, RequestHead, parse_head};
+pub use request::{BodyKind, Header, Limits, RequestHead, parse_head};

@@ -49,13 +49,15 @@ impl<'a> Record<'a> {
             .map(|h| &*h.value)
     }
     fn resp_header(&self, name: &str) -> Option<&'a [u8]> {
-        self.response_headers.split(|&b| b == b'\n').find_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|&b| b == b':')?;
-            line[..colon]
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| line[colon + 1..].trim_ascii())
-        })
+        self.response_headers
+            .split(|&b| b == b'\n')
+            .find_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|&b| b == b':')?;
+                line[..colon]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| line[colon + 1..].trim_ascii())
+            })
     }
     fn path_query(&self) -> (&'a str, &'a str) {
         self.target.split_once('?').unwrap_or((self.target, ""))

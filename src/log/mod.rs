@@ -153,7 +153,12 @@ pub fn event(l: LogLevel, msg: &str, fields: &[(&str, String)]) {
 
 /// Text to stderr even under journald (see the worker's boot failure).
 pub fn critical_to_stderr(msg: &str) {
-    let line = format!("[{}] [{}] [CRITICAL] {}\n", timestamp_error(), std::process::id(), msg);
+    let line = format!(
+        "[{}] [{}] [CRITICAL] {}\n",
+        timestamp_error(),
+        std::process::id(),
+        msg
+    );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 

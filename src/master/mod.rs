@@ -33,7 +33,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::config::LogLevel;
-use crate::config::{EXIT_APP_LOAD_ERROR, EXIT_CONFIG_ERROR, Options, Settings};
+use crate::config::{EXIT_APP_LOAD_ERROR, Options, Settings};
 use crate::log;
 use crate::scoreboard::{STATE_LEAVING, STATE_READY, Scoreboard, now_ms};
 use crate::sock::Listener;
@@ -619,8 +619,7 @@ impl Master {
             // A worker that announced its own exit (max_requests, --reload)
             // and left cleanly is not a crash, even if we had not seen the
             // announcement yet.
-            let planned = self.scoreboard.slot(w.slot).state() == STATE_LEAVING
-                && code == Some(0);
+            let planned = self.scoreboard.slot(w.slot).state() == STATE_LEAVING && code == Some(0);
             self.scoreboard.release(w.slot);
             let expected = w.state == WorkerState::Retiring || planned;
             let mut fields = vec![("WORKER_PID", pid.to_string())];
@@ -705,9 +704,8 @@ impl Master {
     /// early death (one worker killed) is replaced at once; from the second
     /// in a row the wait doubles: 200 ms, 400 ms, ... up to 10 s.
     fn backoff(&self) -> Option<Duration> {
-        (self.quick_deaths >= 2).then(|| {
-            Duration::from_millis((100u64 << (self.quick_deaths - 1).min(7)).min(10_000))
-        })
+        (self.quick_deaths >= 2)
+            .then(|| Duration::from_millis((100u64 << (self.quick_deaths - 1).min(7)).min(10_000)))
     }
 
     /// Kill workers stuck in one request for longer than --timeout.
@@ -742,14 +740,14 @@ impl Master {
                 // too. An import that hangs would otherwise hold a reload
                 // (or the start) forever; the SIGABRT makes faulthandler
                 // show where it hangs.
-                _ if w.state == WorkerState::Booting => (w.spawned.elapsed()
-                    > Duration::from_millis(timeout_ms))
-                .then(|| {
-                    format!(
-                        "it did not finish booting (importing the app) within {}s",
-                        self.settings.timeout
-                    )
-                }),
+                _ if w.state == WorkerState::Booting => {
+                    (w.spawned.elapsed() > Duration::from_millis(timeout_ms)).then(|| {
+                        format!(
+                            "it did not finish booting (importing the app) within {}s",
+                            self.settings.timeout
+                        )
+                    })
+                }
                 Some((since, desc)) if now.saturating_sub(since) > timeout_ms => Some(format!(
                     "request {desc} ran longer than {}s",
                     self.settings.timeout
@@ -837,10 +835,10 @@ impl Master {
             return;
         }
         if self.quick_deaths > 0
-            && active
-                .iter()
-                .any(|p| self.workers[p].state == WorkerState::Serving
-                    && self.workers[p].spawned.elapsed() >= QUICK_DEATH)
+            && active.iter().any(|p| {
+                self.workers[p].state == WorkerState::Serving
+                    && self.workers[p].spawned.elapsed() >= QUICK_DEATH
+            })
         {
             // A worker has served long enough: the crash loop is over.
             self.quick_deaths = 0;
@@ -1065,10 +1063,4 @@ impl Master {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-/// Exit status for a configuration problem found after start-up.
-pub fn config_error(msg: &str) -> i32 {
-    log::critical(msg);
-    EXIT_CONFIG_ERROR
 }

@@ -31,9 +31,9 @@ static START_DIR: OnceLock<PathBuf> = OnceLock::new();
 pub fn remember_exe() {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cwd = std::env::current_dir().ok();
-    let invoked = args.first().and_then(|a0| {
-        resolve_invoked(a0, cwd.as_deref(), std::env::var_os("PATH").as_deref())
-    });
+    let invoked = args
+        .first()
+        .and_then(|a0| resolve_invoked(a0, cwd.as_deref(), std::env::var_os("PATH").as_deref()));
     if let Some(d) = cwd {
         let _ = START_DIR.set(d);
     }

@@ -217,8 +217,4 @@ impl Conn {
         }
         Io::Ok
     }
-
-    pub fn write_pending(&self) -> bool {
-        self.wpos < self.wbuf.len()
-    }
 }

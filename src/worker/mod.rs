@@ -526,7 +526,13 @@ impl Loop {
                         stall_ms.max(keepalive_ms)
                     }
                 }
-                Phase::Idle => idle >= if draining { keepalive_ms.min(stall_ms) } else { stall_ms },
+                Phase::Idle => {
+                    idle >= if draining {
+                        keepalive_ms.min(stall_ms)
+                    } else {
+                        stall_ms
+                    }
+                }
                 Phase::Body(_) | Phase::Respond(_) => idle >= stall_ms,
                 Phase::Linger { until_ms } => now >= *until_ms,
             };
@@ -634,28 +640,24 @@ impl Loop {
                 }
                 Phase::Body(b) => {
                     let data = &c.rbuf[c.rpos..];
-                    let mut used = 0;
-                    let mut done = false;
                     let mut failed = None;
-                    match &mut b.reader {
+                    let (used, done) = match &mut b.reader {
                         BodyReader::Length(left) => {
                             let n = (*left).min(data.len() as u64) as usize;
                             if let Err(e) = b.sink.push(&data[..n]) {
                                 failed = Some(e.to_string());
                             }
                             *left -= n as u64;
-                            used = n;
-                            done = *left == 0;
+                            (n, *left == 0)
                         }
                         BodyReader::Chunked(dec) => {
                             let mut out = Vec::new();
                             match dec.decode(data, &mut out) {
                                 Ok(p) => {
-                                    used = p.consumed;
-                                    done = p.done;
                                     if let Err(e) = b.sink.push(&out) {
                                         failed = Some(e.to_string());
                                     }
+                                    (p.consumed, p.done)
                                 }
                                 Err(e) => {
                                     crate::log::debug(&format!(
@@ -668,7 +670,7 @@ impl Loop {
                                 }
                             }
                         }
-                    }
+                    };
                     c.consume(used);
                     if let Some(e) = failed {
                         crate::log::error(&format!("cannot buffer request body: {e}"));

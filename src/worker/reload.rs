@@ -17,7 +17,10 @@ fn module_files() -> Vec<String> {
     Python::attach(|py| -> PyResult<Vec<String>> {
         let globals = pyo3::types::PyDict::new(py);
         py.run(LIST_MODULE_FILES, Some(&globals), None)?;
-        globals.get_item("files")?.map(|f| f.extract()).unwrap_or(Ok(Vec::new()))
+        globals
+            .get_item("files")?
+            .map(|f| f.extract())
+            .unwrap_or(Ok(Vec::new()))
     })
     .unwrap_or_default()
 }
@@ -44,22 +47,24 @@ pub fn spawn(on_change: impl FnOnce(&str) + Send + 'static) {
         }
     }
     crate::log::debug(&format!("--reload: watching {} files", watched.len()));
-    let _ = std::thread::Builder::new().name("ferricorn-reload".into()).spawn(move || {
-        loop {
-            match ino.read_events() {
-                Ok(events) => {
-                    if let Some(ev) = events.first() {
-                        let path = watched.get(&ev.wd).cloned().unwrap_or_default();
-                        on_change(&path);
+    let _ = std::thread::Builder::new()
+        .name("ferricorn-reload".into())
+        .spawn(move || {
+            loop {
+                match ino.read_events() {
+                    Ok(events) => {
+                        if let Some(ev) = events.first() {
+                            let path = watched.get(&ev.wd).cloned().unwrap_or_default();
+                            on_change(&path);
+                            return;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        crate::log::error(&format!("--reload: reading inotify: {e}"));
                         return;
                     }
                 }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    crate::log::error(&format!("--reload: reading inotify: {e}"));
-                    return;
-                }
             }
-        }
-    });
+        });
 }

@@ -279,7 +279,10 @@ pub fn build<'py>(
     }
     let mut cache = c.peer.cache.borrow_mut();
     let (addr, port) = cache.addr_port.get_or_insert_with(|| {
-        (PyString::new(py, &c.peer.addr).unbind(), PyString::new(py, &c.peer.port).unbind())
+        (
+            PyString::new(py, &c.peer.addr).unbind(),
+            PyString::new(py, &c.peer.port).unbind(),
+        )
     });
     env.set_item(intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
     env.set_item(intern!(py, "REMOTE_PORT"), port.bind(py))?;
@@ -357,7 +360,11 @@ pub fn build<'py>(
                 None if https => b"443",
                 None => b"80",
             };
-            let entry = (h.into(), latin1_str(py, name).unbind(), latin1_str(py, port).unbind());
+            let entry = (
+                h.into(),
+                latin1_str(py, name).unbind(),
+                latin1_str(py, port).unbind(),
+            );
             if https {
                 // The default port depends on the scheme: don't cache.
                 env.set_item(intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
@@ -423,7 +430,10 @@ mod tests {
 
     #[test]
     fn absolute_form_authority() {
-        assert_eq!(absolute_authority("http://a.example:81/x?y"), Some(&b"a.example:81"[..]));
+        assert_eq!(
+            absolute_authority("http://a.example:81/x?y"),
+            Some(&b"a.example:81"[..])
+        );
         assert_eq!(absolute_authority("HTTPS://b/"), Some(&b"b"[..]));
         assert_eq!(absolute_authority("/x"), None);
         assert_eq!(absolute_authority("ftp://c/"), None);

@@ -116,9 +116,10 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
 
 pub fn format_py_err(py: Python<'_>, e: &PyErr) -> String {
     let r = (|| -> PyResult<String> {
-        let lines = py
-            .import("traceback")?
-            .call_method1("format_exception", (e.get_type(py), e.value(py), e.traceback(py)))?;
+        let lines = py.import("traceback")?.call_method1(
+            "format_exception",
+            (e.get_type(py), e.value(py), e.traceback(py)),
+        )?;
         pyo3::types::PyString::new(py, "")
             .call_method1("join", (lines,))?
             .extract()

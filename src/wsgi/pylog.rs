@@ -27,7 +27,9 @@ fn journal_send(
     lineno: u32,
     funcname: Option<&str>,
 ) -> bool {
-    let Some(j) = crate::log::journal() else { return false };
+    let Some(j) = crate::log::journal() else {
+        return false;
+    };
     let mut e = Entry::new(Priority::from_python_level(levelno), message).identifier("ferricorn");
     e.push("PYTHON_LOGGER", logger);
     e.push("WORKER_PID", std::process::id().to_string());
@@ -103,6 +105,11 @@ pub fn install(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
     let globals = PyDict::new(py);
     globals.set_item("_send", wrap_pyfunction!(journal_send, py)?)?;
     py.run(HANDLER, Some(&globals), None)?;
-    let errors = Bound::new(py, JournalErrors { buf: Mutex::new(String::new()) })?;
+    let errors = Bound::new(
+        py,
+        JournalErrors {
+            buf: Mutex::new(String::new()),
+        },
+    )?;
     Ok(Some(errors.into_any().unbind()))
 }

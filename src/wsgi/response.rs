@@ -144,9 +144,10 @@ fn latin1_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<u8>) -> PyResul
         return Ok(());
     }
     for c in text.chars() {
-        out.push(u8::try_from(c as u32).map_err(|_| {
-            PyValueError::new_err(format!("{what} {text:?} is not latin-1"))
-        })?);
+        out.push(
+            u8::try_from(c as u32)
+                .map_err(|_| PyValueError::new_err(format!("{what} {text:?} is not latin-1")))?,
+        );
     }
     Ok(())
 }
@@ -777,7 +778,11 @@ pub fn pump_iter(
         }
         match next {
             None => {
-                return if framing.finish(out) { Ok(true) } else { Err(()) };
+                return if framing.finish(out) {
+                    Ok(true)
+                } else {
+                    Err(())
+                };
             }
             Some(Ok(item)) => match item.cast::<PyBytes>() {
                 Ok(b) => {
