@@ -55,28 +55,25 @@ def app(environ, start_response):
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def write_app(d, version, name="vapp", import_delay=0):
+def deploy(d, name, text):
+    """Write module `name` into `d` atomically, as a deploy would do."""
     p = Path(d) / f"{name}.py"
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(GEN_APP.format(version=version, import_delay=import_delay))
-    os.rename(tmp, p)  # atomic, as a deploy would do
+    tmp.write_text(text)
+    os.rename(tmp, p)
     return p
+
+
+def write_app(d, version, name="vapp", import_delay=0):
+    return deploy(d, name, GEN_APP.format(version=version, import_delay=import_delay))
 
 
 def write_hanging_app(d, name="vapp"):
-    p = Path(d) / f"{name}.py"
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text("import time\ntime.sleep(600)  # an import that never finishes\n")
-    os.rename(tmp, p)
-    return p
+    return deploy(d, name, "import time\ntime.sleep(600)  # an import that never finishes\n")
 
 
 def write_broken_app(d, name="vapp"):
-    p = Path(d) / f"{name}.py"
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text("VERSION = 'broken'\ndef app(environ, start_response:\n    pass\n")
-    os.rename(tmp, p)
-    return p
+    return deploy(d, name, "VERSION = 'broken'\ndef app(environ, start_response:\n    pass\n")
 
 
 class Load:
