@@ -320,13 +320,12 @@ pub fn build<'py>(
             }
         }
         let key = header_key(py, name);
-        let dups = hs[i + 1..]
+        // One pass over the later fields: peek tells whether to join.
+        let mut dups = hs[i + 1..]
             .iter()
-            .filter(|p| p.name.eq_ignore_ascii_case(name));
-        if hs[i + 1..]
-            .iter()
-            .any(|p| p.name.eq_ignore_ascii_case(name))
-        {
+            .filter(|p| p.name.eq_ignore_ascii_case(name))
+            .peekable();
+        if dups.peek().is_some() {
             let sep: &[u8] = if name.eq_ignore_ascii_case("cookie") {
                 b"; "
             } else {
