@@ -82,6 +82,11 @@ pub struct UnitArgs {
     /// Overwrite existing unit files.
     #[arg(long)]
     pub force: bool,
+    /// The systemd the units are for [default: `systemctl --version`, else 252].
+    /// From 253 on the service uses Type=notify-reload; before, Type=notify
+    /// with ExecReload=kill -HUP.
+    #[arg(long = "systemd-version", value_name = "N")]
+    pub systemd_version: Option<u32>,
 }
 
 /// Every server option. All are `Option` so that "not given" can fall back

@@ -1,7 +1,8 @@
 //! `ferricorn systemd-units NAME`: write a socket + service pair for one
 //! app, so `systemctl start NAME.socket` and `journalctl -u NAME` use the
 //! operator's own unit name. The unit text is systemd/named/*.in, embedded
-//! at build time; only the placeholders change.
+//! at build time; only the placeholders change, and, for systemd 253 and
+//! later, the reload protocol (see `for_systemd`).
 
 use std::path::Path;
 
@@ -28,6 +29,53 @@ fn listen_stream(v: &str) -> Result<String, String> {
             "--listen {v:?} is not HOST:PORT, PORT or a unix socket path"
         )),
     }
+}
+
+/// The first systemd with `Type=notify-reload`.
+const NOTIFY_RELOAD_SINCE: u32 = 253;
+
+/// The major version of the systemd we run under, from `systemctl --version`
+/// ("systemd 257 (257.9-1~deb13u1)"); None without a usable systemctl.
+fn running_systemd_version() -> Option<u32> {
+    let out = std::process::Command::new("systemctl")
+        .arg("--version")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    parse_systemctl_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_systemctl_version(out: &str) -> Option<u32> {
+    let first = out.lines().next()?;
+    let mut words = first.split_whitespace();
+    (words.next()? == "systemd").then_some(())?;
+    words.next()?.parse().ok()
+}
+
+/// The service text for systemd VERSION. The templates are written for
+/// systemd 252 (Debian 12): Type=notify, and ExecReload sends the master
+/// SIGHUP. From 253 on, Type=notify-reload has systemd send SIGHUP itself and
+/// follow the RELOADING=1 ... READY=1 the master sends, so `systemctl reload`
+/// waits for the new workers either way. debian/build-deb makes the same
+/// edit to ferricorn@.service.
+fn for_systemd(service: &str, version: u32) -> String {
+    if version < NOTIFY_RELOAD_SINCE {
+        return service.to_string();
+    }
+    let mut out = String::with_capacity(service.len());
+    for line in service.lines() {
+        match line {
+            "Type=notify" => out.push_str("Type=notify-reload"),
+            "ExecReload=/bin/kill -s HUP $MAINPID" => continue,
+            l if l.starts_with("# systemd 252 (bookworm) has no Type=notify-reload") => continue,
+            l => out.push_str(&l.replace(
+                "# a reload (SIGHUP), STATUS= lines",
+                "# a reload (SIGHUP from systemd), STATUS= lines",
+            )),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 pub fn render(a: &UnitArgs) -> Result<[(String, String); 2], String> {
@@ -63,7 +111,15 @@ pub fn render(a: &UnitArgs) -> Result<[(String, String); 2], String> {
     };
     Ok([
         (format!("{}.socket", a.name), fill(SOCKET_IN)),
-        (format!("{}.service", a.name), fill(SERVICE_IN)),
+        (
+            format!("{}.service", a.name),
+            for_systemd(
+                &fill(SERVICE_IN),
+                a.systemd_version
+                    .or_else(running_systemd_version)
+                    .unwrap_or(NOTIFY_RELOAD_SINCE - 1),
+            ),
+        ),
     ])
 }
 
@@ -104,4 +160,34 @@ pub fn write(a: &UnitArgs) -> i32 {
         a.name
     );
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemctl_version_is_parsed() {
+        let out = "systemd 257 (257.9-1~deb13u1)\n+PAM +AUDIT +SELINUX\n";
+        assert_eq!(parse_systemctl_version(out), Some(257));
+        assert_eq!(parse_systemctl_version("systemd 252 (252.39-1~deb12u1)"), Some(252));
+        assert_eq!(parse_systemctl_version(""), None);
+        assert_eq!(parse_systemctl_version("not systemd"), None);
+    }
+
+    #[test]
+    fn notify_reload_from_253_on() {
+        let old = for_systemd(SERVICE_IN, 252);
+        assert_eq!(old, SERVICE_IN);
+        assert!(old.lines().any(|l| l == "Type=notify"));
+        assert!(old.lines().any(|l| l.starts_with("ExecReload=")));
+
+        let new = for_systemd(SERVICE_IN, 257);
+        assert!(new.lines().any(|l| l == "Type=notify-reload"));
+        assert!(!new.lines().any(|l| l == "Type=notify"));
+        assert!(!new.contains("ExecReload="), "{new}");
+        assert!(!new.contains("has no Type=notify-reload"), "{new}");
+        // nothing else changes
+        assert_eq!(new.lines().count(), SERVICE_IN.lines().count() - 2);
+    }
 }

@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""A real systemd in a throwaway Debian 12 container, for ferricorn's e2e tests.
+"""A real systemd in a throwaway Debian container, for ferricorn's e2e tests.
 
 PID 1 of the machines this project runs on is not systemd, but a full systemd
 boots in systemd-nspawn here (as root). This module
 
 * installs the host tools it needs (systemd-container, debootstrap) if missing;
-* debootstraps a Debian 12 minbase root once and caches it under
-  target/e2e/bookworm-root (provisioned with a Flask virtualenv at
+* knows the Debian releases ("suites") the package targets: bookworm (Debian
+  12, the host's) and trixie (Debian 13, systemd 257, Python 3.13);
+* debootstraps a minbase root of a suite once and caches it under
+  target/e2e/SUITE-root (provisioned with a Flask virtualenv at
   /srv/app/venv, so tests need no network for that);
-* boots a fresh copy of that root per run (``cp -a`` of the cache, so every run
-  starts clean) with ``systemd-nspawn --keep-unit --register=no -b`` in the
-  background, and waits until ``systemctl is-system-running`` says
+* builds the .deb of a suite: on the host for bookworm, and for any other
+  suite inside a cached build root target/e2e/SUITE-build (that suite's
+  compilers, python3-dev and lintian; the host's Rust toolchain lent by bind
+  mounts), into target/SUITE/debian/;
+* boots a fresh copy of a test root per run (``cp -a`` of the cache, so every
+  run starts clean) with ``systemd-nspawn --keep-unit --register=no -b`` in
+  the background, and waits until ``systemctl is-system-running`` says
   running/degraded;
 * runs commands inside with ``nsenter`` into the container's PID 1;
 * tears everything down (poweroff, then SIGTERM/SIGKILL of nspawn, then
@@ -22,17 +28,20 @@ Anything that means "this machine cannot boot a container" (not root, no
 nspawn and no way to install it, debootstrap failing, systemd not coming up)
 raises CannotBoot, which the tests turn into a loud skip.
 
-Command line (as root):
-    python3 tests/e2e/container.py build        # build/refresh the cached root
-    python3 tests/e2e/container.py run [--copy SRC=DEST]... CMD...
+Command line (as root; --suite defaults to bookworm):
+    python3 tests/e2e/container.py [--suite S] build       # build/refresh the cached root
+    python3 tests/e2e/container.py [--suite S] build-deb [--lintian]
+                                   # build the suite's .deb, print its path
+    python3 tests/e2e/container.py [--suite S] run [--copy SRC=DEST]... CMD...
                                    # boot, copy files in, run CMD inside, tear down
-    python3 tests/e2e/container.py shell [--copy SRC=DEST]...
+    python3 tests/e2e/container.py [--suite S] shell [--copy SRC=DEST]...
                                    # boot and open a shell inside
 
 Environment:
+    FERRICORN_E2E_SUITES   suites the tests cover (default "bookworm,trixie")
     FERRICORN_E2E_MIRROR   Debian mirror for debootstrap (default deb.debian.org)
     FERRICORN_E2E_KEEP=1   keep the per-run root after teardown (for debugging)
-    FERRICORN_E2E_REBUILD=1  rebuild the cached root even if it is current
+    FERRICORN_E2E_REBUILD=1  rebuild cached roots even if they are current
 """
 
 from __future__ import annotations
@@ -51,19 +60,73 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 E2E_DIR = REPO / "target" / "e2e"
-CACHE_ROOT = E2E_DIR / "bookworm-root"
 RUNS_DIR = E2E_DIR / "runs"
 STAMP_NAME = ".ferricorn-e2e-stamp"
 
-SUITE = "bookworm"
 MIRROR = os.environ.get("FERRICORN_E2E_MIRROR", "http://deb.debian.org/debian")
-DEBOOTSTRAP_INCLUDE = [
-    "systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps",
-    "curl", "ca-certificates",
-    # what ferricorn's .deb depends on beyond the above, so that
-    # `apt install ./ferricorn_*.deb` needs no download
-    "libpython3.11",
-]
+
+
+class Suite:
+    """A Debian release the package is built for and tested on.
+
+    ``python`` is the release's default python3 (the package links its
+    libpython); ``systemd`` the major version of its systemd. The host is
+    Debian 12, so bookworm's package is built on the host; any other suite's
+    package is built inside a cached build root of that suite (see build_deb).
+    """
+
+    def __init__(self, name: str, version: str, python: str, systemd: int):
+        self.name, self.version, self.python, self.systemd = name, version, python, systemd
+
+    def __repr__(self) -> str:
+        return f"Suite({self.name})"
+
+    @property
+    def cache_root(self) -> Path:
+        """The booted test root: systemd, python3-venv, a Flask venv; no build tools."""
+        return E2E_DIR / f"{self.name}-root"
+
+    @property
+    def build_root(self) -> Path:
+        """The build root (non-bookworm suites): compilers, pythonX-dev, dpkg-dev, lintian."""
+        return E2E_DIR / f"{self.name}-build"
+
+    @property
+    def target_dir(self) -> Path:
+        """CARGO_TARGET_DIR of this suite's build (bookworm: the host's target/)."""
+        return REPO / "target" if self.name == HOST_SUITE else REPO / "target" / self.name
+
+    def include(self) -> list[str]:
+        return [
+            "systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps",
+            "curl", "ca-certificates",
+            # what ferricorn's .deb depends on beyond the above, so that
+            # `apt install ./ferricorn_*.deb` needs no download
+            f"libpython{self.python}",
+        ]
+
+    def build_include(self) -> list[str]:
+        # the rest comes from apt in BUILD_PROVISION_SCRIPT: debootstrap
+        # --include does not order the configuration of lintian's perl deps
+        return ["ca-certificates"]
+
+
+SUITES = {
+    "bookworm": Suite("bookworm", "12", python="3.11", systemd=252),
+    "trixie": Suite("trixie", "13", python="3.13", systemd=257),
+}
+HOST_SUITE = "bookworm"
+
+
+def suites_under_test() -> list[Suite]:
+    """FERRICORN_E2E_SUITES (comma-separated, default every suite in SUITES)."""
+    names = [n.strip() for n in os.environ.get("FERRICORN_E2E_SUITES", ",".join(SUITES)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise SystemExit(f"FERRICORN_E2E_SUITES: unknown suite(s) {unknown}; known: {list(SUITES)}")
+    return [SUITES[n] for n in names]
+
+
 # Installed into /srv/app/venv of the cached root.
 PIP_PACKAGES = ["flask"]
 
@@ -96,9 +159,20 @@ printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=64M\n' > /etc/systemd/journal
 systemctl mask console-getty.service getty@.service >/dev/null 2>&1 || true
 apt-get clean
 """
-PROVISION_VERSION = hashlib.sha256(
-    json.dumps([SUITE, MIRROR, DEBOOTSTRAP_INCLUDE, PIP_PACKAGES, PROVISION_SCRIPT, 1]).encode()
-).hexdigest()[:16]
+BUILD_PROVISION_SCRIPT = r"""
+set -eu
+update-ca-certificates >/dev/null
+apt-get update -qq
+apt-get install -y -qq -o Dpkg::Use-Pty=0 build-essential python3 python3-dev dpkg-dev \
+    lintian util-linux gzip >/dev/null
+apt-get clean
+"""
+
+
+def provision_version(suite: Suite, build: bool = False) -> str:
+    what = ([suite.name, MIRROR, suite.build_include(), BUILD_PROVISION_SCRIPT, 1] if build else
+            [suite.name, MIRROR, suite.include(), PIP_PACKAGES, PROVISION_SCRIPT, 1])
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
 class CannotBoot(Exception):
@@ -156,9 +230,9 @@ class _Lock:
         self.f.close()
 
 
-def cache_is_current() -> bool:
-    stamp = CACHE_ROOT / STAMP_NAME
-    return stamp.is_file() and stamp.read_text().strip() == PROVISION_VERSION
+def cache_is_current(root: Path, version: str) -> bool:
+    stamp = root / STAMP_NAME
+    return stamp.is_file() and stamp.read_text().strip() == version
 
 
 def _nspawn_base(root: Path) -> list[str]:
@@ -203,36 +277,112 @@ def _copy_host_trust(root: Path) -> None:
                                        "disable-pip-version-check = true\n")
 
 
-def build_cached_root(force: bool = False) -> Path:
-    """Debootstrap + provision the cached root unless it is current. Returns its path."""
+def _debootstrap(suite: Suite, dest: Path, include: list[str], version: str, script: str) -> Path:
+    """Debootstrap SUITE (minbase + INCLUDE) and run SCRIPT in it, unless DEST is current."""
     ensure_host_tools()
-    force = force or os.environ.get("FERRICORN_E2E_REBUILD") == "1"
+    force = os.environ.get("FERRICORN_E2E_REBUILD") == "1"
     with _Lock():
-        if cache_is_current() and not force:
-            return CACHE_ROOT
-        tmp = E2E_DIR / f"bookworm-root.tmp-{os.getpid()}"
+        if cache_is_current(dest, version) and not force:
+            return dest
+        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         t0 = time.monotonic()
-        log(f"debootstrap {SUITE} minbase into {tmp} (about a minute)")
+        log(f"debootstrap {suite.name} minbase into {tmp} (a minute or two)")
         r = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=" + ",".join(DEBOOTSTRAP_INCLUDE),
-             SUITE, str(tmp), MIRROR],
+            ["debootstrap", "--variant=minbase", "--include=" + ",".join(include),
+             suite.name, str(tmp), MIRROR],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CannotBoot(f"debootstrap failed (exit {r.returncode}):\n{r.stdout[-4000:]}")
+            raise CannotBoot(f"debootstrap {suite.name} failed (exit {r.returncode}):\n{r.stdout[-4000:]}")
         log(f"debootstrap done in {time.monotonic() - t0:.0f}s; provisioning")
         _copy_host_trust(tmp)
-        _run_in_root(tmp, PROVISION_SCRIPT.format(pip=" ".join(shlex.quote(p) for p in PIP_PACKAGES)))
-        (tmp / STAMP_NAME).write_text(PROVISION_VERSION + "\n")
-        if CACHE_ROOT.exists():
-            old = E2E_DIR / f"bookworm-root.old-{os.getpid()}"
-            CACHE_ROOT.rename(old)
+        _run_in_root(tmp, script)
+        (tmp / STAMP_NAME).write_text(version + "\n")
+        if dest.exists():
+            old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+            dest.rename(old)
             shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(CACHE_ROOT)
-        log(f"cached root ready in {time.monotonic() - t0:.0f}s: {CACHE_ROOT}")
-        return CACHE_ROOT
+        tmp.rename(dest)
+        log(f"cached root ready in {time.monotonic() - t0:.0f}s: {dest}")
+        return dest
+
+
+def build_cached_root(suite: Suite) -> Path:
+    """The booted test root of SUITE (debootstrapped + provisioned once, then cached)."""
+    script = PROVISION_SCRIPT.format(pip=" ".join(shlex.quote(p) for p in PIP_PACKAGES))
+    return _debootstrap(suite, suite.cache_root, suite.include(), provision_version(suite), script)
+
+
+def build_build_root(suite: Suite) -> Path:
+    """The build root of SUITE: its compilers, python3-dev, dpkg-dev and lintian."""
+    return _debootstrap(suite, suite.build_root, suite.build_include(),
+                        provision_version(suite, build=True), BUILD_PROVISION_SCRIPT)
+
+
+def _toolchain_binds() -> tuple[list[str], dict[str, str]]:
+    """nspawn --bind options and environment that lend the host's Rust toolchain to a build root.
+
+    rustup's toolchains and cargo's registry cache are bind-mounted at the same
+    paths; the binaries need only a glibc at least as new as the host's (true of
+    every suite newer than the host's).
+    """
+    cargo_home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")).resolve()
+    rustup_home = Path(os.environ.get("RUSTUP_HOME", Path.home() / ".rustup")).resolve()
+    binds, env = [f"--bind={cargo_home}"], {"CARGO_HOME": str(cargo_home)}
+    if rustup_home.is_dir():
+        binds.append(f"--bind-ro={rustup_home}")
+        env["RUSTUP_HOME"] = str(rustup_home)
+        env["RUSTUP_AUTO_INSTALL"] = "0"
+        toolchain = os.environ.get("RUSTUP_TOOLCHAIN")
+        if toolchain:
+            env["RUSTUP_TOOLCHAIN"] = toolchain
+    env["PATH"] = f"{cargo_home}/bin:" + INSIDE_ENV["PATH"]
+    return binds, env
+
+
+def build_deb(suite: Suite, lintian: bool = False) -> Path:
+    """Build ferricorn's .deb for SUITE; returns its path.
+
+    The host's suite builds on the host (debian/build-deb). Another suite builds
+    inside its build root (systemd-nspawn, no boot) with the repository
+    bind-mounted at the same path and CARGO_TARGET_DIR=target/SUITE, so it
+    links that suite's libpython and its units match that suite's systemd.
+    """
+    env = dict(os.environ, FERRICORN_LINTIAN="1" if lintian else "0")
+    if suite.name == HOST_SUITE:
+        cmd = [str(REPO / "debian" / "build-deb")]
+    else:
+        root = build_build_root(suite)
+        binds, inside = _toolchain_binds()
+        inside.update(CARGO_TARGET_DIR=str(suite.target_dir), PYO3_PYTHON="/usr/bin/python3",
+                      FERRICORN_LINTIAN=env["FERRICORN_LINTIAN"])
+        cmd = _nspawn_base(root) + ["--pipe", f"--bind={REPO}", *binds, f"--chdir={REPO}"]
+        for k, v in {**INSIDE_ENV, **inside}.items():
+            cmd.append(f"--setenv={k}={v}")
+        cmd += [str(REPO / "debian" / "build-deb")]
+    t0 = time.monotonic()
+    log(f"building the {suite.name} package: {shlex.join(cmd)}")
+    r = subprocess.run(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"building the {suite.name} package failed (exit {r.returncode}):\n"
+                           f"{r.stderr[-6000:]}")
+    path = Path(r.stdout.strip().splitlines()[-1])
+    log(f"built {path} in {time.monotonic() - t0:.0f}s")
+    return path
+
+
+def run_in_build_root(suite: Suite, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run SCRIPT (sh) in SUITE's build root with the repository bind-mounted (for lintian)."""
+    root = build_build_root(suite)
+    cmd = _nspawn_base(root) + ["--pipe", f"--bind={REPO}", f"--chdir={REPO}"]
+    for k, v in INSIDE_ENV.items():
+        cmd.append(f"--setenv={k}={v}")
+    cmd += ["/bin/sh", "-c", script]
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -309,8 +459,9 @@ class Container:
     also registered with atexit).
     """
 
-    def __init__(self, name: str | None = None, keep: bool | None = None):
-        self.name = name or f"ferricorn-e2e-{os.getpid()}"
+    def __init__(self, suite: Suite | None = None, name: str | None = None, keep: bool | None = None):
+        self.suite = suite or SUITES[HOST_SUITE]
+        self.name = name or f"ferricorn-e2e-{self.suite.name}-{os.getpid()}"
         self.root = RUNS_DIR / self.name
         self.log_path = RUNS_DIR / f"{self.name}.log"
         self.info_path = RUNS_DIR / f"{self.name}.json"
@@ -329,13 +480,13 @@ class Container:
         self.stop()
 
     def start(self, boot_timeout: float = 90) -> "Container":
-        build_cached_root()
+        cache_root = build_cached_root(self.suite)
         RUNS_DIR.mkdir(parents=True, exist_ok=True)
         cleanup_stale_runs()
         if self.root.exists():
             shutil.rmtree(self.root)
         t0 = time.monotonic()
-        subprocess.run(["cp", "-a", "--reflink=auto", str(CACHE_ROOT), str(self.root)], check=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(cache_root), str(self.root)], check=True)
         log(f"fresh root {self.root} in {time.monotonic() - t0:.1f}s")
         import atexit
         import threading
@@ -465,7 +616,7 @@ class Container:
             self._log_file.close()
             self._log_file = None
             try:  # keep the last boot log only
-                self.log_path.replace(E2E_DIR / "last-boot.log")
+                self.log_path.replace(E2E_DIR / f"last-boot-{self.suite.name}.log")
             except OSError:
                 pass
         if self.proc is not None:
@@ -528,12 +679,23 @@ class Container:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("build", "run", "shell"):
+    suite = SUITES[HOST_SUITE]
+    if len(argv) >= 2 and argv[0] == "--suite":
+        if argv[1] not in SUITES:
+            print(f"unknown suite {argv[1]!r}; known: {list(SUITES)}", file=sys.stderr)
+            return 2
+        suite, argv = SUITES[argv[1]], argv[2:]
+    if not argv or argv[0] not in ("build", "build-deb", "run", "shell"):
         print(__doc__)
         return 2
     try:
         if argv[0] == "build":
-            build_cached_root(force="--force" in argv)
+            if "--force" in argv:
+                os.environ["FERRICORN_E2E_REBUILD"] = "1"
+            build_cached_root(suite)
+            return 0
+        if argv[0] == "build-deb":
+            print(build_deb(suite, lintian="--lintian" in argv))
             return 0
         args = argv[1:]
         copies = []
@@ -541,7 +703,7 @@ def main(argv: list[str]) -> int:
             src, _, dest = args[1].partition("=")
             copies.append((src, dest or "/root/"))
             args = args[2:]
-        with Container() as c:
+        with Container(suite) as c:
             for src, dest in copies:
                 c.copy_in(src, dest)
             if argv[0] == "run":

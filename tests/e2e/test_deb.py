@@ -1,8 +1,10 @@
-"""ferricorn's .deb under a real systemd (Debian 12 in systemd-nspawn).
+"""ferricorn's .deb under a real systemd (Debian 12 and 13 in systemd-nspawn).
 
-The tests run in file order against one container: install the package, set
-up a Flask app with its own socket/service pair, then activation, journal,
-reload, restart, watchdog, crash, broken app, sandbox, upgrade, purge.
+For each Debian release (the `suite` fixture: bookworm, trixie) the tests run
+in file order against one container of that release with that release's
+package: install the package, set up a Flask app with its own socket/service
+pair, then activation, journal, reload, restart, watchdog, crash, broken app,
+sandbox, upgrade, purge.
 
 Run as root:  target/testenv/bin/python -m pytest tests/e2e -v
 """
@@ -190,7 +192,16 @@ def app(c, installed) -> Units:
 
 
 # ---------------------------------------------------------------------------
-# 0. the package installs as designed (needs no working server)
+# 0. the container is the release it claims; the package installs as designed
+
+def test_00a_release(c, suite):
+    osrel = c.run(". /etc/os-release && echo $ID $VERSION_ID").stdout.split()
+    assert osrel == ["debian", suite.version], osrel
+    first = c.run("systemctl --version").stdout.splitlines()[0].split()
+    assert first[0] == "systemd" and int(first[1]) == suite.systemd, first
+    py = c.run("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").stdout.strip()
+    assert py == suite.python, py
+
 
 def test_00_package_installed(c, installed):
     assert c.run("dpkg-query -W -f='${db:Status-Abbrev}' ferricorn").stdout.strip() == "ii"
@@ -199,8 +210,8 @@ def test_00_package_installed(c, installed):
     assert int(pw[2]) < 1000 and pw[6] in ("/usr/sbin/nologin", "/bin/false"), pw
     assert c.run("getent group ferricorn", check=False).returncode == 0
     # files
-    for path in ("/usr/bin/ferricorn", "/lib/systemd/system/ferricorn@.socket",
-                 "/lib/systemd/system/ferricorn@.service", "/usr/lib/sysusers.d/ferricorn.conf",
+    for path in ("/usr/bin/ferricorn", "/usr/lib/systemd/system/ferricorn@.socket",
+                 "/usr/lib/systemd/system/ferricorn@.service", "/usr/lib/sysusers.d/ferricorn.conf",
                  "/etc/ferricorn/example.toml", "/usr/share/man/man1/ferricorn.1.gz",
                  "/usr/share/bash-completion/completions/ferricorn",
                  "/usr/share/zsh/vendor-completions/_ferricorn",
@@ -209,7 +220,7 @@ def test_00_package_installed(c, installed):
         assert c.run(f"test -e {path}", check=False).returncode == 0, f"{path} missing"
     conffiles = c.run("dpkg-query -W -f='${Conffiles}' ferricorn").stdout
     assert "/etc/ferricorn/example.toml" in conffiles
-    # every shared library resolves (libpython3.11 comes from the package's Depends)
+    # every shared library resolves (libpython3.X comes from the package's Depends)
     ldd = c.run("ldd /usr/bin/ferricorn", check=False)
     assert "not found" not in ldd.stdout, ldd.stdout
     # a template is never enabled or started by the package
@@ -358,6 +369,20 @@ def test_03_reload_under_load(c, app):
     assert show(c, app.service, "ActiveState")["ActiveState"] == "active"
     assert main_pid(c, app.service) == old_pid, "a reload must keep the master"
     assert http_get(app.port, "/version")[1].strip() == "v2"
+
+
+def test_03b_reload_protocol_of_the_release(c, app, suite):
+    """systemd >= 253 runs the service as Type=notify-reload (systemd sends SIGHUP
+    itself); 252 as Type=notify with ExecReload=kill -HUP. Both for the units
+    `ferricorn systemd-units` wrote here and for the package's template."""
+    expected = "notify-reload" if suite.systemd >= 253 else "notify"
+    for unit in (app.service, "ferricorn@x.service"):
+        props = show(c, unit, "Type", "ExecReload")
+        assert props["Type"] == expected, (unit, props)
+        if expected == "notify-reload":
+            assert props.get("ExecReload", "") == "", (unit, props)
+        else:
+            assert "/bin/kill" in props.get("ExecReload", ""), (unit, props)
 
 
 # ---------------------------------------------------------------------------
@@ -542,8 +567,8 @@ def test_08_purge(c, app, installed):
     assert "could not remove" not in out, out[-3000:]
 
     assert c.run("dpkg -s ferricorn", check=False).returncode != 0
-    for path in ("/usr/bin/ferricorn", "/lib/systemd/system/ferricorn@.socket",
-                 "/lib/systemd/system/ferricorn@.service", "/usr/lib/sysusers.d/ferricorn.conf",
+    for path in ("/usr/bin/ferricorn", "/usr/lib/systemd/system/ferricorn@.socket",
+                 "/usr/lib/systemd/system/ferricorn@.service", "/usr/lib/sysusers.d/ferricorn.conf",
                  "/etc/ferricorn/example.toml", "/usr/share/doc/ferricorn",
                  "/run/ferricorn/x.sock"):
         assert c.run(f"test -e {path}", check=False).returncode != 0, f"{path} left after purge"
