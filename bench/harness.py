@@ -106,7 +106,7 @@ def smaps_rollup(pid):
         with open("/proc/%d/smaps_rollup" % pid) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3 and parts[0] in ("Rss:", "Pss:"):
+                if len(parts) >= 3 and parts[0] in ("Rss:", "Pss:", "Private_Dirty:"):
                     vals[parts[0][:-1]] = int(parts[1])  # kB
     except OSError:
         return None
@@ -121,21 +121,27 @@ def cmdline(pid):
 
 
 def memory(pid):
-    """PSS total of the process tree (MB) and mean RSS per worker (MB)."""
+    """PSS total of the process tree (MB), mean RSS per worker (MB), and each
+    worker's Private_Dirty (MB): with --preload, a worker that never served a
+    request has copied few of the master's pages, so it shows as a low figure."""
     procs = [pid] + [p for p in descendants(pid) if "resource_tracker" not in cmdline(p)]
     pss_total = 0
     rss = {}
+    dirty = {}
     for p in procs:
         v = smaps_rollup(p)
         if v is None:
             continue
         pss_total += v.get("Pss", 0)
         rss[p] = v.get("Rss", 0)
+        dirty[p] = v.get("Private_Dirty", 0)
     workers = [rss[p] for p in procs[1:] if p in rss] or [rss.get(pid, 0)]
     return {
         "pss_mb": pss_total / 1024.0,
         "rss_worker_mb": statistics.mean(workers) / 1024.0 if workers else None,
         "nprocs": len(rss),
+        "dirty_worker_mb": sorted((dirty[p] / 1024.0 for p in procs[1:] if p in dirty),
+                                  reverse=True),
     }
 
 
@@ -794,8 +800,17 @@ def run_django_pss(server, opts, preload):
         note = srv.note
         if server == "uwsgi":
             note = (note + "; " if note else "") + ("app loaded in master" if preload else "--lazy-apps")
+        dirty = mem["dirty_worker_mb"]
+        if preload and len(dirty) > 1:
+            # Which worker accepts each of the 20 sequential connections is a
+            # race: a worker that served none stays mostly shared with the
+            # master, and the total drops by about one warm worker's copy.
+            # Show it, so two runs are compared like for like.
+            note = (note + "; " if note else "") + "worker private dirty %s MB%s" % (
+                "/".join("%.1f" % d for d in dirty),
+                " (a worker served no request?)" if dirty[-1] < 0.6 * dirty[0] else "")
         return row(scn, server, pss_mb=mem["pss_mb"], rss_worker_mb=mem["rss_worker_mb"],
-                   nprocs=mem["nprocs"], note=note)
+                   nprocs=mem["nprocs"], dirty_worker_mb=dirty, note=note)
     except Skip as e:
         return row(scn, server, skip=str(e))
     except Fail as e:
