@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -791,24 +792,46 @@ def run_django_pss(server, opts, preload):
     srv = None
     try:
         srv = start_server(server, "django", 2, preload=preload)
-        for _ in range(20):
-            st, _, _ = http_get(srv.port, "/admin/login/", timeout=10)
-            if st != 200:
-                raise Fail("HTTP %d" % st)
+        # 20 requests from 2 clients at once (10 each, a new connection per
+        # request), so that both workers of every server serve: with one
+        # client, which worker accepts each connection is a race, and a
+        # worker that served nothing has copied few of the master's pages
+        # (with --preload the total then drops by about one warm worker).
+        workers = [p for p in descendants(srv.proc.pid) if "resource_tracker" not in cmdline(p)]
+        cpu = {p: proc_cpu(p) for p in workers}
+        errors = []
+
+        def client():
+            try:
+                for _ in range(10):
+                    st, _, _ = http_get(srv.port, "/admin/login/", timeout=10)
+                    if st != 200:
+                        errors.append("HTTP %d" % st)
+                        return
+            except (OSError, http.client.HTTPException) as e:
+                errors.append("request failed: %s" % e)
+
+        clients = [threading.Thread(target=client) for _ in range(2)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(120)
+        if errors:
+            raise Fail(errors[0])
         time.sleep(0.2)
+        # a worker that served Django requests used some CPU (one clock
+        # tick is 10 ms; the first admin page alone costs more)
+        cold = [p for p in workers if proc_cpu(p) - cpu[p] < 1]
         mem = memory(srv.proc.pid)
         note = srv.note
         if server == "uwsgi":
             note = (note + "; " if note else "") + ("app loaded in master" if preload else "--lazy-apps")
         dirty = mem["dirty_worker_mb"]
-        if preload and len(dirty) > 1:
-            # Which worker accepts each of the 20 sequential connections is a
-            # race: a worker that served none stays mostly shared with the
-            # master, and the total drops by about one warm worker's copy.
-            # Show it, so two runs are compared like for like.
-            note = (note + "; " if note else "") + "worker private dirty %s MB%s" % (
-                "/".join("%.1f" % d for d in dirty),
-                " (a worker served no request?)" if dirty[-1] < 0.6 * dirty[0] else "")
+        if len(dirty) > 1:
+            note = (note + "; " if note else "") + "worker private dirty %s MB" % (
+                "/".join("%.1f" % d for d in dirty))
+        if cold:
+            note = (note + "; " if note else "") + "WARNING: %d worker(s) served no request" % len(cold)
         return row(scn, server, pss_mb=mem["pss_mb"], rss_worker_mb=mem["rss_worker_mb"],
                    nprocs=mem["nprocs"], dirty_worker_mb=dirty, note=note)
     except Skip as e:
