@@ -72,12 +72,6 @@ impl Peer {
     }
 }
 
-unsafe extern "C" {
-    // CPython's own "dict with room for n items" (exported by libpython,
-    // not wrapped by pyo3-ffi).
-    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
-}
-
 /// Keys `build` sets on every request (seeded in the base dict).
 const PER_REQUEST_KEYS: [&str; 8] = [
     "REQUEST_METHOD",
@@ -98,15 +92,14 @@ pub fn base_environ<'py>(
     multithread: bool,
     multiprocess: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    // Presized: PyDict_Copy keeps the table size of its source, so every
+    // A plain dict, grown by inserting: it keeps CPython's str-only key
+    // table (`_PyDict_NewPresized` would make a general one, with 24-byte
+    // entries and slower lookups). PyDict_Copy keeps the table size of its
+    // source, and `grow_table` makes that 64 slots (42 usable), so every
     // per-request copy has room for this request's headers without a
     // resize. Every key the request sets is seeded here too (placeholder
     // values), so setting it replaces a value rather than inserting.
-    // SAFETY: _PyDict_NewPresized returns a new reference or NULL (error set).
-    let d = unsafe {
-        let p = _PyDict_NewPresized(40);
-        Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked::<PyDict>()
-    };
+    let d = PyDict::new(py);
     for key in PER_REQUEST_KEYS {
         d.set_item(PyString::intern(py, key), "")?;
     }
@@ -136,7 +129,30 @@ pub fn base_environ<'py>(
     let (name, port) = listen.server_name_port();
     d.set_item(intern!(py, "SERVER_NAME"), name)?;
     d.set_item(intern!(py, "SERVER_PORT"), port)?;
+    grow_table(&d)?;
     Ok(d)
+}
+
+/// Entries that grow a str-keyed dict's table to 64 slots (42 usable):
+/// CPython sizes the table to 3x the entries when the 21 usable slots of
+/// 32 run out.
+const TABLE_ENTRIES: usize = 22;
+
+/// Make sure `d`'s table has room for a request's headers: pad it with
+/// throw-away keys up to `TABLE_ENTRIES` and delete them again. Deleting
+/// never shrinks a table, and the two or three dead entries left behind
+/// are too few to take PyDict_Copy off its fast (memcpy) path.
+fn grow_table(d: &Bound<'_, PyDict>) -> PyResult<()> {
+    let pad: Vec<String> = (d.len()..TABLE_ENTRIES)
+        .map(|i| format!("ferricorn.pad{i}"))
+        .collect();
+    for k in &pad {
+        d.set_item(k, ())?;
+    }
+    for k in &pad {
+        d.del_item(k)?;
+    }
+    Ok(())
 }
 
 /// A Python str from latin-1 bytes (PEP 3333's "native string" rule).
