@@ -30,7 +30,7 @@ use crate::scoreboard::{Slot, now_ms};
 use crate::sock::{ListenAddr, Listener};
 use crate::wsgi::environ::{self, Peer};
 use crate::wsgi::input::{Body, BodySink, Input};
-use crate::wsgi::response::{self, ReqInfo, Stream};
+use crate::wsgi::response::{self, ReqInfo, Responder, Stream};
 use conn::{AccessInfo, BodyReader, BodyState, Conn, Io, Phase, Responding};
 
 const TOK_WAKE: u64 = u64::MAX;
@@ -239,6 +239,8 @@ struct Loop {
     live: usize,
     accepting: bool,
     last_sweep_ms: u64,
+    /// `start_response` & co, reused from request to request.
+    responder: Option<Responder>,
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -275,6 +277,7 @@ impl Loop {
             live: 0,
             accepting: false,
             last_sweep_ms: now_ms(),
+            responder: None,
         };
         lp.set_accepting(true);
         Ok(lp)
@@ -760,6 +763,7 @@ impl Loop {
             is_head: &*head.method == "HEAD",
             keep_alive: head.keep_alive && sh.settings.keepalive > 0 && !self.draining(),
             fd: c.raw(),
+            want_headers: sh.access.is_some(),
         };
         sh.slot.enter_app(
             self.thread,
@@ -767,6 +771,7 @@ impl Loop {
             now,
         );
         let body_len = body.len();
+        let spare = &mut self.responder;
         let out = Python::attach(|py| {
             let built = (|| -> PyResult<Bound<'_, PyAny>> {
                 let env = environ::build(
@@ -802,6 +807,7 @@ impl Loop {
                     env,
                     req,
                     &mut c.wbuf,
+                    spare,
                 )),
                 Err(e) => {
                     response::log_py_error(py, &e, "Error building the WSGI environ");
