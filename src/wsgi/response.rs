@@ -189,7 +189,10 @@ fn bound_method<'py>(sr: &Bound<'py, StartResponse>, i: usize) -> PyResult<Bound
     // a new reference to `sr` and returns a new reference or NULL.
     unsafe {
         let def = (METHODS.0.get() as *mut ffi::PyMethodDef).add(i);
-        Bound::from_owned_ptr_or_err(sr.py(), ffi::PyCFunction_NewEx(def, sr.as_ptr(), null_mut()))
+        Bound::from_owned_ptr_or_err(
+            sr.py(),
+            ffi::PyCFunction_NewEx(def, sr.as_ptr(), null_mut()),
+        )
     }
 }
 
@@ -242,16 +245,14 @@ impl Responder {
 /// str whose characters all fit in one byte stores exactly those bytes
 /// (PEP 393), so nothing is decoded or copied. `Ok(None)` for a str with
 /// a character past U+00FF.
+#[inline]
 fn latin1_of<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Option<&'a [u8]>> {
     let p = obj.as_ptr();
     // SAFETY: type checks and PEP 393 accessors on a live object; the
     // returned slice borrows the (immutable) str that `obj` keeps alive.
     unsafe {
         if ffi::PyUnicode_Check(p) == 0 {
-            return Err(PyTypeError::new_err(format!(
-                "{what} must be a str, not {}",
-                type_name(obj)
-            )));
+            return Err(not_a_str(obj, what));
         }
         // Only the deprecated Py_UNICODE APIs make strings that are not
         // "ready" (canonical) yet; this makes them so (a no-op on 3.12+).
@@ -268,17 +269,29 @@ fn latin1_of<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Option<&'a [
         )))
     }
 }
+
+#[cold]
+fn not_a_str(obj: &Bound<'_, PyAny>, what: &str) -> PyErr {
+    PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj)))
+}
+
+#[cold]
+fn not_latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "{what} {} is not latin-1",
+        obj.repr().map(|r| r.to_string()).unwrap_or_default()
+    ))
+}
+
 /// Append a native string's latin-1 bytes to `out`.
+#[inline]
 fn push_latin1(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<u8>) -> PyResult<()> {
     match latin1_of(obj, what)? {
         Some(b) => {
             out.extend_from_slice(b);
             Ok(())
         }
-        None => Err(PyValueError::new_err(format!(
-            "{what} {} is not latin-1",
-            obj.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))),
+        None => Err(not_latin1(obj, what)),
     }
 }
 
@@ -287,6 +300,19 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// `1*DIGIT` as a u64 (None if empty, not all digits, or too large).
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// Append `n` in decimal.
@@ -453,16 +479,12 @@ impl SrState {
                 }
                 keep = false;
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                let v = value.trim_ascii();
-                let n = (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
-                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        PyValueError::new_err(format!(
-                            "invalid Content-Length {:?}",
-                            String::from_utf8_lossy(value)
-                        ))
-                    })?;
+                let n = parse_decimal(value.trim_ascii()).ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(value)
+                    ))
+                })?;
                 if self.content_length.is_some_and(|c| c != n) {
                     return Err(PyValueError::new_err("conflicting Content-Length headers"));
                 }
