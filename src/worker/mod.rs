@@ -24,7 +24,7 @@ use pyo3::types::PyDict;
 
 use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::{BodyKind, RequestHead, parse_head};
+use crate::http::{BodyKind, RequestHead, parse_head_into};
 use crate::log::access::{AccessFormat, Record};
 use crate::scoreboard::{Slot, now_ms};
 use crate::sock::{ListenAddr, Listener};
@@ -241,6 +241,9 @@ struct Loop {
     last_sweep_ms: u64,
     /// `start_response` & co, reused from request to request.
     responder: Option<Responder>,
+    /// The request head being parsed; its buffers go from request to
+    /// request (unless the access log keeps one).
+    head: RequestHead,
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -278,6 +281,7 @@ impl Loop {
             accepting: false,
             last_sweep_ms: now_ms(),
             responder: None,
+            head: RequestHead::default(),
         };
         lp.set_accepting(true);
         Ok(lp)
@@ -625,9 +629,11 @@ impl Loop {
                             Io::Closed => return false,
                         }
                     }
-                    match parse_head(c.buffered(), &self.sh.settings.limits) {
-                        Ok(Some((head, n))) => {
+                    match parse_head_into(c.buffered(), &self.sh.settings.limits, &mut self.head)
+                    {
+                        Ok(Some(n)) => {
                             c.consume(n);
+                            let head = std::mem::take(&mut self.head);
                             self.start_request(c, head, now);
                         }
                         Ok(None) => match c.read_some(now) {
@@ -743,31 +749,32 @@ impl Loop {
         c.rpos = 0;
         c.wbuf
             .extend_from_slice(&crate::http::response::error_response(status, minor));
-        c.phase = Phase::Respond(Box::new(Responding {
+        c.phase = Phase::Respond(Responding {
             stream: None,
             keep_alive: false,
             linger: true,
             log: None,
             sent: 0,
             status,
-        }));
+        });
     }
 
     /// Call the application with a complete request.
     fn dispatch(&mut self, c: &mut Conn, head: RequestHead, body: Body, now: u64) {
         let sh = self.sh;
-        let started = Instant::now();
+        // Only the access log needs the time.
+        let started = sh.access.is_some().then(Instant::now);
         c.requests += 1;
         let req = ReqInfo {
             minor: head.minor_version,
-            is_head: &*head.method == "HEAD",
+            is_head: head.method() == "HEAD",
             keep_alive: head.keep_alive && sh.settings.keepalive > 0 && !self.draining(),
             fd: c.raw(),
             want_headers: sh.access.is_some(),
         };
         sh.slot.enter_app(
             self.thread,
-            &[head.method.as_bytes(), b" ", head.target.as_bytes()],
+            &[head.method().as_bytes(), b" ", head.target().as_bytes()],
             now,
         );
         let body_len = body.len();
@@ -828,24 +835,30 @@ impl Loop {
         }
         let Some(out) = out else {
             self.answer_error(c, 500, head.minor_version);
+            self.head = head;
             return;
         };
-        let log = sh.access.as_ref().map(|_| {
-            Box::new(AccessInfo {
+        let log = match started {
+            Some(started) => Some(Box::new(AccessInfo {
                 head,
                 started,
                 headers: out.headers,
                 request_id: sh.seq.fetch_add(1, Ordering::Relaxed),
-            })
-        });
-        c.phase = Phase::Respond(Box::new(Responding {
+            })),
+            None => {
+                // Give the head's buffers back for the next request.
+                self.head = head;
+                None
+            }
+        };
+        c.phase = Phase::Respond(Responding {
             stream: out.stream,
             keep_alive: out.keep_alive,
             linger: false,
             log,
             sent: out.body_bytes,
             status: out.status,
-        }));
+        });
     }
 
     fn log_access(&self, r: &mut Responding, remote_addr: &str) {
@@ -854,13 +867,13 @@ impl Loop {
         };
         fmt.emit(&Record {
             remote_addr,
-            method: &info.head.method,
-            target: &info.head.target,
+            method: info.head.method(),
+            target: info.head.target(),
             minor_version: info.head.minor_version,
             status: r.status,
             body_bytes: r.sent,
             duration: info.started.elapsed(),
-            request_headers: &info.head.headers,
+            request_headers: info.head.headers(),
             response_headers: &info.headers,
             request_id: info.request_id,
         });

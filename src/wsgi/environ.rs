@@ -269,7 +269,7 @@ pub fn build<'py>(
     let env = base.copy()?;
     let head = c.head;
     // GET, HTTP/1.1 and an empty query are what the base dict holds.
-    match &*head.method {
+    match head.method() {
         "GET" => {}
         "POST" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "POST"))?,
         "HEAD" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "HEAD"))?,
@@ -278,8 +278,8 @@ pub fn build<'py>(
     if head.minor_version != 1 {
         env.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
     }
-    env.set_item(intern!(py, "RAW_URI"), PyString::new(py, &head.target))?;
-    let (path, query) = split_target(&head.target);
+    env.set_item(intern!(py, "RAW_URI"), PyString::new(py, head.target()))?;
+    let (path, query) = split_target(head.target());
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
     if !c.root_path.is_empty() {
@@ -306,15 +306,15 @@ pub fn build<'py>(
     let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
     // host, whatever the Host header says.
-    let target_host = absolute_authority(&head.target);
+    let target_host = absolute_authority(head.target());
     let mut host: Option<&[u8]> = target_host;
-    let hs = &head.headers;
+    let hs = head.headers();
     for (i, h) in hs.iter().enumerate() {
         // Repeated fields are combined into the first occurrence.
-        if hs[..i].iter().any(|p| p.name.eq_ignore_ascii_case(&h.name)) {
+        if hs.before(i).iter().any(|p| p.name.eq_ignore_ascii_case(h.name)) {
             continue;
         }
-        let name = &*h.name;
+        let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             continue; // set below from the body actually read
         }
@@ -323,10 +323,10 @@ pub fn build<'py>(
                 env.set_item(intern!(py, "HTTP_HOST"), latin1_str(py, t))?;
                 continue;
             }
-            host = Some(&h.value);
+            host = Some(h.value);
         }
         if c.peer.trusted {
-            let v = &*h.value;
+            let v = h.value;
             if (name.eq_ignore_ascii_case("x-forwarded-proto") && v.eq_ignore_ascii_case(b"https"))
                 || (name.eq_ignore_ascii_case("x-forwarded-ssl") && v.eq_ignore_ascii_case(b"on"))
                 || (name.eq_ignore_ascii_case("x-forwarded-protocol")
@@ -337,7 +337,8 @@ pub fn build<'py>(
         }
         let key = header_key(py, name);
         // One pass over the later fields: peek tells whether to join.
-        let mut dups = hs[i + 1..]
+        let mut dups = hs
+            .after(i + 1)
             .iter()
             .filter(|p| p.name.eq_ignore_ascii_case(name))
             .peekable();
@@ -350,11 +351,11 @@ pub fn build<'py>(
             let mut v = h.value.to_vec();
             for d in dups {
                 v.extend_from_slice(sep);
-                v.extend_from_slice(&d.value);
+                v.extend_from_slice(d.value);
             }
             env.set_item(key, latin1_str(py, &v))?;
         } else {
-            env.set_item(key, latin1_str(py, &h.value))?;
+            env.set_item(key, latin1_str(py, h.value))?;
         }
     }
     if c.body_len > 0 || !matches!(head.body, crate::http::BodyKind::Empty) {
