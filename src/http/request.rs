@@ -799,7 +799,6 @@ fn build_head(
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

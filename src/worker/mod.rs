@@ -28,17 +28,12 @@ use crate::http::{BodyKind, RequestHead, parse_head_into};
 use crate::log::access::{AccessFormat, Record};
 use crate::scoreboard::{Slot, now_ms};
 use crate::sock::{ListenAddr, Listener};
-use crate::wsgi::environ::{self, Peer};
+use crate::wsgi::environ::{self, EnvCache, Peer};
 use crate::wsgi::input::{Body, BodySink, Input};
 use crate::wsgi::response::{self, ReqInfo, Responder, Stream};
 use conn::{AccessInfo, BodyReader, BodyState, Conn, Io, Phase, Responding};
 
 const TOK_WAKE: u64 = u64::MAX;
-thread_local! {
-    /// `wsgi.input` for requests without a body (one per I/O loop).
-    static EMPTY_INPUT: std::cell::RefCell<Option<Py<Input>>> = const { std::cell::RefCell::new(None) };
-}
-
 /// The master we were forked by; a different parent means it died.
 static MASTER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
@@ -244,6 +239,8 @@ struct Loop {
     /// The request head being parsed; its buffers go from request to
     /// request (unless the access log keeps one).
     head: RequestHead,
+    /// Python strings for repeated environ values.
+    env_cache: EnvCache,
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -282,6 +279,7 @@ impl Loop {
             last_sweep_ms: now_ms(),
             responder: None,
             head: RequestHead::default(),
+            env_cache: EnvCache::default(),
         };
         lp.set_accepting(true);
         Ok(lp)
@@ -629,8 +627,7 @@ impl Loop {
                             Io::Closed => return false,
                         }
                     }
-                    match parse_head_into(c.buffered(), &self.sh.settings.limits, &mut self.head)
-                    {
+                    match parse_head_into(c.buffered(), &self.sh.settings.limits, &mut self.head) {
                         Ok(Some(n)) => {
                             c.consume(n);
                             let head = std::mem::take(&mut self.head);
@@ -779,8 +776,13 @@ impl Loop {
         );
         let body_len = body.len();
         let spare = &mut self.responder;
+        let cache = &mut self.env_cache;
         let out = Python::attach(|py| {
             let built = (|| -> PyResult<Bound<'_, PyAny>> {
+                let input = match body_len {
+                    0 => None, // the base dict's shared empty input
+                    _ => Some(Bound::new(py, Input::new(body))?.into_any()),
+                };
                 let env = environ::build(
                     py,
                     sh.bases[c.listener].bind(py),
@@ -790,21 +792,9 @@ impl Loop {
                         root_path: &sh.settings.root_path,
                         body_len,
                     },
+                    cache,
+                    input.as_ref(),
                 )?;
-                let input = if body_len == 0 {
-                    // An empty body reads the same for everyone: share one.
-                    EMPTY_INPUT.with(|e| -> PyResult<Py<Input>> {
-                        if let Some(i) = &*e.borrow() {
-                            return Ok(i.clone_ref(py));
-                        }
-                        let i = Py::new(py, Input::new(Body::Mem(Vec::new())))?;
-                        *e.borrow_mut() = Some(i.clone_ref(py));
-                        Ok(i)
-                    })?
-                } else {
-                    Py::new(py, Input::new(body))?
-                };
-                env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
                 Ok(env.into_any())
             })();
             match built {

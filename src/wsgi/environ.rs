@@ -5,9 +5,6 @@
 //! are interned strings, header keys (`HTTP_USER_AGENT`...) are cached per
 //! thread, and nothing is created that the app will not see.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{ffi, intern};
@@ -107,6 +104,15 @@ pub fn base_environ<'py>(
     d.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "GET"))?;
     d.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
     let sys = py.import("sys")?;
+    // Requests without a body (most) share one empty `wsgi.input`: it
+    // reads the same for everyone. `build` replaces it for the others.
+    d.set_item(
+        intern!(py, "wsgi.input"),
+        Bound::new(
+            py,
+            super::input::Input::new(super::input::Body::Mem(Vec::new())),
+        )?,
+    )?;
     d.set_item(intern!(py, "wsgi.version"), (1, 0))?;
     d.set_item(intern!(py, "wsgi.multithread"), multithread)?;
     d.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
@@ -157,13 +163,10 @@ fn grow_table(d: &Bound<'_, PyDict>) -> PyResult<()> {
 
 /// A Python str from latin-1 bytes (PEP 3333's "native string" rule).
 pub fn latin1_str<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    if b.is_ascii() {
-        // SAFETY-free: ASCII is valid UTF-8.
-        return PyString::new(py, std::str::from_utf8(b).unwrap());
-    }
-    // SAFETY: PyUnicode_DecodeLatin1 reads exactly b.len() bytes and cannot
-    // fail on any input except memory exhaustion (then it returns NULL and
-    // sets an error, which from_owned_ptr would turn into a panic; we check).
+    // SAFETY: PyUnicode_DecodeLatin1 reads exactly b.len() bytes (ASCII is
+    // latin-1 too; it copies the bytes into a one-byte str, no UTF-8
+    // decoding). It fails only on memory exhaustion: NULL with an error
+    // set, which we clear and replace by "".
     unsafe {
         let p = ffi::PyUnicode_DecodeLatin1(
             b.as_ptr() as *const _,
@@ -178,16 +181,94 @@ pub fn latin1_str<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     }
 }
 
-thread_local! {
-    /// Header name as received -> interned environ key (`HTTP_X_THING`).
-    static KEYS: RefCell<HashMap<Box<[u8]>, Py<PyString>>> = RefCell::new(HashMap::new());
+/// The bytes of a one-byte (latin-1) str, borrowed; None for wider ones.
+fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
+    let p = s.as_ptr();
+    // SAFETY: PEP 393 accessors on a live str; the slice borrows it. Our
+    // strs come from PyUnicode_DecodeLatin1 or interning: always ready.
+    unsafe {
+        if ffi::PyUnicode_KIND(p) != ffi::PyUnicode_1BYTE_KIND {
+            return None;
+        }
+        Some(std::slice::from_raw_parts(
+            ffi::PyUnicode_DATA(p) as *const u8,
+            ffi::PyUnicode_GET_LENGTH(p) as usize,
+        ))
+    }
 }
-const KEY_CACHE_MAX: usize = 512;
 
-fn header_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
-    KEYS.with(|k| {
-        if let Some(s) = k.borrow().get(name.as_bytes()) {
-            return s.bind(py).clone();
+/// A fast, non-cryptographic hash for the caches below (8 bytes a step).
+/// The tables are tiny and direct-mapped, so a client that makes entries
+/// collide only costs itself a string creation.
+fn hash(b: &[u8]) -> usize {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = b.len() as u64;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap()))
+            .wrapping_mul(K)
+            .rotate_left(31);
+    }
+    let mut tail = 0u64;
+    for (i, &x) in words.remainder().iter().enumerate() {
+        tail |= u64::from(x) << (8 * i);
+    }
+    ((h ^ tail).wrapping_mul(K) >> 32) as usize
+}
+
+/// Slots in the value cache (a power of two).
+const VALUE_SLOTS: usize = 256;
+/// Longer values are not cached.
+const VALUE_MAX: usize = 256;
+/// Slots in the header-key cache (a power of two).
+const KEY_SLOTS: usize = 128;
+
+/// Python strings an I/O loop made for earlier environs, to hand out again
+/// when the same bytes come back: keep-alive clients (and proxies) repeat
+/// the same Host, User-Agent, Accept... and often the same path, so most
+/// values are a hash, a compare and an incref instead of a new str.
+/// Strings are immutable, so sharing them between environs is safe.
+pub struct EnvCache {
+    /// Values, by hash of their bytes (one per slot, last one wins).
+    values: Box<[Option<Py<PyString>>]>,
+    /// Header name as received -> interned environ key (`HTTP_X_THING`).
+    keys: Box<[Option<(Box<[u8]>, Py<PyString>)>]>,
+}
+
+impl Default for EnvCache {
+    fn default() -> Self {
+        EnvCache {
+            values: (0..VALUE_SLOTS).map(|_| None).collect(),
+            keys: (0..KEY_SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+impl EnvCache {
+    /// A str for latin-1 bytes `b`, from the cache when it has one.
+    pub fn value<'py>(&mut self, py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+        if b.len() > VALUE_MAX {
+            return latin1_str(py, b);
+        }
+        let slot = &mut self.values[hash(b) & (VALUE_SLOTS - 1)];
+        if let Some(s) = slot {
+            let s = s.bind(py);
+            if str_bytes(s) == Some(b) {
+                return s.clone();
+            }
+        }
+        let s = latin1_str(py, b);
+        *slot = Some(s.clone().unbind());
+        s
+    }
+
+    /// The environ key for a header field name (`HTTP_USER_AGENT`...).
+    fn header_key<'py>(&mut self, py: Python<'py>, name: &str) -> Bound<'py, PyString> {
+        let slot = &mut self.keys[hash(name.as_bytes()) & (KEY_SLOTS - 1)];
+        if let Some((n, k)) = slot {
+            if **n == *name.as_bytes() {
+                return k.bind(py).clone();
+            }
         }
         let mut key = String::with_capacity(name.len() + 5);
         if !name.eq_ignore_ascii_case("content-type")
@@ -202,13 +283,24 @@ fn header_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
                 c.to_ascii_uppercase()
             });
         }
-        let s = PyString::intern(py, &key);
-        let mut k = k.borrow_mut();
-        if k.len() < KEY_CACHE_MAX {
-            k.insert(name.as_bytes().into(), s.clone().unbind());
-        }
-        s
-    })
+        let k = PyString::intern(py, &key);
+        *slot = Some((name.as_bytes().into(), k.clone().unbind()));
+        k
+    }
+}
+
+/// `env[key] = value` without pyo3's conversions (both are borrowed).
+#[inline]
+fn set(
+    env: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: three live objects; PyDict_SetItem takes its own references.
+    if unsafe { ffi::PyDict_SetItem(env.as_ptr(), key.as_ptr(), value.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(env.py()));
+    }
+    Ok(())
 }
 
 /// Percent-decode a path into bytes (invalid escapes stay as they are).
@@ -260,26 +352,46 @@ pub struct Ctx<'a> {
     pub body_len: u64,
 }
 
+/// A native string for `s`: ASCII (the usual case) through the cache;
+/// anything else decoded as UTF-8, as it arrived.
+fn utf8_value<'py>(py: Python<'py>, cache: &mut EnvCache, s: &str) -> Bound<'py, PyString> {
+    if s.is_ascii() {
+        cache.value(py, s.as_bytes())
+    } else {
+        PyString::new(py, s)
+    }
+}
+
 /// A fresh environ: a copy of `base` plus this request's entries.
+/// `input` is `wsgi.input` for a request with a body (the base dict holds
+/// a shared empty one for the others).
 pub fn build<'py>(
     py: Python<'py>,
     base: &Bound<'py, PyDict>,
     c: &Ctx<'_>,
+    cache: &mut EnvCache,
+    input: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let env = base.copy()?;
     let head = c.head;
     // GET, HTTP/1.1 and an empty query are what the base dict holds.
+    let method = intern!(py, "REQUEST_METHOD");
     match head.method() {
         "GET" => {}
-        "POST" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "POST"))?,
-        "HEAD" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "HEAD"))?,
-        m => env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, m))?,
+        "POST" => set(&env, method, intern!(py, "POST"))?,
+        "HEAD" => set(&env, method, intern!(py, "HEAD"))?,
+        m => set(&env, method, &cache.value(py, m.as_bytes()))?,
     }
     if head.minor_version != 1 {
-        env.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
+        set(
+            &env,
+            intern!(py, "SERVER_PROTOCOL"),
+            intern!(py, "HTTP/1.0"),
+        )?;
     }
-    env.set_item(intern!(py, "RAW_URI"), PyString::new(py, head.target()))?;
-    let (path, query) = split_target(head.target());
+    let target = head.target();
+    set(&env, intern!(py, "RAW_URI"), &utf8_value(py, cache, target))?;
+    let (path, query) = split_target(target);
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
     if !c.root_path.is_empty() {
@@ -289,29 +401,40 @@ pub fn build<'py>(
             path_info = &path_info[rp.len()..];
         }
     }
-    env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path_info))?;
+    set(&env, intern!(py, "PATH_INFO"), &cache.value(py, path_info))?;
     if !query.is_empty() {
-        env.set_item(intern!(py, "QUERY_STRING"), PyString::new(py, query))?;
+        set(
+            &env,
+            intern!(py, "QUERY_STRING"),
+            &utf8_value(py, cache, query),
+        )?;
     }
-    let mut cache = c.peer.cache.borrow_mut();
-    let (addr, port) = cache.addr_port.get_or_insert_with(|| {
+    if let Some(input) = input {
+        set(&env, intern!(py, "wsgi.input"), input)?;
+    }
+    let mut peer = c.peer.cache.borrow_mut();
+    let (addr, port) = peer.addr_port.get_or_insert_with(|| {
         (
             PyString::new(py, &c.peer.addr).unbind(),
             PyString::new(py, &c.peer.port).unbind(),
         )
     });
-    env.set_item(intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
-    env.set_item(intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    set(&env, intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
+    set(&env, intern!(py, "REMOTE_PORT"), port.bind(py))?;
 
     let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
     // host, whatever the Host header says.
-    let target_host = absolute_authority(head.target());
+    let target_host = absolute_authority(target);
     let mut host: Option<&[u8]> = target_host;
     let hs = head.headers();
     for (i, h) in hs.iter().enumerate() {
         // Repeated fields are combined into the first occurrence.
-        if hs.before(i).iter().any(|p| p.name.eq_ignore_ascii_case(h.name)) {
+        if hs
+            .before(i)
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(h.name))
+        {
             continue;
         }
         let name = h.name;
@@ -320,7 +443,7 @@ pub fn build<'py>(
         }
         if name.eq_ignore_ascii_case("host") {
             if let Some(t) = target_host {
-                env.set_item(intern!(py, "HTTP_HOST"), latin1_str(py, t))?;
+                set(&env, intern!(py, "HTTP_HOST"), &cache.value(py, t))?;
                 continue;
             }
             host = Some(h.value);
@@ -335,7 +458,7 @@ pub fn build<'py>(
                 https = true;
             }
         }
-        let key = header_key(py, name);
+        let key = cache.header_key(py, name);
         // One pass over the later fields: peek tells whether to join.
         let mut dups = hs
             .after(i + 1)
@@ -353,19 +476,23 @@ pub fn build<'py>(
                 v.extend_from_slice(sep);
                 v.extend_from_slice(d.value);
             }
-            env.set_item(key, latin1_str(py, &v))?;
+            set(&env, &key, &latin1_str(py, &v))?;
         } else {
-            env.set_item(key, latin1_str(py, h.value))?;
+            set(&env, &key, &cache.value(py, h.value))?;
         }
     }
     if c.body_len > 0 || !matches!(head.body, crate::http::BodyKind::Empty) {
-        env.set_item(intern!(py, "CONTENT_LENGTH"), c.body_len.to_string())?;
+        set(
+            &env,
+            intern!(py, "CONTENT_LENGTH"),
+            &PyString::new(py, &c.body_len.to_string()),
+        )?;
     }
     if https {
-        env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+        set(&env, intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
     if let Some(h) = host {
-        let fresh = match &cache.host {
+        let fresh = match &peer.host {
             Some((raw, _, _)) => &**raw != h,
             None => true,
         };
@@ -383,15 +510,15 @@ pub fn build<'py>(
             );
             if https {
                 // The default port depends on the scheme: don't cache.
-                env.set_item(intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
-                env.set_item(intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
+                set(&env, intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
+                set(&env, intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
                 return Ok(env);
             }
-            cache.host = Some(entry);
+            peer.host = Some(entry);
         }
-        let (_, name, port) = cache.host.as_ref().expect("host cached above");
-        env.set_item(intern!(py, "SERVER_NAME"), name.bind(py))?;
-        env.set_item(intern!(py, "SERVER_PORT"), port.bind(py))?;
+        let (_, name, port) = peer.host.as_ref().expect("host cached above");
+        set(&env, intern!(py, "SERVER_NAME"), name.bind(py))?;
+        set(&env, intern!(py, "SERVER_PORT"), port.bind(py))?;
     }
     Ok(env)
 }
