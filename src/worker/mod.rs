@@ -786,6 +786,7 @@ impl Loop {
                 let env = environ::build(
                     py,
                     sh.bases[c.listener].bind(py),
+                    c.listener,
                     &environ::Ctx {
                         head: &head,
                         peer: &c.peer,

@@ -233,6 +233,10 @@ pub struct EnvCache {
     values: Box<[Option<Py<PyString>>]>,
     /// Header name as received -> interned environ key (`HTTP_X_THING`).
     keys: Box<[Option<(Box<[u8]>, Py<PyString>)>]>,
+    /// The environ of an earlier request, to start the next one from.
+    template: Option<Template>,
+    /// This request's entries while `build` runs (kept for its capacity).
+    entries: Vec<(Py<PyString>, Py<PyAny>)>,
 }
 
 impl Default for EnvCache {
@@ -240,9 +244,29 @@ impl Default for EnvCache {
         EnvCache {
             values: (0..VALUE_SLOTS).map(|_| None).collect(),
             keys: (0..KEY_SLOTS).map(|_| None).collect(),
+            template: None,
+            entries: Vec::new(),
         }
     }
 }
+
+/// An environ as `build` made it (before any app saw it), with the entries
+/// it holds on top of its listener's base dict. Consecutive requests
+/// mostly carry the same Host, addresses, Accept-* and often the same
+/// path: copying this dict and setting only what differs costs one dict
+/// copy either way, but saves most of the PyDict_SetItem calls.
+struct Template {
+    listener: usize,
+    dict: Py<PyDict>,
+    /// Keys and values set on top of the base dict, in the order set.
+    entries: Vec<(Py<PyString>, Py<PyAny>)>,
+}
+
+/// Start a new template when a request differs from the current one in
+/// more entries than this (two: a new path is RAW_URI + PATH_INFO).
+const TEMPLATE_MAX_CHANGES: usize = 2;
+/// Templates track their entries in a u64 bit set.
+const TEMPLATE_MAX_ENTRIES: usize = 64;
 
 impl EnvCache {
     /// A str for latin-1 bytes `b`, from the cache when it has one.
@@ -362,35 +386,52 @@ fn utf8_value<'py>(py: Python<'py>, cache: &mut EnvCache, s: &str) -> Bound<'py,
     }
 }
 
-/// A fresh environ: a copy of `base` plus this request's entries.
-/// `input` is `wsgi.input` for a request with a body (the base dict holds
-/// a shared empty one for the others).
+/// A fresh environ: `base` (the listener's constant part, number
+/// `listener`) plus this request's entries. `input` is `wsgi.input` for a
+/// request with a body (the base dict holds a shared empty one for the
+/// others).
 pub fn build<'py>(
     py: Python<'py>,
     base: &Bound<'py, PyDict>,
+    listener: usize,
     c: &Ctx<'_>,
     cache: &mut EnvCache,
     input: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let env = base.copy()?;
+    let mut entries = std::mem::take(&mut cache.entries);
+    let r = collect(py, c, cache, input, &mut entries)
+        .and_then(|()| apply(py, base, listener, cache, &entries, input.is_some()));
+    entries.clear(); // nothing outlives the request here (wsgi.input...)
+    cache.entries = entries;
+    r
+}
+
+/// This request's entries on top of the base dict, in order.
+fn collect<'py>(
+    py: Python<'py>,
+    c: &Ctx<'_>,
+    cache: &mut EnvCache,
+    input: Option<&Bound<'py, PyAny>>,
+    out: &mut Vec<(Py<PyString>, Py<PyAny>)>,
+) -> PyResult<()> {
+    let mut set = |k: &Bound<'py, PyString>, v: &Bound<'py, PyAny>| -> PyResult<()> {
+        out.push((k.clone().unbind(), v.clone().unbind()));
+        Ok(())
+    };
     let head = c.head;
     // GET, HTTP/1.1 and an empty query are what the base dict holds.
     let method = intern!(py, "REQUEST_METHOD");
     match head.method() {
         "GET" => {}
-        "POST" => set(&env, method, intern!(py, "POST"))?,
-        "HEAD" => set(&env, method, intern!(py, "HEAD"))?,
-        m => set(&env, method, &cache.value(py, m.as_bytes()))?,
+        "POST" => set(method, intern!(py, "POST"))?,
+        "HEAD" => set(method, intern!(py, "HEAD"))?,
+        m => set(method, &cache.value(py, m.as_bytes()))?,
     }
     if head.minor_version != 1 {
-        set(
-            &env,
-            intern!(py, "SERVER_PROTOCOL"),
-            intern!(py, "HTTP/1.0"),
-        )?;
+        set(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
     }
     let target = head.target();
-    set(&env, intern!(py, "RAW_URI"), &utf8_value(py, cache, target))?;
+    set(intern!(py, "RAW_URI"), &utf8_value(py, cache, target))?;
     let (path, query) = split_target(target);
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
@@ -401,16 +442,12 @@ pub fn build<'py>(
             path_info = &path_info[rp.len()..];
         }
     }
-    set(&env, intern!(py, "PATH_INFO"), &cache.value(py, path_info))?;
+    set(intern!(py, "PATH_INFO"), &cache.value(py, path_info))?;
     if !query.is_empty() {
-        set(
-            &env,
-            intern!(py, "QUERY_STRING"),
-            &utf8_value(py, cache, query),
-        )?;
+        set(intern!(py, "QUERY_STRING"), &utf8_value(py, cache, query))?;
     }
     if let Some(input) = input {
-        set(&env, intern!(py, "wsgi.input"), input)?;
+        set(intern!(py, "wsgi.input"), input)?;
     }
     let mut peer = c.peer.cache.borrow_mut();
     let (addr, port) = peer.addr_port.get_or_insert_with(|| {
@@ -419,8 +456,8 @@ pub fn build<'py>(
             PyString::new(py, &c.peer.port).unbind(),
         )
     });
-    set(&env, intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
-    set(&env, intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    set(intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
+    set(intern!(py, "REMOTE_PORT"), port.bind(py))?;
 
     let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
@@ -443,7 +480,7 @@ pub fn build<'py>(
         }
         if name.eq_ignore_ascii_case("host") {
             if let Some(t) = target_host {
-                set(&env, intern!(py, "HTTP_HOST"), &cache.value(py, t))?;
+                set(intern!(py, "HTTP_HOST"), &cache.value(py, t))?;
                 continue;
             }
             host = Some(h.value);
@@ -476,20 +513,19 @@ pub fn build<'py>(
                 v.extend_from_slice(sep);
                 v.extend_from_slice(d.value);
             }
-            set(&env, &key, &latin1_str(py, &v))?;
+            set(&key, &latin1_str(py, &v))?;
         } else {
-            set(&env, &key, &cache.value(py, h.value))?;
+            set(&key, &cache.value(py, h.value))?;
         }
     }
     if c.body_len > 0 || !matches!(head.body, crate::http::BodyKind::Empty) {
         set(
-            &env,
             intern!(py, "CONTENT_LENGTH"),
             &PyString::new(py, &c.body_len.to_string()),
         )?;
     }
     if https {
-        set(&env, intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+        set(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
     if let Some(h) = host {
         let fresh = match &peer.host {
@@ -510,17 +546,107 @@ pub fn build<'py>(
             );
             if https {
                 // The default port depends on the scheme: don't cache.
-                set(&env, intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
-                set(&env, intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
-                return Ok(env);
+                set(intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
+                set(intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
+                return Ok(());
             }
             peer.host = Some(entry);
         }
         let (_, name, port) = peer.host.as_ref().expect("host cached above");
-        set(&env, intern!(py, "SERVER_NAME"), name.bind(py))?;
-        set(&env, intern!(py, "SERVER_PORT"), port.bind(py))?;
+        set(intern!(py, "SERVER_NAME"), name.bind(py))?;
+        set(intern!(py, "SERVER_PORT"), port.bind(py))?;
+    }
+    Ok(())
+}
+
+/// The environ: a copy of the template (when it was made for the same
+/// listener) with only the differences applied, else a copy of `base`
+/// with every entry set. An environ that holds a request body never
+/// becomes the template (it would keep the body alive).
+fn apply<'py>(
+    py: Python<'py>,
+    base: &Bound<'py, PyDict>,
+    listener: usize,
+    cache: &mut EnvCache,
+    entries: &[(Py<PyString>, Py<PyAny>)],
+    has_body: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let template = cache
+        .template
+        .as_ref()
+        .filter(|t| t.listener == listener && t.entries.len() <= TEMPLATE_MAX_ENTRIES);
+    let Some(t) = template else {
+        let env = base.copy()?;
+        for (k, v) in entries {
+            set(&env, k.bind(py), v.bind(py))?;
+        }
+        if !has_body {
+            snapshot(py, cache, listener, &env, entries)?;
+        }
+        return Ok(env);
+    };
+    let env = t.dict.bind(py).copy()?;
+    let mut seen = 0u64; // template entries this request also has
+    let mut changes = 0;
+    for (i, (k, v)) in entries.iter().enumerate() {
+        // Usually at the same position; else look for it.
+        let j = match t.entries.get(i) {
+            Some(e) if e.0.is(k) => Some(i),
+            _ => t.entries.iter().position(|e| e.0.is(k)),
+        };
+        if let Some(j) = j {
+            seen |= 1 << j;
+            if t.entries[j].1.is(v) {
+                continue; // the very same object: nothing to do
+            }
+        }
+        set(&env, k.bind(py), v.bind(py))?;
+        changes += 1;
+    }
+    for (j, (k, _)) in t.entries.iter().enumerate() {
+        if seen & (1 << j) != 0 {
+            continue;
+        }
+        // The template had it, this request does not: back to the base
+        // dict's value, or gone.
+        changes += 1;
+        let k = k.bind(py);
+        match base.get_item(k)? {
+            Some(v) => set(&env, k, &v)?,
+            None => env.del_item(k)?,
+        }
+    }
+    if changes > TEMPLATE_MAX_CHANGES && !has_body {
+        snapshot(py, cache, listener, &env, entries)?;
     }
     Ok(env)
+}
+
+/// Keep a copy of `env` (not yet seen by the app) as the template.
+fn snapshot(
+    py: Python<'_>,
+    cache: &mut EnvCache,
+    listener: usize,
+    env: &Bound<'_, PyDict>,
+    entries: &[(Py<PyString>, Py<PyAny>)],
+) -> PyResult<()> {
+    let dict = env.copy()?.unbind();
+    let mut kept = match cache.template.take() {
+        Some(t) => t.entries,
+        None => Vec::new(),
+    };
+    kept.clear();
+    kept.extend(
+        entries
+            .iter()
+            .map(|(k, v)| (k.clone_ref(py), v.clone_ref(py))),
+    );
+    cache.template = Some(Template {
+        listener,
+        dict,
+        entries: kept,
+    });
+    Ok(())
 }
 
 /// The authority of an absolute-form target (`http://host:port/path`).
