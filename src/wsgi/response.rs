@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
 use crate::http::response::{
     is_hop_by_hop, parse_status, status_has_no_body, valid_header_name, valid_header_value,
@@ -120,6 +120,8 @@ struct SrState {
     /// (called from inside the iterable) only queues, and `pump_iter`
     /// sends the queue in order with the iterable's items.
     handed_off: bool,
+    /// Kept across requests (not cleared by `reset`).
+    seen: Seen,
 }
 
 impl SrState {
@@ -399,6 +401,64 @@ impl SrState {
 
     /// Validate a status and header list into this (cleared) state.
     fn set_head(&mut self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Out of `self` while we work, so its entries can be read while
+        // the rest of the state changes.
+        let mut seen = std::mem::take(&mut self.seen);
+        let r = self.set_head_with(&mut seen, status, headers);
+        self.seen = seen;
+        r
+    }
+
+    fn set_head_with(
+        &mut self,
+        seen: &mut Seen,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let code = match seen.status(status) {
+            Some((code, text)) => {
+                self.status.extend_from_slice(text);
+                code
+            }
+            None => {
+                let code = self.check_status(status)?;
+                seen.add_status(status, code, &self.status);
+                code
+            }
+        };
+        let list = headers.cast::<PyList>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "headers must be a list, not {}",
+                type_name(headers)
+            ))
+        })?;
+        // By index: nothing below runs Python code, so the list cannot
+        // change under us.
+        for i in 0..list.len() {
+            // SAFETY: i < len, and the list is not mutated meanwhile.
+            let item = unsafe { list.get_item_unchecked(i) };
+            let t = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "each header must be a (name, value) tuple, not {}",
+                    type_name(&item)
+                ))
+            })?;
+            if let Some((line, kind)) = seen.header(t) {
+                self.add_header(kind, line)?;
+                continue;
+            }
+            let start = self.headers.len();
+            let kind = self.check_header(t)?;
+            let line = self.headers.split_off(start);
+            self.add_header(kind, &line)?;
+            seen.add_header(t, line, kind);
+        }
+        self.code = code;
+        Ok(())
+    }
+
+    /// Validate a status into `self.status`; returns the code.
+    fn check_status(&mut self, status: &Bound<'_, PyAny>) -> PyResult<u16> {
         push_latin1(status, "status", &mut self.status)?;
         let status_b = &self.status;
         let code = parse_status(status_b).ok_or_else(|| {
@@ -420,89 +480,167 @@ impl SrState {
             // RFC 9112 §4: the SP before an (empty) reason is required.
             self.status.push(b' ');
         }
-        let list = headers.cast::<PyList>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "headers must be a list, not {}",
-                type_name(headers)
-            ))
-        })?;
-        // By index: nothing below runs Python code, so the list cannot
-        // change under us.
-        for i in 0..list.len() {
-            // SAFETY: i < len, and the list is not mutated meanwhile.
-            let item = unsafe { list.get_item_unchecked(i) };
-            let t = item.cast::<PyTuple>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "each header must be a (name, value) tuple, not {}",
-                    type_name(&item)
-                ))
-            })?;
-            if t.len() != 2 {
-                return Err(PyTypeError::new_err(
-                    "each header must be a (name, value) tuple",
-                ));
-            }
-            let block = &mut self.headers;
-            let start = block.len();
-            // SAFETY: the tuple has two items.
-            let (name, value) = unsafe {
-                (
-                    t.get_borrowed_item_unchecked(0),
-                    t.get_borrowed_item_unchecked(1),
-                )
-            };
-            push_latin1(&name, "header name", block)?;
-            let name_end = block.len();
-            block.extend_from_slice(b": ");
-            push_latin1(&value, "header value", block)?;
-            let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
-            if !valid_header_name(name) {
-                return Err(PyValueError::new_err(format!(
-                    "invalid header name {:?}",
-                    String::from_utf8_lossy(name)
-                )));
-            }
-            if !valid_header_value(value) {
-                return Err(PyValueError::new_err(format!(
-                    "invalid value for header {:?}: control characters (CR/LF) are not allowed",
-                    String::from_utf8_lossy(name)
-                )));
-            }
-            let mut keep = true;
-            if is_hop_by_hop(name) {
-                if name.eq_ignore_ascii_case(b"connection")
+        Ok(code)
+    }
+
+    /// Validate a (name, value) tuple, appending `Name: value\r\n` to
+    /// `self.headers`, and say what kind of header it is.
+    fn check_header(&mut self, t: &Bound<'_, PyTuple>) -> PyResult<HeaderKind> {
+        if t.len() != 2 {
+            return Err(PyTypeError::new_err(
+                "each header must be a (name, value) tuple",
+            ));
+        }
+        let block = &mut self.headers;
+        let start = block.len();
+        // SAFETY: the tuple has two items.
+        let (name, value) = unsafe {
+            (
+                t.get_borrowed_item_unchecked(0),
+                t.get_borrowed_item_unchecked(1),
+            )
+        };
+        push_latin1(&name, "header name", block)?;
+        let name_end = block.len();
+        block.extend_from_slice(b": ");
+        push_latin1(&value, "header value", block)?;
+        let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
+        if !valid_header_name(name) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if !valid_header_value(value) {
+            return Err(PyValueError::new_err(format!(
+                "invalid value for header {:?}: control characters (CR/LF) are not allowed",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        let kind = if is_hop_by_hop(name) {
+            HeaderKind::HopByHop {
+                close: name.eq_ignore_ascii_case(b"connection")
                     && value
                         .split(|&b| b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                {
-                    self.app_wants_close = true;
-                }
-                keep = false;
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                let n = parse_decimal(value.trim_ascii()).ok_or_else(|| {
-                    PyValueError::new_err(format!(
-                        "invalid Content-Length {:?}",
-                        String::from_utf8_lossy(value)
-                    ))
-                })?;
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")),
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            HeaderKind::ContentLength(parse_decimal(value.trim_ascii()).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "invalid Content-Length {:?}",
+                    String::from_utf8_lossy(value)
+                ))
+            })?)
+        } else if name.eq_ignore_ascii_case(b"date") {
+            HeaderKind::Date
+        } else if name.eq_ignore_ascii_case(b"server") {
+            HeaderKind::Server
+        } else {
+            HeaderKind::Other
+        };
+        self.headers.extend_from_slice(b"\r\n");
+        Ok(kind)
+    }
+
+    /// Record a validated header (`line` is `Name: value\r\n`).
+    fn add_header(&mut self, kind: HeaderKind, line: &[u8]) -> PyResult<()> {
+        match kind {
+            HeaderKind::HopByHop { close } => {
+                self.app_wants_close |= close;
+                return Ok(()); // we do our own framing and connection handling
+            }
+            HeaderKind::ContentLength(n) => {
                 if self.content_length.is_some_and(|c| c != n) {
                     return Err(PyValueError::new_err("conflicting Content-Length headers"));
                 }
-                keep = self.content_length.is_none();
+                let first = self.content_length.is_none();
                 self.content_length = Some(n);
-            } else if name.eq_ignore_ascii_case(b"date") {
-                self.has_date = true;
-            } else if name.eq_ignore_ascii_case(b"server") {
-                self.has_server = true;
+                if !first {
+                    return Ok(());
+                }
             }
-            if keep {
-                self.headers.extend_from_slice(b"\r\n");
-            } else {
-                self.headers.truncate(start);
-            }
+            HeaderKind::Date => self.has_date = true,
+            HeaderKind::Server => self.has_server = true,
+            HeaderKind::Other => {}
         }
-        self.code = code;
+        self.headers.extend_from_slice(line);
         Ok(())
+    }
+}
+
+/// What a response header means to us.
+#[derive(Debug, Clone, Copy)]
+enum HeaderKind {
+    /// Dropped; `Connection: close` asks us to close after the response.
+    HopByHop {
+        close: bool,
+    },
+    ContentLength(u64),
+    Date,
+    Server,
+    Other,
+}
+
+/// Statuses and header tuples this responder validated before. Apps often
+/// pass the same objects every time (a module-level `"200 OK"`, a constant
+/// `("Content-Type", "text/plain")`): a str or tuple is immutable, so when
+/// the very same object comes back (we hold a reference, so its address
+/// cannot be reused by another object) its checked bytes can be reused.
+/// Only exact str and tuples of exact strs are remembered: those cannot
+/// reference anything else (no reference cycles through this cache).
+#[derive(Default)]
+struct Seen {
+    status: Option<(Py<PyAny>, u16, Vec<u8>)>,
+    tuples: Vec<Py<PyTuple>>,
+    headers: Vec<(Vec<u8>, HeaderKind)>,
+    /// Next slot to replace once full.
+    next: usize,
+}
+
+/// Header tuples remembered per responder.
+const SEEN_HEADERS: usize = 8;
+
+impl Seen {
+    fn status(&self, s: &Bound<'_, PyAny>) -> Option<(u16, &[u8])> {
+        match &self.status {
+            Some((obj, code, text)) if obj.is(s) => Some((*code, text)),
+            _ => None,
+        }
+    }
+
+    fn add_status(&mut self, s: &Bound<'_, PyAny>, code: u16, text: &[u8]) {
+        if s.is_exact_instance_of::<PyString>() {
+            self.status = Some((s.clone().unbind(), code, text.to_vec()));
+        }
+    }
+
+    fn header(&self, t: &Bound<'_, PyTuple>) -> Option<(&[u8], HeaderKind)> {
+        let i = self.tuples.iter().position(|x| x.is(t))?;
+        let (line, kind) = &self.headers[i];
+        Some((line, *kind))
+    }
+
+    fn add_header(&mut self, t: &Bound<'_, PyTuple>, line: Vec<u8>, kind: HeaderKind) {
+        // SAFETY: check_header saw two items.
+        let exact = unsafe {
+            t.get_borrowed_item_unchecked(0)
+                .is_exact_instance_of::<PyString>()
+                && t.get_borrowed_item_unchecked(1)
+                    .is_exact_instance_of::<PyString>()
+        };
+        if !exact || !t.is_exact_instance_of::<PyTuple>() {
+            return;
+        }
+        let entry = (t.clone().unbind(), (line, kind));
+        if self.tuples.len() < SEEN_HEADERS {
+            self.tuples.push(entry.0);
+            self.headers.push(entry.1);
+        } else {
+            let i = self.next % SEEN_HEADERS;
+            self.next = i + 1;
+            self.tuples[i] = entry.0;
+            self.headers[i] = entry.1;
+        }
     }
 }
 
