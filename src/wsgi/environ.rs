@@ -651,6 +651,9 @@ fn snapshot(
 
 /// The authority of an absolute-form target (`http://host:port/path`).
 fn absolute_authority(target: &str) -> Option<&[u8]> {
+    if target.starts_with('/') {
+        return None; // origin-form, the usual case
+    }
     let (scheme, rest) = target.split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return None;
