@@ -236,7 +236,26 @@ pub struct EnvCache {
     /// The environ of an earlier request, to start the next one from.
     template: Option<Template>,
     /// This request's entries while `build` runs (kept for its capacity).
-    entries: Vec<(Py<PyString>, Py<PyAny>)>,
+    entries: Vec<Entry<'static>>,
+}
+
+/// An environ entry on top of the base dict: key and value.
+type Entry<'a> = (Py<PyString>, Val<'a>);
+
+/// An entry's value: an object, or latin-1 bytes of the request head not
+/// made into a str yet (when the template already holds a str with these
+/// bytes, none is made).
+enum Val<'a> {
+    Obj(Py<PyAny>),
+    Latin1(&'a [u8]),
+}
+
+/// An empty Vec's buffer, for entries of another lifetime. (Collecting a
+/// `vec::IntoIter` into a Vec of a type with the same size and alignment
+/// reuses the allocation; the closure never runs on an empty Vec.)
+fn recycle<'b>(mut v: Vec<Entry<'_>>) -> Vec<Entry<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!()).collect()
 }
 
 impl Default for EnvCache {
@@ -376,16 +395,6 @@ pub struct Ctx<'a> {
     pub body_len: u64,
 }
 
-/// A native string for `s`: ASCII (the usual case) through the cache;
-/// anything else decoded as UTF-8, as it arrived.
-fn utf8_value<'py>(py: Python<'py>, cache: &mut EnvCache, s: &str) -> Bound<'py, PyString> {
-    if s.is_ascii() {
-        cache.value(py, s.as_bytes())
-    } else {
-        PyString::new(py, s)
-    }
-}
-
 /// A fresh environ: `base` (the listener's constant part, number
 /// `listener`) plus this request's entries. `input` is `wsgi.input` for a
 /// request with a body (the base dict holds a shared empty one for the
@@ -398,40 +407,58 @@ pub fn build<'py>(
     cache: &mut EnvCache,
     input: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut entries = std::mem::take(&mut cache.entries);
+    let mut entries = recycle(std::mem::take(&mut cache.entries));
     let r = collect(py, c, cache, input, &mut entries)
-        .and_then(|()| apply(py, base, listener, cache, &entries, input.is_some()));
-    entries.clear(); // nothing outlives the request here (wsgi.input...)
-    cache.entries = entries;
+        .and_then(|()| apply(py, base, listener, cache, &mut entries, input.is_some()));
+    // Cleared: nothing outlives the request here (wsgi.input...).
+    cache.entries = recycle(entries);
     r
 }
 
 /// This request's entries on top of the base dict, in order.
-fn collect<'py>(
+fn collect<'py, 'a>(
     py: Python<'py>,
-    c: &Ctx<'_>,
+    c: &Ctx<'a>,
     cache: &mut EnvCache,
     input: Option<&Bound<'py, PyAny>>,
-    out: &mut Vec<(Py<PyString>, Py<PyAny>)>,
+    out: &mut Vec<Entry<'a>>,
 ) -> PyResult<()> {
-    let mut set = |k: &Bound<'py, PyString>, v: &Bound<'py, PyAny>| -> PyResult<()> {
-        out.push((k.clone().unbind(), v.clone().unbind()));
+    // An object value, or latin-1 bytes of the head (made a str later,
+    // if at all).
+    fn set<'a>(
+        out: &mut Vec<Entry<'a>>,
+        k: &Bound<'_, PyString>,
+        v: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        out.push((k.clone().unbind(), Val::Obj(v.clone().unbind())));
         Ok(())
-    };
-    let head = c.head;
+    }
+    fn set_bytes<'a>(
+        out: &mut Vec<Entry<'a>>,
+        k: &Bound<'_, PyString>,
+        v: &'a [u8],
+    ) -> PyResult<()> {
+        out.push((k.clone().unbind(), Val::Latin1(v)));
+        Ok(())
+    }
+    let head: &'a RequestHead = c.head;
     // GET, HTTP/1.1 and an empty query are what the base dict holds.
     let method = intern!(py, "REQUEST_METHOD");
     match head.method() {
         "GET" => {}
-        "POST" => set(method, intern!(py, "POST"))?,
-        "HEAD" => set(method, intern!(py, "HEAD"))?,
-        m => set(method, &cache.value(py, m.as_bytes()))?,
+        "POST" => set(out, method, intern!(py, "POST"))?,
+        "HEAD" => set(out, method, intern!(py, "HEAD"))?,
+        m => set(out, method, &cache.value(py, m.as_bytes()))?,
     }
     if head.minor_version != 1 {
-        set(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
+        set(out, intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
     }
     let target = head.target();
-    set(intern!(py, "RAW_URI"), &utf8_value(py, cache, target))?;
+    if target.is_ascii() {
+        set_bytes(out, intern!(py, "RAW_URI"), target.as_bytes())?;
+    } else {
+        set(out, intern!(py, "RAW_URI"), &PyString::new(py, target))?;
+    }
     let (path, query) = split_target(target);
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
@@ -442,12 +469,25 @@ fn collect<'py>(
             path_info = &path_info[rp.len()..];
         }
     }
-    set(intern!(py, "PATH_INFO"), &cache.value(py, path_info))?;
+    match decoded {
+        // Borrowed from the head: the bytes can wait.
+        std::borrow::Cow::Borrowed(_) => {
+            let path_info = &path.as_bytes()[path.len() - path_info.len()..];
+            set_bytes(out, intern!(py, "PATH_INFO"), path_info)?
+        }
+        std::borrow::Cow::Owned(_) => {
+            set(out, intern!(py, "PATH_INFO"), &cache.value(py, path_info))?
+        }
+    }
     if !query.is_empty() {
-        set(intern!(py, "QUERY_STRING"), &utf8_value(py, cache, query))?;
+        if query.is_ascii() {
+            set_bytes(out, intern!(py, "QUERY_STRING"), query.as_bytes())?;
+        } else {
+            set(out, intern!(py, "QUERY_STRING"), &PyString::new(py, query))?;
+        }
     }
     if let Some(input) = input {
-        set(intern!(py, "wsgi.input"), input)?;
+        set(out, intern!(py, "wsgi.input"), input)?;
     }
     let mut peer = c.peer.cache.borrow_mut();
     let (addr, port) = peer.addr_port.get_or_insert_with(|| {
@@ -456,8 +496,8 @@ fn collect<'py>(
             PyString::new(py, &c.peer.port).unbind(),
         )
     });
-    set(intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
-    set(intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    set(out, intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
+    set(out, intern!(py, "REMOTE_PORT"), port.bind(py))?;
 
     let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
@@ -480,7 +520,7 @@ fn collect<'py>(
         }
         if name.eq_ignore_ascii_case("host") {
             if let Some(t) = target_host {
-                set(intern!(py, "HTTP_HOST"), &cache.value(py, t))?;
+                set_bytes(out, intern!(py, "HTTP_HOST"), t)?;
                 continue;
             }
             host = Some(h.value);
@@ -513,19 +553,20 @@ fn collect<'py>(
                 v.extend_from_slice(sep);
                 v.extend_from_slice(d.value);
             }
-            set(&key, &latin1_str(py, &v))?;
+            set(out, &key, &latin1_str(py, &v))?;
         } else {
-            set(&key, &cache.value(py, h.value))?;
+            set_bytes(out, &key, h.value)?;
         }
     }
     if c.body_len > 0 || !matches!(head.body, crate::http::BodyKind::Empty) {
         set(
+            out,
             intern!(py, "CONTENT_LENGTH"),
             &PyString::new(py, &c.body_len.to_string()),
         )?;
     }
     if https {
-        set(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+        set(out, intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
     if let Some(h) = host {
         let fresh = match &peer.host {
@@ -546,15 +587,15 @@ fn collect<'py>(
             );
             if https {
                 // The default port depends on the scheme: don't cache.
-                set(intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
-                set(intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
+                set(out, intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
+                set(out, intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
                 return Ok(());
             }
             peer.host = Some(entry);
         }
         let (_, name, port) = peer.host.as_ref().expect("host cached above");
-        set(intern!(py, "SERVER_NAME"), name.bind(py))?;
-        set(intern!(py, "SERVER_PORT"), port.bind(py))?;
+        set(out, intern!(py, "SERVER_NAME"), name.bind(py))?;
+        set(out, intern!(py, "SERVER_PORT"), port.bind(py))?;
     }
     Ok(())
 }
@@ -562,45 +603,51 @@ fn collect<'py>(
 /// The environ: a copy of the template (when it was made for the same
 /// listener) with only the differences applied, else a copy of `base`
 /// with every entry set. An environ that holds a request body never
-/// becomes the template (it would keep the body alive).
+/// becomes the template (it would keep the body alive). Values that are
+/// set are made objects in `entries`.
 fn apply<'py>(
     py: Python<'py>,
     base: &Bound<'py, PyDict>,
     listener: usize,
     cache: &mut EnvCache,
-    entries: &[(Py<PyString>, Py<PyAny>)],
+    entries: &mut [Entry<'_>],
     has_body: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let template = cache
         .template
-        .as_ref()
+        .take()
         .filter(|t| t.listener == listener && t.entries.len() <= TEMPLATE_MAX_ENTRIES);
     let Some(t) = template else {
         let env = base.copy()?;
-        for (k, v) in entries {
-            set(&env, k.bind(py), v.bind(py))?;
+        for (k, v) in entries.iter_mut() {
+            set(&env, k.bind(py), resolve(py, cache, v))?;
         }
         if !has_body {
-            snapshot(py, cache, listener, &env, entries)?;
+            snapshot(py, cache, listener, &env, entries, None)?;
         }
         return Ok(env);
     };
     let env = t.dict.bind(py).copy()?;
     let mut seen = 0u64; // template entries this request also has
     let mut changes = 0;
-    for (i, (k, v)) in entries.iter().enumerate() {
+    for (i, (k, v)) in entries.iter_mut().enumerate() {
         // Usually at the same position; else look for it.
         let j = match t.entries.get(i) {
-            Some(e) if e.0.is(k) => Some(i),
-            _ => t.entries.iter().position(|e| e.0.is(k)),
+            Some(e) if e.0.is(&*k) => Some(i),
+            _ => t.entries.iter().position(|e| e.0.is(&*k)),
         };
         if let Some(j) = j {
             seen |= 1 << j;
-            if t.entries[j].1.is(v) {
-                continue; // the very same object: nothing to do
+            let old = t.entries[j].1.bind(py);
+            let same = match v {
+                Val::Obj(v) => old.is(&*v),
+                Val::Latin1(b) => old.cast::<PyString>().ok().and_then(str_bytes) == Some(*b),
+            };
+            if same {
+                continue; // the template holds it already
             }
         }
-        set(&env, k.bind(py), v.bind(py))?;
+        set(&env, k.bind(py), resolve(py, cache, v))?;
         changes += 1;
     }
     for (j, (k, _)) in t.entries.iter().enumerate() {
@@ -617,30 +664,59 @@ fn apply<'py>(
         }
     }
     if changes > TEMPLATE_MAX_CHANGES && !has_body {
-        snapshot(py, cache, listener, &env, entries)?;
+        snapshot(py, cache, listener, &env, entries, Some(t))?;
+    } else {
+        cache.template = Some(t);
     }
     Ok(env)
 }
 
-/// Keep a copy of `env` (not yet seen by the app) as the template.
+/// The object for a value, made (and kept in `v`) if it was bytes.
+fn resolve<'py, 'v>(
+    py: Python<'py>,
+    cache: &mut EnvCache,
+    v: &'v mut Val<'_>,
+) -> &'v Bound<'py, PyAny>
+where
+    'py: 'v,
+{
+    if let Val::Latin1(b) = *v {
+        *v = Val::Obj(cache.value(py, b).into_any().unbind());
+    }
+    match v {
+        Val::Obj(o) => o.bind(py),
+        Val::Latin1(_) => unreachable!("made an object above"),
+    }
+}
+
+/// Keep a copy of `env` (not yet seen by the app) as the template. Values
+/// still in bytes are the ones `old` (the previous template) holds.
 fn snapshot(
     py: Python<'_>,
     cache: &mut EnvCache,
     listener: usize,
     env: &Bound<'_, PyDict>,
-    entries: &[(Py<PyString>, Py<PyAny>)],
+    entries: &[Entry<'_>],
+    old: Option<Template>,
 ) -> PyResult<()> {
     let dict = env.copy()?.unbind();
-    let mut kept = match cache.template.take() {
-        Some(t) => t.entries,
-        None => Vec::new(),
+    let (old_entries, mut kept) = match old {
+        Some(t) => {
+            let kept = Vec::with_capacity(entries.len());
+            (t.entries, kept)
+        }
+        None => (Vec::new(), Vec::with_capacity(entries.len())),
     };
-    kept.clear();
-    kept.extend(
-        entries
-            .iter()
-            .map(|(k, v)| (k.clone_ref(py), v.clone_ref(py))),
-    );
+    for (k, v) in entries {
+        let v = match v {
+            Val::Obj(o) => o.clone_ref(py),
+            Val::Latin1(_) => match old_entries.iter().find(|e| e.0.is(k)) {
+                Some(e) => e.1.clone_ref(py),
+                None => unreachable!("bytes are left only where the template matched"),
+            },
+        };
+        kept.push((k.clone_ref(py), v));
+    }
     cache.template = Some(Template {
         listener,
         dict,
