@@ -239,7 +239,9 @@ struct Loop {
     sh: &'static Shared,
     thread: usize,
     ep: OwnedFd,
-    conns: Vec<Option<Conn>>,
+    /// Boxed: `drive` takes a connection out and puts it back, which
+    /// then moves a pointer rather than the whole state.
+    conns: Vec<Option<Box<Conn>>>,
     free: Vec<usize>,
     live: usize,
     accepting: bool,
@@ -502,7 +504,7 @@ impl Loop {
                 self.free.push(idx);
                 continue;
             }
-            self.conns[idx] = Some(Conn::new(fd, peer, li, now));
+            self.conns[idx] = Some(Box::new(Conn::new(fd, peer, li, now)));
             self.live += 1;
             // The request is often already here: serve it without waiting
             // for the epoll round-trip.

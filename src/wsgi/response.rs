@@ -120,8 +120,9 @@ struct SrState {
     /// (called from inside the iterable) only queues, and `pump_iter`
     /// sends the queue in order with the iterable's items.
     handed_off: bool,
-    /// Kept across requests (not cleared by `reset`).
-    seen: Seen,
+    /// Kept across requests (not cleared by `reset`). Boxed so that
+    /// `set_head` can take it out and put it back cheaply.
+    seen: Option<Box<Seen>>,
 }
 
 impl SrState {
@@ -403,9 +404,9 @@ impl SrState {
     fn set_head(&mut self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
         // Out of `self` while we work, so its entries can be read while
         // the rest of the state changes.
-        let mut seen = std::mem::take(&mut self.seen);
+        let mut seen = self.seen.take().unwrap_or_default();
         let r = self.set_head_with(&mut seen, status, headers);
-        self.seen = seen;
+        self.seen = Some(seen);
         r
     }
 
