@@ -236,26 +236,27 @@ pub struct EnvCache {
     /// The environ of an earlier request, to start the next one from.
     template: Option<Template>,
     /// This request's entries while `build` runs (kept for its capacity).
-    entries: Vec<Entry<'static>>,
+    entries: Vec<Entry<'static, 'static>>,
 }
 
 /// An environ entry on top of the base dict: key and value.
-type Entry<'a> = (Py<PyString>, Val<'a>);
+type Entry<'a, 'py> = (Bound<'py, PyString>, Val<'a, 'py>);
 
 /// An entry's value: an object, or latin-1 bytes of the request head not
 /// made into a str yet (when the template already holds a str with these
 /// bytes, none is made).
-enum Val<'a> {
-    Obj(Py<PyAny>),
+enum Val<'a, 'py> {
+    Obj(Bound<'py, PyAny>),
     Latin1(&'a [u8]),
 }
 
-/// An empty Vec's buffer, for entries of another lifetime. (Collecting a
-/// `vec::IntoIter` into a Vec of a type with the same size and alignment
-/// reuses the allocation; the closure never runs on an empty Vec.)
-fn recycle<'b>(mut v: Vec<Entry<'_>>) -> Vec<Entry<'b>> {
+/// An emptied Vec's buffer, for entries of another lifetime.
+fn recycle<'b, 'q>(mut v: Vec<Entry<'_, '_>>) -> Vec<Entry<'b, 'q>> {
     v.clear();
-    v.into_iter().map(|_| unreachable!()).collect()
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: the Vec is empty, and entries of different lifetimes have
+    // the same layout: the buffer is reused as is.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), 0, v.capacity()) }
 }
 
 impl Default for EnvCache {
@@ -421,24 +422,24 @@ fn collect<'py, 'a>(
     c: &Ctx<'a>,
     cache: &mut EnvCache,
     input: Option<&Bound<'py, PyAny>>,
-    out: &mut Vec<Entry<'a>>,
+    out: &mut Vec<Entry<'a, 'py>>,
 ) -> PyResult<()> {
     // An object value, or latin-1 bytes of the head (made a str later,
     // if at all).
-    fn set<'a>(
-        out: &mut Vec<Entry<'a>>,
-        k: &Bound<'_, PyString>,
-        v: &Bound<'_, PyAny>,
+    fn set<'a, 'py>(
+        out: &mut Vec<Entry<'a, 'py>>,
+        k: &Bound<'py, PyString>,
+        v: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
-        out.push((k.clone().unbind(), Val::Obj(v.clone().unbind())));
+        out.push((k.clone(), Val::Obj(v.clone())));
         Ok(())
     }
-    fn set_bytes<'a>(
-        out: &mut Vec<Entry<'a>>,
-        k: &Bound<'_, PyString>,
+    fn set_bytes<'a, 'py>(
+        out: &mut Vec<Entry<'a, 'py>>,
+        k: &Bound<'py, PyString>,
         v: &'a [u8],
     ) -> PyResult<()> {
-        out.push((k.clone().unbind(), Val::Latin1(v)));
+        out.push((k.clone(), Val::Latin1(v)));
         Ok(())
     }
     let head: &'a RequestHead = c.head;
@@ -610,7 +611,7 @@ fn apply<'py>(
     base: &Bound<'py, PyDict>,
     listener: usize,
     cache: &mut EnvCache,
-    entries: &mut [Entry<'_>],
+    entries: &mut [Entry<'_, 'py>],
     has_body: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let template = cache
@@ -620,7 +621,7 @@ fn apply<'py>(
     let Some(t) = template else {
         let env = base.copy()?;
         for (k, v) in entries.iter_mut() {
-            set(&env, k.bind(py), resolve(py, cache, v))?;
+            set(&env, k, resolve(py, cache, v))?;
         }
         if !has_body {
             snapshot(py, cache, listener, &env, entries, None)?;
@@ -631,23 +632,24 @@ fn apply<'py>(
     let mut seen = 0u64; // template entries this request also has
     let mut changes = 0;
     for (i, (k, v)) in entries.iter_mut().enumerate() {
+        let k = &*k;
         // Usually at the same position; else look for it.
         let j = match t.entries.get(i) {
-            Some(e) if e.0.is(&*k) => Some(i),
-            _ => t.entries.iter().position(|e| e.0.is(&*k)),
+            Some(e) if e.0.is(k) => Some(i),
+            _ => t.entries.iter().position(|e| e.0.is(k)),
         };
         if let Some(j) = j {
             seen |= 1 << j;
             let old = t.entries[j].1.bind(py);
             let same = match v {
-                Val::Obj(v) => old.is(&*v),
+                Val::Obj(v) => old.is(v),
                 Val::Latin1(b) => old.cast::<PyString>().ok().and_then(str_bytes) == Some(*b),
             };
             if same {
                 continue; // the template holds it already
             }
         }
-        set(&env, k.bind(py), resolve(py, cache, v))?;
+        set(&env, k, resolve(py, cache, v))?;
         changes += 1;
     }
     for (j, (k, _)) in t.entries.iter().enumerate() {
@@ -675,16 +677,13 @@ fn apply<'py>(
 fn resolve<'py, 'v>(
     py: Python<'py>,
     cache: &mut EnvCache,
-    v: &'v mut Val<'_>,
-) -> &'v Bound<'py, PyAny>
-where
-    'py: 'v,
-{
+    v: &'v mut Val<'_, 'py>,
+) -> &'v Bound<'py, PyAny> {
     if let Val::Latin1(b) = *v {
-        *v = Val::Obj(cache.value(py, b).into_any().unbind());
+        *v = Val::Obj(cache.value(py, b).into_any());
     }
     match v {
-        Val::Obj(o) => o.bind(py),
+        Val::Obj(o) => o,
         Val::Latin1(_) => unreachable!("made an object above"),
     }
 }
@@ -696,7 +695,7 @@ fn snapshot(
     cache: &mut EnvCache,
     listener: usize,
     env: &Bound<'_, PyDict>,
-    entries: &[Entry<'_>],
+    entries: &[Entry<'_, '_>],
     old: Option<Template>,
 ) -> PyResult<()> {
     let dict = env.copy()?.unbind();
@@ -709,13 +708,13 @@ fn snapshot(
     };
     for (k, v) in entries {
         let v = match v {
-            Val::Obj(o) => o.clone_ref(py),
+            Val::Obj(o) => o.clone().unbind(),
             Val::Latin1(_) => match old_entries.iter().find(|e| e.0.is(k)) {
                 Some(e) => e.1.clone_ref(py),
                 None => unreachable!("bytes are left only where the template matched"),
             },
         };
-        kept.push((k.clone_ref(py), v));
+        kept.push((k.clone().unbind(), v));
     }
     cache.template = Some(Template {
         listener,
