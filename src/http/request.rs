@@ -736,7 +736,7 @@ fn build_head(
         // `X_Forwarded_For` would become HTTP_X_FORWARDED_FOR in WSGI, the
         // same key as `X-Forwarded-For`; drop it so it cannot impersonate
         // a header the proxy vouches for (and so it cannot frame anything).
-        if name.as_bytes().contains(&b'_') {
+        if name.bytes().any(|b| b == b'_') {
             continue;
         }
         let value = trim_ows(f.value);

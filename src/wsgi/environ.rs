@@ -349,7 +349,7 @@ fn set(
 
 /// Percent-decode a path into bytes (invalid escapes stay as they are).
 pub fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !s.contains(&b'%') {
+    if !s.iter().any(|&b| b == b'%') {
         return std::borrow::Cow::Borrowed(s);
     }
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
@@ -372,7 +372,12 @@ pub fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// Split a request-target into (path, query). Handles origin-form,
 /// absolute-form (proxies), `*` and authority-form.
 pub fn split_target(target: &str) -> (&str, &str) {
-    let t = target.split_once('#').map(|(a, _)| a).unwrap_or(target);
+    // Plain byte scans: targets are short, and memchr/char searchers cost
+    // more to set up than they save here.
+    let t = match target.bytes().position(|b| b == b'#') {
+        Some(i) => &target[..i],
+        None => target,
+    };
     let t = if t.starts_with('/') || t == "*" {
         t
     } else if let Some(i) = t.find("://") {
@@ -385,7 +390,10 @@ pub fn split_target(target: &str) -> (&str, &str) {
         // authority-form (CONNECT host:port): no path.
         ""
     };
-    t.split_once('?').unwrap_or((t, ""))
+    match t.bytes().position(|b| b == b'?') {
+        Some(i) => (&t[..i], &t[i + 1..]),
+        None => (t, ""),
+    }
 }
 
 /// What `build` needs to know besides the request head.
