@@ -1,9 +1,12 @@
 //! Building the WSGI environ (PEP 3333) for one request.
 //!
 //! Per request the Python side is the cost, so: the constant entries live in
-//! a prepared dict per listener that is copied (one C-level dict copy), keys
-//! are interned strings, header keys (`HTTP_USER_AGENT`...) are cached per
-//! thread, and nothing is created that the app will not see.
+//! a prepared dict per listener; each I/O loop keeps the environ it built
+//! last (a template) and starts the next one as a copy of it (one C-level
+//! dict copy), setting only the entries that differ; keys are interned
+//! strings, and header keys (`HTTP_USER_AGENT`...) and values are cached
+//! per loop (`EnvCache`), so a repeated value is the same str, compared
+//! against the request's bytes before any new str is made.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
