@@ -4,11 +4,10 @@
 //! Each loop owns an epoll instance, accepts from the shared listening
 //! sockets (EPOLLEXCLUSIVE, so one idle worker wakes per connection), reads
 //! and parses requests, and calls the app *inline* once a request is
-//! complete: no hand-off between threads on the hot path. With `--threads
-//! N` (N > 1) the GIL is taken only for that call (and to pull more of a
-//! streaming body); socket I/O, parsing and framing run with it released,
-//! so one loop reads and writes while another runs Python. A single loop
-//! keeps the GIL and releases it only while it waits for events. A slow client costs a
+//! complete: no hand-off between threads on the hot path. The GIL is taken
+//! only for that call (and to pull more of a streaming body); socket I/O,
+//! parsing and framing run with it released, so with `--threads N` one loop
+//! reads and writes while another runs Python. A slow client costs a
 //! connection slot, never a Python thread: the app only ever sees complete
 //! requests, and responses drain from Rust buffers.
 
@@ -212,26 +211,17 @@ fn exit(code: i32) -> ! {
 /// the GIL per request is a cheap `PyEval_RestoreThread`), but runs with
 /// the GIL released except inside app calls.
 fn run_loop(sh: &'static Shared, thread: usize) {
-    let new_loop = || match Loop::new(sh, thread) {
-        Ok(l) => l,
-        Err(e) => {
-            crate::log::critical(&format!("worker loop setup failed: {e}"));
-            exit(1);
-        }
-    };
     Python::attach(|py| {
-        if sh.settings.threads == 1 {
-            // The only loop: no sibling needs the GIL to do its I/O, so
-            // keep it, and let go only while waiting in epoll_wait (where
-            // the app's own threads get their turn). Taking the GIL back
-            // once per wake-up instead of once per request saves pyo3's
-            // attach bookkeeping and a PyGILState round trip.
-            let mut lp = new_loop();
-            lp.holds_gil = true;
+        py.detach(|| {
+            let mut lp = match Loop::new(sh, thread) {
+                Ok(l) => l,
+                Err(e) => {
+                    crate::log::critical(&format!("worker loop setup failed: {e}"));
+                    exit(1);
+                }
+            };
             lp.run();
-        } else {
-            py.detach(|| new_loop().run())
-        }
+        })
     });
 }
 
@@ -253,9 +243,6 @@ struct Loop {
     head: RequestHead,
     /// Python strings for repeated environ values.
     env_cache: EnvCache,
-    /// This thread stays attached to the interpreter (holds the GIL)
-    /// except in epoll_wait; otherwise it attaches per app call.
-    holds_gil: bool,
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -295,7 +282,6 @@ impl Loop {
             responder: None,
             head: RequestHead::default(),
             env_cache: EnvCache::default(),
-            holds_gil: false,
         };
         lp.set_accepting(true);
         Ok(lp)
@@ -339,20 +325,14 @@ impl Loop {
     fn run(&mut self) {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
-            let (ep, buf, len) = (
-                self.ep.as_raw_fd(),
-                events.as_mut_ptr() as usize,
-                events.len() as i32,
-            );
-            // SAFETY: epoll_wait fills at most `len` entries of `events`
-            // (passed as an address: the closure must be Send to detach).
-            let wait = || unsafe { libc::epoll_wait(ep, buf as *mut libc::epoll_event, len, 1000) };
-            let n = if self.holds_gil {
-                // SAFETY: `holds_gil` is only set on a thread attached by
-                // run_loop for the loop's whole life.
-                unsafe { Python::assume_attached() }.detach(wait)
-            } else {
-                wait()
+            // SAFETY: epoll_wait fills at most events.len() entries.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    1000,
+                )
             };
             let now = now_ms();
             self.sh.slot.beat_at(now);
