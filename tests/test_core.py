@@ -121,6 +121,49 @@ def test_environ_basics(start_server):
     assert env["wsgi.input_terminated"] is True
 
 
+def test_environ_of_consecutive_requests_is_independent(start_server):
+    """Each environ holds exactly its own request (the server reuses the
+    strings and the dict of earlier ones): headers, query, method, version,
+    host and scheme that an earlier request had must not linger."""
+    s = start_server("basic:app", "-w", "1")
+    c = s.conn()
+    reqs = [
+        ("GET", "/environ?q=1", {"Host": "a.example:81", "X-One": "1", "Cookie": "c=1",
+                                "X-Forwarded-Proto": "https"}),
+        ("GET", "/environ?q=1", {"Host": "a.example:81", "X-One": "1", "Cookie": "c=1",
+                                "X-Forwarded-Proto": "https"}),
+        ("GET", "/environ", {"Host": "b.example"}),
+        ("POST", "/environ?z", {"Host": "b.example", "Content-Type": "text/plain",
+                                "X-Two": "2"}),
+        ("GET", "/environ", {"Host": "b.example"}),
+        ("GET", "/environ", {"Host": "b.example"}),
+        ("DELETE", "/environ?d", {"Host": "b.example", "X-One": "again"}),
+        ("GET", "/environ", {"Host": "b.example"}),
+    ]
+    envs = []
+    for method, path, headers in reqs:
+        c.request(method, path, body=b"ab" if method == "POST" else None, headers=headers)
+        r = c.getresponse()
+        envs.append(json.loads(r.read()))
+    c.close()
+    e = envs[0]
+    assert (e["QUERY_STRING"], e["HTTP_X_ONE"], e["HTTP_COOKIE"]) == ("q=1", "1", "c=1")
+    assert (e["wsgi.url_scheme"], e["SERVER_NAME"], e["SERVER_PORT"]) == ("https", "a.example", "81")
+    assert envs[1] == envs[0] | {"REMOTE_PORT": envs[1]["REMOTE_PORT"]}
+    e = envs[2]
+    assert "HTTP_X_ONE" not in e and "HTTP_COOKIE" not in e and "HTTP_X_FORWARDED_PROTO" not in e
+    assert (e["QUERY_STRING"], e["RAW_URI"], e["REQUEST_METHOD"]) == ("", "/environ", "GET")
+    assert (e["wsgi.url_scheme"], e["SERVER_NAME"], e["SERVER_PORT"]) == ("http", "b.example", "80")
+    e = envs[3]
+    assert (e["REQUEST_METHOD"], e["QUERY_STRING"], e["CONTENT_LENGTH"]) == ("POST", "z", "2")
+    assert (e["CONTENT_TYPE"], e["HTTP_X_TWO"]) == ("text/plain", "2")
+    for e in envs[4], envs[5], envs[7]:
+        assert e == envs[2] | {"REMOTE_PORT": e["REMOTE_PORT"]}
+    e = envs[6]
+    assert (e["REQUEST_METHOD"], e["QUERY_STRING"], e["HTTP_X_ONE"]) == ("DELETE", "d", "again")
+    assert "CONTENT_TYPE" not in e and "CONTENT_LENGTH" not in e and "HTTP_X_TWO" not in e
+
+
 def test_reload_restarts_workers_on_source_change(start_server, tmp_path):
     src = tmp_path / "reloadme.py"
     src.write_text(

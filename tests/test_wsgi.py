@@ -49,6 +49,28 @@ def get_json(s, path, method="GET", body=None, headers=None):
     return json.loads(data)
 
 
+def test_same_header_objects_again(srv):
+    """Status and header tuples the app passes again (same objects) mean
+    the same each time, alone or combined with others."""
+    c = srv.conn()
+    for n in (1, 2, 1, 2, 0, 2):
+        c.request("GET", f"/same-headers?{n}")
+        r = c.getresponse()
+        assert (r.status, r.reason, r.read()) == (203, "Same", b"xxxxx")
+        assert r.getheader("X-A") == ("1" if n else None)
+        assert r.getheader("Content-Length") == "5"
+    c.close()
+    # Connection: close (a hop-by-hop header) closes after the response.
+    ex = exchange(srv.port, request_bytes("GET", "/same-headers?3") * 2)
+    rs, _ = parse_responses(ex.data, ["GET"])
+    assert rs[0].status == 203 and rs[0].header("connection") == "close"
+    assert rs[0].header("x-a") == "1" and ex.closed
+    # Two different Content-Lengths: a 500, every time.
+    for _ in range(2):
+        st, _, _ = srv.request("GET", "/same-headers?4")
+        assert st == 500
+
+
 # ---- wsgiref.validate --------------------------------------------------------
 
 def test_validator_finds_nothing(start_server):

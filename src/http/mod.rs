@@ -8,4 +8,6 @@ pub mod chunked;
 pub mod request;
 pub mod response;
 
-pub use request::{BodyKind, Header, Limits, RequestHead, parse_head};
+#[cfg(test)]
+pub use request::parse_head;
+pub use request::{BodyKind, Headers, Limits, RequestHead, parse_head_into};

@@ -58,15 +58,102 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: Box<str>,
-    pub value: Box<[u8]>,
+/// Where a piece of the head sits in `RequestHead::raw`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
 }
 
+impl Span {
+    /// `part`, a slice of `base`, as a span of it.
+    fn of(base: &[u8], part: &[u8]) -> Span {
+        let start = offset(base, part.as_ptr());
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    fn get(self, raw: &[u8]) -> &[u8] {
+        &raw[self.start as usize..self.end as usize]
+    }
+}
+
+/// One header field line: where its name and (trimmed) value are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Field {
+    name: Span,
+    value: Span,
+}
+
+/// A header field of a `RequestHead`, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// The header fields of a `RequestHead`, in order (a cheap, copyable view).
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a> {
+    raw: &'a [u8],
+    fields: &'a [Field],
+}
+
+impl<'a> Headers<'a> {
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Header<'a> {
+        let f = self.fields[i];
+        // SAFETY: names were `&str` from httparse (token characters only).
+        let name = unsafe { std::str::from_utf8_unchecked(f.name.get(self.raw)) };
+        Header {
+            name,
+            value: f.value.get(self.raw),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Header<'a>> + Clone + use<'a> {
+        let h = *self;
+        (0..h.len()).map(move |i| h.get(i))
+    }
+
+    /// Fields `from..`.
+    pub fn after(&self, from: usize) -> Headers<'a> {
+        Headers {
+            raw: self.raw,
+            fields: &self.fields[from..],
+        }
+    }
+
+    /// Fields `..to`.
+    pub fn before(&self, to: usize) -> Headers<'a> {
+        Headers {
+            raw: self.raw,
+            fields: &self.fields[..to],
+        }
+    }
+
+    /// Value of the first field named `name` (ASCII case-insensitive).
+    pub fn find(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyKind {
     /// Neither `Content-Length` nor `Transfer-Encoding` was sent.
+    #[default]
     Empty,
     /// `Content-Length: n` (n may be 0).
     Length(u64),
@@ -74,14 +161,19 @@ pub enum BodyKind {
     Chunked,
 }
 
-#[derive(Debug, Clone)]
+/// A parsed request head. It owns a copy of the head's bytes and records
+/// where the parts are, so parsing allocates nothing once a `RequestHead`
+/// is reused (`parse_head_into`).
+#[derive(Debug, Clone, Default)]
 pub struct RequestHead {
-    pub method: Box<str>,
+    /// The head as received, from the request line through the blank line.
+    raw: Vec<u8>,
+    method: Span,
     /// The raw request-target, as sent (RAW_URI).
-    pub target: Box<str>,
+    target: Span,
+    fields: Vec<Field>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: Vec<Header>,
     pub body: BodyKind,
     /// Whether the connection may persist after this exchange
     /// (version default + `Connection: close/keep-alive`).
@@ -91,13 +183,29 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    pub fn method(&self) -> &str {
+        // SAFETY: the span held httparse's `&str` method (a token).
+        unsafe { std::str::from_utf8_unchecked(self.method.get(&self.raw)) }
+    }
+
+    /// The raw request-target, as sent (RAW_URI).
+    pub fn target(&self) -> &str {
+        // SAFETY: the span held httparse's `&str` path (checked UTF-8).
+        unsafe { std::str::from_utf8_unchecked(self.target.get(&self.raw)) }
+    }
+
+    /// The header fields, in order (names with `_` already dropped).
+    pub fn headers(&self) -> Headers<'_> {
+        Headers {
+            raw: &self.raw,
+            fields: &self.fields,
+        }
+    }
+
     /// Value of the first header named `name` (ASCII case-insensitive).
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| &*h.value)
+        self.headers().find(name)
     }
 }
 
@@ -197,7 +305,20 @@ impl Bounds {
 }
 
 /// Parses the request head at the start of `buf`; see the module docs.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let mut head = RequestHead::default();
+    Ok(parse_head_into(buf, limits, &mut head)?.map(|n| (head, n)))
+}
+
+/// `parse_head`, filling `head` (whose buffers are reused): `Ok(Some(n))`
+/// when a complete head occupies `buf[..n]`. On `Ok(None)` or an error,
+/// `head` holds nothing meaningful.
+pub fn parse_head_into(
+    buf: &[u8],
+    limits: &Limits,
+    head: &mut RequestHead,
+) -> Result<Option<usize>, HttpError> {
     let bounds = Bounds::new(limits);
     let Some(start) = skip_empty_lines(buf)? else {
         return Ok(None);
@@ -207,11 +328,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
     // are uninitialised, so the stack array costs nothing per call.
     if bounds.fields <= STACK_FIELDS {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
-        parse_after_empty_lines(buf, start, &bounds, &mut slots[..bounds.fields])
+        parse_after_empty_lines(buf, start, &bounds, &mut slots[..bounds.fields], head)
     } else {
         let mut slots = Vec::with_capacity(bounds.fields);
         slots.resize_with(bounds.fields, MaybeUninit::uninit);
-        parse_after_empty_lines(buf, start, &bounds, &mut slots)
+        parse_after_empty_lines(buf, start, &bounds, &mut slots, head)
     }
 }
 
@@ -244,7 +365,8 @@ fn parse_after_empty_lines<'b>(
     start: usize,
     bounds: &Bounds,
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
-) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    head: &mut RequestHead,
+) -> Result<Option<usize>, HttpError> {
     let rest = &buf[start..];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(rest, slots) {
@@ -252,8 +374,8 @@ fn parse_after_empty_lines<'b>(
             if start + n > bounds.head {
                 return Err(HttpError::FieldsTooLarge("request head too large"));
             }
-            let head = build_head(rest, &req, n, bounds)?;
-            Ok(Some((head, start + n)))
+            build_head(rest, &req, n, bounds, head)?;
+            Ok(Some(start + n))
         }
         Ok(httparse::Status::Partial) => {
             check_incomplete(buf, start, bounds)?;
@@ -371,7 +493,7 @@ fn version_error(
     rest: &[u8],
     path: Option<&str>,
     bounds: &Bounds,
-) -> Result<Option<(RequestHead, usize)>, HttpError> {
+) -> Result<Option<usize>, HttpError> {
     let Some(path) = path else {
         return Err(HttpError::BadRequest("malformed request line"));
     };
@@ -438,8 +560,16 @@ fn is_tchar(b: u8) -> bool {
 /// `/`, `@`, `?`, `#`, quotes, controls, non-ASCII) cannot be a host and
 /// would reach the app as SERVER_NAME / HTTP_HOST.
 fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
+    v.iter().all(|&b| HOST_CHAR[b as usize])
+}
+
+/// The bytes `valid_host` allows, as a table (one load per byte).
+static HOST_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
             || matches!(
                 b,
                 b'-' | b'.'
@@ -460,9 +590,11 @@ fn valid_host(v: &[u8]) -> bool {
                     | b'['
                     | b']'
                     | b'%'
-            )
-    })
-}
+            );
+        i += 1;
+    }
+    t
+};
 
 /// Elements of a comma-separated list value, OWS-trimmed (may be empty).
 #[inline]
@@ -553,14 +685,15 @@ impl TransferCodings {
     }
 }
 
-/// Turns a complete httparse result into a `RequestHead`, applying the
-/// checks httparse leaves to us.
+/// Turns a complete httparse result into `head`, applying the checks
+/// httparse leaves to us.
 fn build_head(
     rest: &[u8],
     req: &httparse::Request<'_, '_>,
     n: usize,
     bounds: &Bounds,
-) -> Result<RequestHead, HttpError> {
+    head: &mut RequestHead,
+) -> Result<(), HttpError> {
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HttpError::BadRequest("malformed request line"));
     };
@@ -591,7 +724,7 @@ fn build_head(
     }
 
     // Semantics, one pass.
-    let mut headers = Vec::with_capacity(fields.len());
+    head.fields.clear();
     let mut content_length: Option<u64> = None;
     let mut te = TransferCodings::default();
     let mut hosts = 0u32;
@@ -603,7 +736,7 @@ fn build_head(
         // `X_Forwarded_For` would become HTTP_X_FORWARDED_FOR in WSGI, the
         // same key as `X-Forwarded-For`; drop it so it cannot impersonate
         // a header the proxy vouches for (and so it cannot frame anything).
-        if name.as_bytes().contains(&b'_') {
+        if name.bytes().any(|b| b == b'_') {
             continue;
         }
         let value = trim_ows(f.value);
@@ -633,9 +766,9 @@ fn build_head(
             17 if name.eq_ignore_ascii_case("transfer-encoding") => te.add(value)?,
             _ => {}
         }
-        headers.push(Header {
-            name: name.into(),
-            value: value.into(),
+        head.fields.push(Field {
+            name: Span::of(rest, name.as_bytes()),
+            value: Span::of(rest, value),
         });
     }
 
@@ -665,15 +798,15 @@ fn build_head(
     };
     let keep_alive = !conn_close && (minor == 1 || conn_keep_alive);
 
-    Ok(RequestHead {
-        method: method.into(),
-        target: path.into(),
-        minor_version: minor,
-        headers,
-        body,
-        keep_alive,
-        expect_continue,
-    })
+    head.raw.clear();
+    head.raw.extend_from_slice(&rest[..n]);
+    head.method = Span::of(rest, method.as_bytes());
+    head.target = Span::of(rest, path.as_bytes());
+    head.minor_version = minor;
+    head.body = body;
+    head.keep_alive = keep_alive;
+    head.expect_continue = expect_continue;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -729,16 +862,46 @@ mod tests {
     #[test]
     fn simple_get() {
         let h = ok(SIMPLE);
-        assert_eq!(&*h.method, "GET");
-        assert_eq!(&*h.target, "/a/b?c=d");
+        assert_eq!(h.method(), "GET");
+        assert_eq!(h.target(), "/a/b?c=d");
         assert_eq!(h.minor_version, 1);
         assert_eq!(h.body, BodyKind::Empty);
         assert!(h.keep_alive);
         assert!(!h.expect_continue);
-        let names: Vec<&str> = h.headers.iter().map(|h| &*h.name).collect();
+        let names: Vec<&str> = h.headers().iter().map(|h| h.name).collect();
         assert_eq!(names, ["Host", "User-Agent", "Accept", "X-Mixed-Case"]);
         assert_eq!(value(&h, "x-mixed-case"), b"V");
         assert_eq!(h.header("nope"), None);
+    }
+
+    #[test]
+    fn host_characters() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b);
+            assert_eq!(valid_host(&[b]), want, "byte {b:#x}");
+        }
+        assert!(valid_host(b"[::1]:8080") && valid_host(b""));
+        assert!(!valid_host(b"a b") && !valid_host(b"a/b") && !valid_host(b"a@b"));
+    }
+
+    #[test]
+    fn reused_head_holds_only_the_new_request() {
+        let mut head = RequestHead::default();
+        let n = parse_head_into(SIMPLE, &Limits::default(), &mut head)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, SIMPLE.len());
+        let second = b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nab";
+        let n = parse_head_into(second, &Limits::default(), &mut head)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, second.len() - 2);
+        assert_eq!((head.method(), head.target()), ("POST", "/x"));
+        assert_eq!(head.minor_version, 0);
+        assert_eq!(head.body, BodyKind::Length(2));
+        let names: Vec<&str> = head.headers().iter().map(|h| h.name).collect();
+        assert_eq!(names, ["Content-Length"]);
+        assert_eq!(head.header("content-length"), Some(&b"2"[..]));
     }
 
     #[test]
@@ -770,9 +933,9 @@ mod tests {
         buf.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\nGET /thi");
         let (h1, n1) = parse(&buf).unwrap().unwrap();
         assert_eq!(n1, SIMPLE.len());
-        assert_eq!(&*h1.target, "/a/b?c=d");
+        assert_eq!(h1.target(), "/a/b?c=d");
         let (h2, n2) = parse(&buf[n1..]).unwrap().unwrap();
-        assert_eq!(&*h2.target, "/second");
+        assert_eq!(h2.target(), "/second");
         assert!(parse(&buf[n1 + n2..]).unwrap().is_none());
     }
 
@@ -780,7 +943,7 @@ mod tests {
     fn leading_empty_lines() {
         let mut b = b"\r\n\r\n".to_vec();
         b.extend_from_slice(SIMPLE);
-        assert_eq!(&*ok(&b).target, "/a/b?c=d");
+        assert_eq!(ok(&b).target(), "/a/b?c=d");
         assert!(parse(b"\r").unwrap().is_none());
         assert!(parse(b"\r\n").unwrap().is_none());
         assert_eq!(status(b"\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
@@ -799,7 +962,7 @@ mod tests {
         let h = ok(b"GET / HTTP/1.0\r\n\r\n");
         assert_eq!(h.minor_version, 0);
         assert!(!h.keep_alive);
-        assert!(h.headers.is_empty());
+        assert!(h.headers().is_empty());
         let h = ok(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
         assert!(h.keep_alive);
         let h = ok(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n");
@@ -829,9 +992,9 @@ mod tests {
 
     #[test]
     fn methods() {
-        assert_eq!(&*ok(b"PURGE / HTTP/1.1\r\nHost: h\r\n\r\n").method, "PURGE");
+        assert_eq!(ok(b"PURGE / HTTP/1.1\r\nHost: h\r\n\r\n").method(), "PURGE");
         assert_eq!(
-            &*ok(b"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n").method,
+            ok(b"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n").method(),
             "M-SEARCH"
         );
         assert_eq!(status(b"GE(T / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
@@ -844,13 +1007,13 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(&*ok(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").target, "*");
+        assert_eq!(ok(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").target(), "*");
         assert_eq!(
-            &*ok(b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n").target,
+            ok(b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n").target(),
             "http://a/b"
         );
         assert_eq!(
-            &*ok("GET /caf\u{e9} HTTP/1.1\r\nHost: h\r\n\r\n".as_bytes()).target,
+            ok("GET /caf\u{e9} HTTP/1.1\r\nHost: h\r\n\r\n".as_bytes()).target(),
             "/caf\u{e9}"
         );
         for bad in [
@@ -1002,7 +1165,7 @@ mod tests {
         let h = ok(&get_with(
             "X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 1.2.3.4\r\n",
         ));
-        assert_eq!(h.headers.len(), 2);
+        assert_eq!(h.headers().len(), 2);
         assert_eq!(value(&h, "x-forwarded-for"), b"1.2.3.4");
         assert!(h.header("x_forwarded_for").is_none());
         // Never framing-relevant.
@@ -1291,7 +1454,7 @@ mod tests {
 
     #[test]
     fn field_count_limit() {
-        assert_eq!(ok(&n_fields(100)).headers.len(), 100);
+        assert_eq!(ok(&n_fields(100)).headers().len(), 100);
         assert_eq!(
             parse(&n_fields(101)).unwrap_err(),
             HttpError::FieldsTooLarge("too many header fields")
@@ -1320,7 +1483,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .0
-                .headers
+                .headers()
                 .len(),
             300
         );
@@ -1341,7 +1504,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .0
-                .headers
+                .headers()
                 .len(),
             1000
         );

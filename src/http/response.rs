@@ -9,10 +9,22 @@ use std::cell::RefCell;
 
 /// RFC 9110 token characters.
 pub fn is_tchar(b: u8) -> bool {
-    matches!(b,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-        | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+    TCHAR[b as usize]
 }
+
+/// `is_tchar` as a table: one load per byte instead of a chain of ranges.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = matches!(c,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z');
+        b += 1;
+    }
+    t
+};
 
 pub fn valid_header_name(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|&b| is_tchar(b))
@@ -21,7 +33,27 @@ pub fn valid_header_name(name: &[u8]) -> bool {
 /// field-value: VCHAR / obs-text / SP / HTAB; never CR, LF, NUL or other
 /// controls.
 pub fn valid_header_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    // Eight bytes at a time: a word with no byte below 0x20 and none equal
+    // to 0x7f is fine as it is; only a word that might hold a control
+    // (HTAB is one, and allowed) is looked at byte by byte.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let byte_ok = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes(c.try_into().unwrap());
+        // Bytes < 0x20 (those without their high bit set), and bytes
+        // equal to 0x7f (zero after the xor): the classic "has less /
+        // has zero" tricks; false positives only send us to the slow
+        // check, never past it.
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let y = x ^ (ONES * 0x7f);
+        let del = y.wrapping_sub(ONES) & !y & HIGHS;
+        if (below | del) != 0 && !c.iter().all(|&b| byte_ok(b)) {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| byte_ok(b))
 }
 
 /// Parse a WSGI status string `"200 OK"`: three digits, then a space and a
@@ -52,17 +84,19 @@ pub fn status_has_no_body(code: u16, is_head: bool) -> bool {
 /// Hop-by-hop headers a WSGI app must not set (PEP 3333); we drop them and
 /// do our own connection management and framing.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    // By length first: most names are ruled out without a comparison.
+    let hop: &[u8] = match name.len() {
+        2 => b"te",
+        7 if name[0] | 0x20 == b't' => b"trailer",
+        7 => b"upgrade",
+        10 if name[0] | 0x20 == b'c' => b"connection",
+        10 => b"keep-alive",
+        17 => b"transfer-encoding",
+        18 => b"proxy-authenticate",
+        19 => b"proxy-authorization",
+        _ => return false,
+    };
+    hop.eq_ignore_ascii_case(name)
 }
 
 pub fn reason_phrase(code: u16) -> &'static str {
@@ -189,5 +223,35 @@ mod tests {
         assert!(!valid_header_value(b"a\0b"));
         assert!(is_hop_by_hop(b"Transfer-Encoding"));
         assert!(!is_hop_by_hop(b"Content-Length"));
+        for h in [
+            "connection",
+            "Keep-Alive",
+            "proxy-authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "trailer",
+            "transfer-encoding",
+            "UPGRADE",
+        ] {
+            assert!(is_hop_by_hop(h.as_bytes()), "{h}");
+        }
+        for h in ["Date", "Trailers", "upgrad", "Connectio", "tE2", ""] {
+            assert!(!is_hop_by_hop(h.as_bytes()), "{h}");
+        }
+        // Every byte, in every position of a word and of the tail.
+        for b in 0..=255u8 {
+            let ok = b == b'\t' || (b >= 0x20 && b != 0x7f);
+            for len in [1, 7, 8, 9, 16, 17] {
+                for pos in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = b;
+                    assert_eq!(valid_header_value(&v), ok, "byte {b:#x} at {pos} of {len}");
+                }
+            }
+            let tchar = matches!(b,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z');
+            assert_eq!(is_tchar(b), tchar, "byte {b:#x}");
+        }
     }
 }

@@ -35,7 +35,7 @@ pub struct Record<'a> {
     pub status: u16,
     pub body_bytes: u64,
     pub duration: Duration,
-    pub request_headers: &'a [crate::http::Header],
+    pub request_headers: crate::http::Headers<'a>,
     /// The app's response headers as serialized: `Name: value\r\n`...
     pub response_headers: &'a [u8],
     pub request_id: u64,
@@ -43,10 +43,7 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     fn req_header(&self, name: &str) -> Option<&'a [u8]> {
-        self.request_headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| &*h.value)
+        self.request_headers.find(name)
     }
     fn resp_header(&self, name: &str) -> Option<&'a [u8]> {
         self.response_headers
@@ -278,21 +275,17 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Header;
 
     #[test]
     fn gunicorn_default_format() {
         let f = AccessFormat::compile(crate::config::DEFAULT_ACCESS_LOG_FORMAT);
-        let hdrs = vec![
-            Header {
-                name: "User-Agent".into(),
-                value: b"curl/8".to_vec().into(),
-            },
-            Header {
-                name: "Authorization".into(),
-                value: b"Basic dXNlcjpwYXNz".to_vec().into(),
-            },
-        ];
+        let (head, _) = crate::http::parse_head(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8\r\n\
+              Authorization: Basic dXNlcjpwYXNz\r\n\r\n",
+            &Default::default(),
+        )
+        .unwrap()
+        .unwrap();
         let r = Record {
             remote_addr: "127.0.0.1",
             method: "GET",
@@ -301,7 +294,7 @@ mod tests {
             status: 200,
             body_bytes: 13,
             duration: Duration::from_micros(1500),
-            request_headers: &hdrs,
+            request_headers: head.headers(),
             response_headers: b"Content-Type: text/plain\r\nX-A: b\r\n",
             request_id: 1,
         };

@@ -53,7 +53,7 @@ pub enum Phase {
     /// Reading a request body before the app is called.
     Body(Box<BodyState>),
     /// Sending a response (and maybe pulling more of it from the app).
-    Respond(Box<Responding>),
+    Respond(Responding),
     /// Our side is shut down; discard input until EOF or the deadline.
     Linger { until_ms: u64 },
 }

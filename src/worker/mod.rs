@@ -24,21 +24,16 @@ use pyo3::types::PyDict;
 
 use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::{BodyKind, RequestHead, parse_head};
+use crate::http::{BodyKind, RequestHead, parse_head_into};
 use crate::log::access::{AccessFormat, Record};
 use crate::scoreboard::{Slot, now_ms};
 use crate::sock::{ListenAddr, Listener};
-use crate::wsgi::environ::{self, Peer};
+use crate::wsgi::environ::{self, EnvCache, Peer};
 use crate::wsgi::input::{Body, BodySink, Input};
-use crate::wsgi::response::{self, ReqInfo, Stream};
+use crate::wsgi::response::{self, ReqInfo, Responder, Stream};
 use conn::{AccessInfo, BodyReader, BodyState, Conn, Io, Phase, Responding};
 
 const TOK_WAKE: u64 = u64::MAX;
-thread_local! {
-    /// `wsgi.input` for requests without a body (one per I/O loop).
-    static EMPTY_INPUT: std::cell::RefCell<Option<Py<Input>>> = const { std::cell::RefCell::new(None) };
-}
-
 /// The master we were forked by; a different parent means it died.
 static MASTER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
@@ -234,11 +229,20 @@ struct Loop {
     sh: &'static Shared,
     thread: usize,
     ep: OwnedFd,
-    conns: Vec<Option<Conn>>,
+    /// Boxed: `drive` takes a connection out and puts it back, which
+    /// then moves a pointer rather than the whole state.
+    conns: Vec<Option<Box<Conn>>>,
     free: Vec<usize>,
     live: usize,
     accepting: bool,
     last_sweep_ms: u64,
+    /// `start_response` & co, reused from request to request.
+    responder: Option<Responder>,
+    /// The request head being parsed; its buffers go from request to
+    /// request (unless the access log keeps one).
+    head: RequestHead,
+    /// Python strings for repeated environ values.
+    env_cache: EnvCache,
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -275,6 +279,9 @@ impl Loop {
             live: 0,
             accepting: false,
             last_sweep_ms: now_ms(),
+            responder: None,
+            head: RequestHead::default(),
+            env_cache: EnvCache::default(),
         };
         lp.set_accepting(true);
         Ok(lp)
@@ -477,7 +484,7 @@ impl Loop {
                 self.free.push(idx);
                 continue;
             }
-            self.conns[idx] = Some(Conn::new(fd, peer, li, now));
+            self.conns[idx] = Some(Box::new(Conn::new(fd, peer, li, now)));
             self.live += 1;
             // The request is often already here: serve it without waiting
             // for the epoll round-trip.
@@ -622,9 +629,10 @@ impl Loop {
                             Io::Closed => return false,
                         }
                     }
-                    match parse_head(c.buffered(), &self.sh.settings.limits) {
-                        Ok(Some((head, n))) => {
+                    match parse_head_into(c.buffered(), &self.sh.settings.limits, &mut self.head) {
+                        Ok(Some(n)) => {
                             c.consume(n);
+                            let head = std::mem::take(&mut self.head);
                             self.start_request(c, head, now);
                         }
                         Ok(None) => match c.read_some(now) {
@@ -740,59 +748,56 @@ impl Loop {
         c.rpos = 0;
         c.wbuf
             .extend_from_slice(&crate::http::response::error_response(status, minor));
-        c.phase = Phase::Respond(Box::new(Responding {
+        c.phase = Phase::Respond(Responding {
             stream: None,
             keep_alive: false,
             linger: true,
             log: None,
             sent: 0,
             status,
-        }));
+        });
     }
 
     /// Call the application with a complete request.
     fn dispatch(&mut self, c: &mut Conn, head: RequestHead, body: Body, now: u64) {
         let sh = self.sh;
-        let started = Instant::now();
+        // Only the access log needs the time.
+        let started = sh.access.is_some().then(Instant::now);
         c.requests += 1;
         let req = ReqInfo {
             minor: head.minor_version,
-            is_head: &*head.method == "HEAD",
+            is_head: head.method() == "HEAD",
             keep_alive: head.keep_alive && sh.settings.keepalive > 0 && !self.draining(),
             fd: c.raw(),
+            want_headers: sh.access.is_some(),
         };
         sh.slot.enter_app(
             self.thread,
-            &[head.method.as_bytes(), b" ", head.target.as_bytes()],
+            &[head.method().as_bytes(), b" ", head.target().as_bytes()],
             now,
         );
         let body_len = body.len();
+        let spare = &mut self.responder;
+        let cache = &mut self.env_cache;
         let out = Python::attach(|py| {
             let built = (|| -> PyResult<Bound<'_, PyAny>> {
+                let input = match body_len {
+                    0 => None, // the base dict's shared empty input
+                    _ => Some(Bound::new(py, Input::new(body))?.into_any()),
+                };
                 let env = environ::build(
                     py,
                     sh.bases[c.listener].bind(py),
+                    c.listener,
                     &environ::Ctx {
                         head: &head,
                         peer: &c.peer,
                         root_path: &sh.settings.root_path,
                         body_len,
                     },
+                    cache,
+                    input.as_ref(),
                 )?;
-                let input = if body_len == 0 {
-                    // An empty body reads the same for everyone: share one.
-                    EMPTY_INPUT.with(|e| -> PyResult<Py<Input>> {
-                        if let Some(i) = &*e.borrow() {
-                            return Ok(i.clone_ref(py));
-                        }
-                        let i = Py::new(py, Input::new(Body::Mem(Vec::new())))?;
-                        *e.borrow_mut() = Some(i.clone_ref(py));
-                        Ok(i)
-                    })?
-                } else {
-                    Py::new(py, Input::new(body))?
-                };
-                env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
                 Ok(env.into_any())
             })();
             match built {
@@ -802,6 +807,7 @@ impl Loop {
                     env,
                     req,
                     &mut c.wbuf,
+                    spare,
                 )),
                 Err(e) => {
                     response::log_py_error(py, &e, "Error building the WSGI environ");
@@ -822,24 +828,30 @@ impl Loop {
         }
         let Some(out) = out else {
             self.answer_error(c, 500, head.minor_version);
+            self.head = head;
             return;
         };
-        let log = sh.access.as_ref().map(|_| {
-            Box::new(AccessInfo {
+        let log = match started {
+            Some(started) => Some(Box::new(AccessInfo {
                 head,
                 started,
                 headers: out.headers,
                 request_id: sh.seq.fetch_add(1, Ordering::Relaxed),
-            })
-        });
-        c.phase = Phase::Respond(Box::new(Responding {
+            })),
+            None => {
+                // Give the head's buffers back for the next request.
+                self.head = head;
+                None
+            }
+        };
+        c.phase = Phase::Respond(Responding {
             stream: out.stream,
             keep_alive: out.keep_alive,
             linger: false,
             log,
             sent: out.body_bytes,
             status: out.status,
-        }));
+        });
     }
 
     fn log_access(&self, r: &mut Responding, remote_addr: &str) {
@@ -848,13 +860,13 @@ impl Loop {
         };
         fmt.emit(&Record {
             remote_addr,
-            method: &info.head.method,
-            target: &info.head.target,
+            method: info.head.method(),
+            target: info.head.target(),
             minor_version: info.head.minor_version,
             status: r.status,
             body_bytes: r.sent,
             duration: info.started.elapsed(),
-            request_headers: &info.head.headers,
+            request_headers: info.head.headers(),
             response_headers: &info.headers,
             request_id: info.request_id,
         });

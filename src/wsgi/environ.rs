@@ -1,12 +1,12 @@
 //! Building the WSGI environ (PEP 3333) for one request.
 //!
 //! Per request the Python side is the cost, so: the constant entries live in
-//! a prepared dict per listener that is copied (one C-level dict copy), keys
-//! are interned strings, header keys (`HTTP_USER_AGENT`...) are cached per
-//! thread, and nothing is created that the app will not see.
-
-use std::cell::RefCell;
-use std::collections::HashMap;
+//! a prepared dict per listener; each I/O loop keeps the environ it built
+//! last (a template) and starts the next one as a copy of it (one C-level
+//! dict copy), setting only the entries that differ; keys are interned
+//! strings, and header keys (`HTTP_USER_AGENT`...) and values are cached
+//! per loop (`EnvCache`), so a repeated value is the same str, compared
+//! against the request's bytes before any new str is made.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -72,12 +72,6 @@ impl Peer {
     }
 }
 
-unsafe extern "C" {
-    // CPython's own "dict with room for n items" (exported by libpython,
-    // not wrapped by pyo3-ffi).
-    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
-}
-
 /// Keys `build` sets on every request (seeded in the base dict).
 const PER_REQUEST_KEYS: [&str; 8] = [
     "REQUEST_METHOD",
@@ -98,15 +92,14 @@ pub fn base_environ<'py>(
     multithread: bool,
     multiprocess: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    // Presized: PyDict_Copy keeps the table size of its source, so every
+    // A plain dict, grown by inserting: it keeps CPython's str-only key
+    // table (`_PyDict_NewPresized` would make a general one, with 24-byte
+    // entries and slower lookups). PyDict_Copy keeps the table size of its
+    // source, and `grow_table` makes that 64 slots (42 usable), so every
     // per-request copy has room for this request's headers without a
     // resize. Every key the request sets is seeded here too (placeholder
     // values), so setting it replaces a value rather than inserting.
-    // SAFETY: _PyDict_NewPresized returns a new reference or NULL (error set).
-    let d = unsafe {
-        let p = _PyDict_NewPresized(40);
-        Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked::<PyDict>()
-    };
+    let d = PyDict::new(py);
     for key in PER_REQUEST_KEYS {
         d.set_item(PyString::intern(py, key), "")?;
     }
@@ -114,6 +107,15 @@ pub fn base_environ<'py>(
     d.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "GET"))?;
     d.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
     let sys = py.import("sys")?;
+    // Requests without a body (most) share one empty `wsgi.input`: it
+    // reads the same for everyone. `build` replaces it for the others.
+    d.set_item(
+        intern!(py, "wsgi.input"),
+        Bound::new(
+            py,
+            super::input::Input::new(super::input::Body::Mem(Vec::new())),
+        )?,
+    )?;
     d.set_item(intern!(py, "wsgi.version"), (1, 0))?;
     d.set_item(intern!(py, "wsgi.multithread"), multithread)?;
     d.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
@@ -136,18 +138,38 @@ pub fn base_environ<'py>(
     let (name, port) = listen.server_name_port();
     d.set_item(intern!(py, "SERVER_NAME"), name)?;
     d.set_item(intern!(py, "SERVER_PORT"), port)?;
+    grow_table(&d)?;
     Ok(d)
+}
+
+/// Entries that grow a str-keyed dict's table to 64 slots (42 usable):
+/// CPython sizes the table to 3x the entries when the 21 usable slots of
+/// 32 run out.
+const TABLE_ENTRIES: usize = 22;
+
+/// Make sure `d`'s table has room for a request's headers: pad it with
+/// throw-away keys up to `TABLE_ENTRIES` and delete them again. Deleting
+/// never shrinks a table, and the two or three dead entries left behind
+/// are too few to take PyDict_Copy off its fast (memcpy) path.
+fn grow_table(d: &Bound<'_, PyDict>) -> PyResult<()> {
+    let pad: Vec<String> = (d.len()..TABLE_ENTRIES)
+        .map(|i| format!("ferricorn.pad{i}"))
+        .collect();
+    for k in &pad {
+        d.set_item(k, ())?;
+    }
+    for k in &pad {
+        d.del_item(k)?;
+    }
+    Ok(())
 }
 
 /// A Python str from latin-1 bytes (PEP 3333's "native string" rule).
 pub fn latin1_str<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    if b.is_ascii() {
-        // SAFETY-free: ASCII is valid UTF-8.
-        return PyString::new(py, std::str::from_utf8(b).unwrap());
-    }
-    // SAFETY: PyUnicode_DecodeLatin1 reads exactly b.len() bytes and cannot
-    // fail on any input except memory exhaustion (then it returns NULL and
-    // sets an error, which from_owned_ptr would turn into a panic; we check).
+    // SAFETY: PyUnicode_DecodeLatin1 reads exactly b.len() bytes (ASCII is
+    // latin-1 too; it copies the bytes into a one-byte str, no UTF-8
+    // decoding). It fails only on memory exhaustion: NULL with an error
+    // set, which we clear and replace by "".
     unsafe {
         let p = ffi::PyUnicode_DecodeLatin1(
             b.as_ptr() as *const _,
@@ -162,16 +184,138 @@ pub fn latin1_str<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     }
 }
 
-thread_local! {
-    /// Header name as received -> interned environ key (`HTTP_X_THING`).
-    static KEYS: RefCell<HashMap<Box<[u8]>, Py<PyString>>> = RefCell::new(HashMap::new());
+/// The bytes of a one-byte (latin-1) str, borrowed; None for wider ones.
+fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
+    let p = s.as_ptr();
+    // SAFETY: PEP 393 accessors on a live str; the slice borrows it. Our
+    // strs come from PyUnicode_DecodeLatin1 or interning: always ready.
+    unsafe {
+        if ffi::PyUnicode_KIND(p) != ffi::PyUnicode_1BYTE_KIND {
+            return None;
+        }
+        Some(std::slice::from_raw_parts(
+            ffi::PyUnicode_DATA(p) as *const u8,
+            ffi::PyUnicode_GET_LENGTH(p) as usize,
+        ))
+    }
 }
-const KEY_CACHE_MAX: usize = 512;
 
-fn header_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
-    KEYS.with(|k| {
-        if let Some(s) = k.borrow().get(name.as_bytes()) {
-            return s.bind(py).clone();
+/// A fast, non-cryptographic hash for the caches below (8 bytes a step).
+/// The tables are tiny and direct-mapped, so a client that makes entries
+/// collide only costs itself a string creation.
+fn hash(b: &[u8]) -> usize {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = b.len() as u64;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap()))
+            .wrapping_mul(K)
+            .rotate_left(31);
+    }
+    let mut tail = 0u64;
+    for (i, &x) in words.remainder().iter().enumerate() {
+        tail |= u64::from(x) << (8 * i);
+    }
+    ((h ^ tail).wrapping_mul(K) >> 32) as usize
+}
+
+/// Slots in the value cache (a power of two).
+const VALUE_SLOTS: usize = 256;
+/// Longer values are not cached.
+const VALUE_MAX: usize = 256;
+/// Slots in the header-key cache (a power of two).
+const KEY_SLOTS: usize = 128;
+
+/// Python strings an I/O loop made for earlier environs, to hand out again
+/// when the same bytes come back: keep-alive clients (and proxies) repeat
+/// the same Host, User-Agent, Accept... and often the same path, so most
+/// values are a hash, a compare and an incref instead of a new str.
+/// Strings are immutable, so sharing them between environs is safe.
+pub struct EnvCache {
+    /// Values, by hash of their bytes (one per slot, last one wins).
+    values: Box<[Option<Py<PyString>>]>,
+    /// Header name as received -> interned environ key (`HTTP_X_THING`).
+    keys: Box<[Option<(Box<[u8]>, Py<PyString>)>]>,
+    /// The environ of an earlier request, to start the next one from.
+    template: Option<Template>,
+    /// This request's entries while `build` runs (kept for its capacity).
+    entries: Vec<Entry<'static, 'static>>,
+}
+
+/// An environ entry on top of the base dict: key and value.
+type Entry<'a, 'py> = (Bound<'py, PyString>, Val<'a, 'py>);
+
+/// An entry's value: an object, or latin-1 bytes of the request head not
+/// made into a str yet (when the template already holds a str with these
+/// bytes, none is made).
+enum Val<'a, 'py> {
+    Obj(Bound<'py, PyAny>),
+    Latin1(&'a [u8]),
+}
+
+/// An emptied Vec's buffer, for entries of another lifetime.
+fn recycle<'b, 'q>(mut v: Vec<Entry<'_, '_>>) -> Vec<Entry<'b, 'q>> {
+    v.clear();
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: the Vec is empty, and entries of different lifetimes have
+    // the same layout: the buffer is reused as is.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), 0, v.capacity()) }
+}
+
+impl Default for EnvCache {
+    fn default() -> Self {
+        EnvCache {
+            values: (0..VALUE_SLOTS).map(|_| None).collect(),
+            keys: (0..KEY_SLOTS).map(|_| None).collect(),
+            template: None,
+            entries: Vec::new(),
+        }
+    }
+}
+
+/// An environ as `build` made it (before any app saw it), with the entries
+/// it holds on top of its listener's base dict. Consecutive requests
+/// mostly carry the same Host, addresses, Accept-* and often the same
+/// path: copying this dict and setting only what differs costs one dict
+/// copy either way, but saves most of the PyDict_SetItem calls.
+struct Template {
+    listener: usize,
+    dict: Py<PyDict>,
+    /// Keys and values set on top of the base dict, in the order set.
+    entries: Vec<(Py<PyString>, Py<PyAny>)>,
+}
+
+/// Start a new template when a request differs from the current one in
+/// more entries than this (two: a new path is RAW_URI + PATH_INFO).
+const TEMPLATE_MAX_CHANGES: usize = 2;
+/// Templates track their entries in a u64 bit set.
+const TEMPLATE_MAX_ENTRIES: usize = 64;
+
+impl EnvCache {
+    /// A str for latin-1 bytes `b`, from the cache when it has one.
+    pub fn value<'py>(&mut self, py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+        if b.len() > VALUE_MAX {
+            return latin1_str(py, b);
+        }
+        let slot = &mut self.values[hash(b) & (VALUE_SLOTS - 1)];
+        if let Some(s) = slot {
+            let s = s.bind(py);
+            if str_bytes(s) == Some(b) {
+                return s.clone();
+            }
+        }
+        let s = latin1_str(py, b);
+        *slot = Some(s.clone().unbind());
+        s
+    }
+
+    /// The environ key for a header field name (`HTTP_USER_AGENT`...).
+    fn header_key<'py>(&mut self, py: Python<'py>, name: &str) -> Bound<'py, PyString> {
+        let slot = &mut self.keys[hash(name.as_bytes()) & (KEY_SLOTS - 1)];
+        if let Some((n, k)) = slot {
+            if **n == *name.as_bytes() {
+                return k.bind(py).clone();
+            }
         }
         let mut key = String::with_capacity(name.len() + 5);
         if !name.eq_ignore_ascii_case("content-type")
@@ -186,18 +330,29 @@ fn header_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
                 c.to_ascii_uppercase()
             });
         }
-        let s = PyString::intern(py, &key);
-        let mut k = k.borrow_mut();
-        if k.len() < KEY_CACHE_MAX {
-            k.insert(name.as_bytes().into(), s.clone().unbind());
-        }
-        s
-    })
+        let k = PyString::intern(py, &key);
+        *slot = Some((name.as_bytes().into(), k.clone().unbind()));
+        k
+    }
+}
+
+/// `env[key] = value` without pyo3's conversions (both are borrowed).
+#[inline]
+fn set(
+    env: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: three live objects; PyDict_SetItem takes its own references.
+    if unsafe { ffi::PyDict_SetItem(env.as_ptr(), key.as_ptr(), value.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(env.py()));
+    }
+    Ok(())
 }
 
 /// Percent-decode a path into bytes (invalid escapes stay as they are).
 pub fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !s.contains(&b'%') {
+    if !s.iter().any(|&b| b == b'%') {
         return std::borrow::Cow::Borrowed(s);
     }
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
@@ -220,7 +375,12 @@ pub fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// Split a request-target into (path, query). Handles origin-form,
 /// absolute-form (proxies), `*` and authority-form.
 pub fn split_target(target: &str) -> (&str, &str) {
-    let t = target.split_once('#').map(|(a, _)| a).unwrap_or(target);
+    // Plain byte scans: targets are short, and memchr/char searchers cost
+    // more to set up than they save here.
+    let t = match target.bytes().position(|b| b == b'#') {
+        Some(i) => &target[..i],
+        None => target,
+    };
     let t = if t.starts_with('/') || t == "*" {
         t
     } else if let Some(i) = t.find("://") {
@@ -233,7 +393,10 @@ pub fn split_target(target: &str) -> (&str, &str) {
         // authority-form (CONNECT host:port): no path.
         ""
     };
-    t.split_once('?').unwrap_or((t, ""))
+    match t.bytes().position(|b| b == b'?') {
+        Some(i) => (&t[..i], &t[i + 1..]),
+        None => (t, ""),
+    }
 }
 
 /// What `build` needs to know besides the request head.
@@ -244,26 +407,71 @@ pub struct Ctx<'a> {
     pub body_len: u64,
 }
 
-/// A fresh environ: a copy of `base` plus this request's entries.
+/// A fresh environ: `base` (the listener's constant part, number
+/// `listener`) plus this request's entries. `input` is `wsgi.input` for a
+/// request with a body (the base dict holds a shared empty one for the
+/// others).
 pub fn build<'py>(
     py: Python<'py>,
     base: &Bound<'py, PyDict>,
+    listener: usize,
     c: &Ctx<'_>,
+    cache: &mut EnvCache,
+    input: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let env = base.copy()?;
-    let head = c.head;
+    let mut entries = recycle(std::mem::take(&mut cache.entries));
+    let r = collect(py, c, cache, input, &mut entries)
+        .and_then(|()| apply(py, base, listener, cache, &mut entries, input.is_some()));
+    // Cleared: nothing outlives the request here (wsgi.input...).
+    cache.entries = recycle(entries);
+    r
+}
+
+/// This request's entries on top of the base dict, in order.
+fn collect<'py, 'a>(
+    py: Python<'py>,
+    c: &Ctx<'a>,
+    cache: &mut EnvCache,
+    input: Option<&Bound<'py, PyAny>>,
+    out: &mut Vec<Entry<'a, 'py>>,
+) -> PyResult<()> {
+    // An object value, or latin-1 bytes of the head (made a str later,
+    // if at all).
+    fn set<'a, 'py>(
+        out: &mut Vec<Entry<'a, 'py>>,
+        k: &Bound<'py, PyString>,
+        v: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        out.push((k.clone(), Val::Obj(v.clone())));
+        Ok(())
+    }
+    fn set_bytes<'a, 'py>(
+        out: &mut Vec<Entry<'a, 'py>>,
+        k: &Bound<'py, PyString>,
+        v: &'a [u8],
+    ) -> PyResult<()> {
+        out.push((k.clone(), Val::Latin1(v)));
+        Ok(())
+    }
+    let head: &'a RequestHead = c.head;
     // GET, HTTP/1.1 and an empty query are what the base dict holds.
-    match &*head.method {
+    let method = intern!(py, "REQUEST_METHOD");
+    match head.method() {
         "GET" => {}
-        "POST" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "POST"))?,
-        "HEAD" => env.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "HEAD"))?,
-        m => env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, m))?,
+        "POST" => set(out, method, intern!(py, "POST"))?,
+        "HEAD" => set(out, method, intern!(py, "HEAD"))?,
+        m => set(out, method, &cache.value(py, m.as_bytes()))?,
     }
     if head.minor_version != 1 {
-        env.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
+        set(out, intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
     }
-    env.set_item(intern!(py, "RAW_URI"), PyString::new(py, &head.target))?;
-    let (path, query) = split_target(&head.target);
+    let target = head.target();
+    if target.is_ascii() {
+        set_bytes(out, intern!(py, "RAW_URI"), target.as_bytes())?;
+    } else {
+        set(out, intern!(py, "RAW_URI"), &PyString::new(py, target))?;
+    }
+    let (path, query) = split_target(target);
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
     if !c.root_path.is_empty() {
@@ -273,44 +481,64 @@ pub fn build<'py>(
             path_info = &path_info[rp.len()..];
         }
     }
-    env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path_info))?;
-    if !query.is_empty() {
-        env.set_item(intern!(py, "QUERY_STRING"), PyString::new(py, query))?;
+    match decoded {
+        // Borrowed from the head: the bytes can wait.
+        std::borrow::Cow::Borrowed(_) => {
+            let path_info = &path.as_bytes()[path.len() - path_info.len()..];
+            set_bytes(out, intern!(py, "PATH_INFO"), path_info)?
+        }
+        std::borrow::Cow::Owned(_) => {
+            set(out, intern!(py, "PATH_INFO"), &cache.value(py, path_info))?
+        }
     }
-    let mut cache = c.peer.cache.borrow_mut();
-    let (addr, port) = cache.addr_port.get_or_insert_with(|| {
+    if !query.is_empty() {
+        if query.is_ascii() {
+            set_bytes(out, intern!(py, "QUERY_STRING"), query.as_bytes())?;
+        } else {
+            set(out, intern!(py, "QUERY_STRING"), &PyString::new(py, query))?;
+        }
+    }
+    if let Some(input) = input {
+        set(out, intern!(py, "wsgi.input"), input)?;
+    }
+    let mut peer = c.peer.cache.borrow_mut();
+    let (addr, port) = peer.addr_port.get_or_insert_with(|| {
         (
             PyString::new(py, &c.peer.addr).unbind(),
             PyString::new(py, &c.peer.port).unbind(),
         )
     });
-    env.set_item(intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
-    env.set_item(intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    set(out, intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
+    set(out, intern!(py, "REMOTE_PORT"), port.bind(py))?;
 
     let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
     // host, whatever the Host header says.
-    let target_host = absolute_authority(&head.target);
+    let target_host = absolute_authority(target);
     let mut host: Option<&[u8]> = target_host;
-    let hs = &head.headers;
+    let hs = head.headers();
     for (i, h) in hs.iter().enumerate() {
         // Repeated fields are combined into the first occurrence.
-        if hs[..i].iter().any(|p| p.name.eq_ignore_ascii_case(&h.name)) {
+        if hs
+            .before(i)
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(h.name))
+        {
             continue;
         }
-        let name = &*h.name;
+        let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             continue; // set below from the body actually read
         }
         if name.eq_ignore_ascii_case("host") {
             if let Some(t) = target_host {
-                env.set_item(intern!(py, "HTTP_HOST"), latin1_str(py, t))?;
+                set_bytes(out, intern!(py, "HTTP_HOST"), t)?;
                 continue;
             }
-            host = Some(&h.value);
+            host = Some(h.value);
         }
         if c.peer.trusted {
-            let v = &*h.value;
+            let v = h.value;
             if (name.eq_ignore_ascii_case("x-forwarded-proto") && v.eq_ignore_ascii_case(b"https"))
                 || (name.eq_ignore_ascii_case("x-forwarded-ssl") && v.eq_ignore_ascii_case(b"on"))
                 || (name.eq_ignore_ascii_case("x-forwarded-protocol")
@@ -319,9 +547,10 @@ pub fn build<'py>(
                 https = true;
             }
         }
-        let key = header_key(py, name);
+        let key = cache.header_key(py, name);
         // One pass over the later fields: peek tells whether to join.
-        let mut dups = hs[i + 1..]
+        let mut dups = hs
+            .after(i + 1)
             .iter()
             .filter(|p| p.name.eq_ignore_ascii_case(name))
             .peekable();
@@ -334,21 +563,25 @@ pub fn build<'py>(
             let mut v = h.value.to_vec();
             for d in dups {
                 v.extend_from_slice(sep);
-                v.extend_from_slice(&d.value);
+                v.extend_from_slice(d.value);
             }
-            env.set_item(key, latin1_str(py, &v))?;
+            set(out, &key, &latin1_str(py, &v))?;
         } else {
-            env.set_item(key, latin1_str(py, &h.value))?;
+            set_bytes(out, &key, h.value)?;
         }
     }
     if c.body_len > 0 || !matches!(head.body, crate::http::BodyKind::Empty) {
-        env.set_item(intern!(py, "CONTENT_LENGTH"), c.body_len.to_string())?;
+        set(
+            out,
+            intern!(py, "CONTENT_LENGTH"),
+            &PyString::new(py, &c.body_len.to_string()),
+        )?;
     }
     if https {
-        env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+        set(out, intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
     if let Some(h) = host {
-        let fresh = match &cache.host {
+        let fresh = match &peer.host {
             Some((raw, _, _)) => &**raw != h,
             None => true,
         };
@@ -366,21 +599,147 @@ pub fn build<'py>(
             );
             if https {
                 // The default port depends on the scheme: don't cache.
-                env.set_item(intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
-                env.set_item(intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
-                return Ok(env);
+                set(out, intern!(py, "SERVER_NAME"), entry.1.bind(py))?;
+                set(out, intern!(py, "SERVER_PORT"), entry.2.bind(py))?;
+                return Ok(());
             }
-            cache.host = Some(entry);
+            peer.host = Some(entry);
         }
-        let (_, name, port) = cache.host.as_ref().expect("host cached above");
-        env.set_item(intern!(py, "SERVER_NAME"), name.bind(py))?;
-        env.set_item(intern!(py, "SERVER_PORT"), port.bind(py))?;
+        let (_, name, port) = peer.host.as_ref().expect("host cached above");
+        set(out, intern!(py, "SERVER_NAME"), name.bind(py))?;
+        set(out, intern!(py, "SERVER_PORT"), port.bind(py))?;
+    }
+    Ok(())
+}
+
+/// The environ: a copy of the template (when it was made for the same
+/// listener) with only the differences applied, else a copy of `base`
+/// with every entry set. An environ that holds a request body never
+/// becomes the template (it would keep the body alive). Values that are
+/// set are made objects in `entries`.
+fn apply<'py>(
+    py: Python<'py>,
+    base: &Bound<'py, PyDict>,
+    listener: usize,
+    cache: &mut EnvCache,
+    entries: &mut [Entry<'_, 'py>],
+    has_body: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let template = cache
+        .template
+        .take()
+        .filter(|t| t.listener == listener && t.entries.len() <= TEMPLATE_MAX_ENTRIES);
+    let Some(t) = template else {
+        let env = base.copy()?;
+        for (k, v) in entries.iter_mut() {
+            set(&env, k, resolve(py, cache, v))?;
+        }
+        if !has_body {
+            snapshot(py, cache, listener, &env, entries, None)?;
+        }
+        return Ok(env);
+    };
+    let env = t.dict.bind(py).copy()?;
+    let mut seen = 0u64; // template entries this request also has
+    let mut changes = 0;
+    for (i, (k, v)) in entries.iter_mut().enumerate() {
+        let k = &*k;
+        // Usually at the same position; else look for it.
+        let j = match t.entries.get(i) {
+            Some(e) if e.0.is(k) => Some(i),
+            _ => t.entries.iter().position(|e| e.0.is(k)),
+        };
+        if let Some(j) = j {
+            seen |= 1 << j;
+            let old = t.entries[j].1.bind(py);
+            let same = match v {
+                Val::Obj(v) => old.is(v),
+                Val::Latin1(b) => old.cast::<PyString>().ok().and_then(str_bytes) == Some(*b),
+            };
+            if same {
+                continue; // the template holds it already
+            }
+        }
+        set(&env, k, resolve(py, cache, v))?;
+        changes += 1;
+    }
+    for (j, (k, _)) in t.entries.iter().enumerate() {
+        if seen & (1 << j) != 0 {
+            continue;
+        }
+        // The template had it, this request does not: back to the base
+        // dict's value, or gone.
+        changes += 1;
+        let k = k.bind(py);
+        match base.get_item(k)? {
+            Some(v) => set(&env, k, &v)?,
+            None => env.del_item(k)?,
+        }
+    }
+    if changes > TEMPLATE_MAX_CHANGES && !has_body {
+        snapshot(py, cache, listener, &env, entries, Some(t))?;
+    } else {
+        cache.template = Some(t);
     }
     Ok(env)
 }
 
+/// The object for a value, made (and kept in `v`) if it was bytes.
+fn resolve<'py, 'v>(
+    py: Python<'py>,
+    cache: &mut EnvCache,
+    v: &'v mut Val<'_, 'py>,
+) -> &'v Bound<'py, PyAny> {
+    if let Val::Latin1(b) = *v {
+        *v = Val::Obj(cache.value(py, b).into_any());
+    }
+    match v {
+        Val::Obj(o) => o,
+        Val::Latin1(_) => unreachable!("made an object above"),
+    }
+}
+
+/// Keep a copy of `env` (not yet seen by the app) as the template. Values
+/// still in bytes are the ones `old` (the previous template) holds.
+fn snapshot(
+    py: Python<'_>,
+    cache: &mut EnvCache,
+    listener: usize,
+    env: &Bound<'_, PyDict>,
+    entries: &[Entry<'_, '_>],
+    old: Option<Template>,
+) -> PyResult<()> {
+    let dict = env.copy()?.unbind();
+    let (old_entries, mut kept) = match old {
+        Some(t) => {
+            let kept = Vec::with_capacity(entries.len());
+            (t.entries, kept)
+        }
+        None => (Vec::new(), Vec::with_capacity(entries.len())),
+    };
+    for (k, v) in entries {
+        let v = match v {
+            Val::Obj(o) => o.clone().unbind(),
+            Val::Latin1(_) => match old_entries.iter().find(|e| e.0.is(k)) {
+                Some(e) => e.1.clone_ref(py),
+                None => unreachable!("bytes are left only where the template matched"),
+            },
+        };
+        kept.push((k.clone().unbind(), v));
+    }
+    cache.template = Some(Template {
+        listener,
+        dict,
+        entries: kept,
+    });
+    Ok(())
+}
+
 /// The authority of an absolute-form target (`http://host:port/path`).
 fn absolute_authority(target: &str) -> Option<&[u8]> {
+    if target.starts_with('/') {
+        return None; // origin-form, the usual case
+    }
     let (scheme, rest) = target.split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return None;

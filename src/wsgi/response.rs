@@ -11,10 +11,14 @@
 //! - hop-by-hop headers from the app are dropped (we frame ourselves);
 //! - the result's `close()` is always called, whatever happened.
 
+use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::null_mut;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
@@ -77,7 +81,7 @@ impl Framing {
 }
 
 /// What the worker tells us about the request being answered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ReqInfo {
     pub minor: u8,
     pub is_head: bool,
@@ -86,11 +90,19 @@ pub struct ReqInfo {
     pub keep_alive: bool,
     /// The client socket, for `write()` calls that must flush.
     pub fd: RawFd,
+    /// Hand the response headers back in `Outcome::headers` (access log).
+    pub want_headers: bool,
 }
 
+/// One request's response state. Its buffers keep their capacity when a
+/// `Responder` is reused, so a request allocates nothing here.
 #[derive(Default)]
 struct SrState {
-    status: Option<(u16, Vec<u8>)>,
+    req: ReqInfo,
+    /// 0 until `start_response` succeeded, then the status code.
+    code: u16,
+    /// The status as sent after "HTTP/1.x " (`200 OK`), validated.
+    status: Vec<u8>,
     /// The app's headers, validated and serialized: `Name: value\r\n`...
     headers: Vec<u8>,
     content_length: Option<u64>,
@@ -108,48 +120,182 @@ struct SrState {
     /// (called from inside the iterable) only queues, and `pump_iter`
     /// sends the queue in order with the iterable's items.
     handed_off: bool,
+    /// Kept across requests (not cleared by `reset`). Boxed so that
+    /// `set_head` can take it out and put it back cheaply.
+    seen: Option<Box<Seen>>,
 }
 
+impl SrState {
+    /// Forget the previous request, keeping the buffers' capacity.
+    fn reset(&mut self, req: ReqInfo) {
+        self.req = req;
+        self.clear_head();
+        self.committed = None;
+        self.keep_alive = false;
+        self.written.clear();
+        self.body_bytes = 0;
+        self.handed_off = false;
+    }
+
+    /// Forget what `start_response` recorded.
+    fn clear_head(&mut self) {
+        self.code = 0;
+        self.status.clear();
+        self.headers.clear();
+        self.content_length = None;
+        self.app_wants_close = false;
+        self.has_date = false;
+        self.has_server = false;
+    }
+}
+
+/// The object behind one request's `start_response` and `write`
+/// callables (they are builtin functions bound to it, see `Responder`).
 #[pyclass(module = "ferricorn", name = "StartResponse", frozen)]
 pub struct StartResponse {
-    req: ReqInfo,
     state: Mutex<SrState>,
+    /// Our `write` callable while a `Responder` holds both (a borrowed
+    /// pointer: the responder owns the reference, and clears this before
+    /// it lets go). Null otherwise: `start_response` then makes a new one.
+    write: AtomicPtr<ffi::PyObject>,
 }
 
-fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj)))
-    })?;
-    // to_str borrows CPython's cached UTF-8 form: no copy for ASCII.
-    let cow = s.to_str()?;
-    if cow.is_ascii() {
-        return Ok(cow.as_bytes().to_vec());
+/// `start_response` and `write` as builtin functions (`PyCFunction`s)
+/// bound to a `StartResponse`: CPython calls them by vectorcall with the
+/// arguments in place, no tuple, no pyo3 argument parsing.
+struct MethodDefs(UnsafeCell<[ffi::PyMethodDef; 2]>);
+// SAFETY: written only by the static initializer; CPython only reads it.
+unsafe impl Sync for MethodDefs {}
+
+static METHODS: MethodDefs = MethodDefs(UnsafeCell::new([
+    ffi::PyMethodDef {
+        ml_name: c"start_response".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: start_response_vectorcall,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: c"start_response(status, headers, exc_info=None) (PEP 3333)".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"write".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: write_meth_o,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"write(data): the legacy imperative body (PEP 3333)".as_ptr(),
+    },
+]));
+
+/// A builtin function for `METHODS[i]` bound to `sr`.
+fn bound_method<'py>(sr: &Bound<'py, StartResponse>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: METHODS is 'static and never moves; PyCFunction_NewEx takes
+    // a new reference to `sr` and returns a new reference or NULL.
+    unsafe {
+        let def = (METHODS.0.get() as *mut ffi::PyMethodDef).add(i);
+        Bound::from_owned_ptr_or_err(
+            sr.py(),
+            ffi::PyCFunction_NewEx(def, sr.as_ptr(), null_mut()),
+        )
     }
-    cow.chars()
-        .map(|c| {
-            u8::try_from(c as u32)
-                .map_err(|_| PyValueError::new_err(format!("{what} {cow:?} is not latin-1")))
+}
+
+/// The three objects the app sees of a response, kept by the I/O loop and
+/// reused for the next request when nobody else holds on to any of them
+/// (the common case): a request then creates no Python objects here.
+pub struct Responder {
+    sr: Py<StartResponse>,
+    start_response: Py<PyAny>,
+    write: Py<PyAny>,
+}
+
+impl Responder {
+    fn new(py: Python<'_>) -> PyResult<Responder> {
+        let sr = Bound::new(
+            py,
+            StartResponse {
+                state: Mutex::new(SrState::default()),
+                write: AtomicPtr::new(null_mut()),
+            },
+        )?;
+        let start_response = bound_method(&sr, 0)?.unbind();
+        let write = bound_method(&sr, 1)?.unbind();
+        sr.get().write.store(write.as_ptr(), Ordering::Relaxed);
+        Ok(Responder {
+            sr: sr.unbind(),
+            start_response,
+            write,
         })
-        .collect()
+    }
+
+    /// Whether only this responder references its objects (the two
+    /// functions each hold one reference to the StartResponse).
+    fn unshared(&self) -> bool {
+        // SAFETY: reading the reference counts of live objects (GIL held).
+        unsafe {
+            ffi::Py_REFCNT(self.sr.as_ptr()) == 3
+                && ffi::Py_REFCNT(self.start_response.as_ptr()) == 1
+                && ffi::Py_REFCNT(self.write.as_ptr()) == 1
+        }
+    }
+
+    /// Let go of the objects (someone else still uses them).
+    fn release(self) {
+        self.sr.get().write.store(null_mut(), Ordering::Relaxed);
+    }
 }
 
-/// Append a latin-1 native string's bytes to `out` (no intermediate Vec).
-fn latin1_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<u8>) -> PyResult<()> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj)))
-    })?;
-    let text = s.to_str()?;
-    if text.is_ascii() {
-        out.extend_from_slice(text.as_bytes());
-        return Ok(());
+/// The latin-1 bytes of a native string, borrowed from the str object: a
+/// str whose characters all fit in one byte stores exactly those bytes
+/// (PEP 393), so nothing is decoded or copied. `Ok(None)` for a str with
+/// a character past U+00FF.
+#[inline]
+fn latin1_of<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Option<&'a [u8]>> {
+    let p = obj.as_ptr();
+    // SAFETY: type checks and PEP 393 accessors on a live object; the
+    // returned slice borrows the (immutable) str that `obj` keeps alive.
+    unsafe {
+        if ffi::PyUnicode_Check(p) == 0 {
+            return Err(not_a_str(obj, what));
+        }
+        // Only the deprecated Py_UNICODE APIs make strings that are not
+        // "ready" (canonical) yet; this makes them so (a no-op on 3.12+).
+        if ffi::PyUnicode_READY(p) < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        if ffi::PyUnicode_KIND(p) != ffi::PyUnicode_1BYTE_KIND {
+            return Ok(None);
+        }
+        let len = ffi::PyUnicode_GET_LENGTH(p) as usize;
+        Ok(Some(std::slice::from_raw_parts(
+            ffi::PyUnicode_DATA(p) as *const u8,
+            len,
+        )))
     }
-    for c in text.chars() {
-        out.push(
-            u8::try_from(c as u32)
-                .map_err(|_| PyValueError::new_err(format!("{what} {text:?} is not latin-1")))?,
-        );
+}
+
+#[cold]
+fn not_a_str(obj: &Bound<'_, PyAny>, what: &str) -> PyErr {
+    PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj)))
+}
+
+#[cold]
+fn not_latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "{what} {} is not latin-1",
+        obj.repr().map(|r| r.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Append a native string's latin-1 bytes to `out`.
+#[inline]
+fn push_latin1(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<u8>) -> PyResult<()> {
+    match latin1_of(obj, what)? {
+        Some(b) => {
+            out.extend_from_slice(b);
+            Ok(())
+        }
+        None => Err(not_latin1(obj, what)),
     }
-    Ok(())
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -159,29 +305,49 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-impl StartResponse {
-    pub fn new(req: ReqInfo) -> StartResponse {
-        StartResponse {
-            req,
-            state: Mutex::new(SrState::default()),
+/// `1*DIGIT` as a u64 (None if empty, not all digits, or too large).
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Append `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    out.extend_from_slice(&buf[i..]);
+}
 
+impl SrState {
     /// Choose framing and write the head into `out`. `known_len` is the
     /// full body length when the whole body is already in hand.
-    fn commit(
-        &self,
-        st: &mut SrState,
-        known_len: Option<u64>,
-        out: &mut Vec<u8>,
-    ) -> PyResult<Framing> {
-        let (code, status) = st.status.clone().ok_or_else(|| {
-            PyAssertionError::new_err("the application did not call start_response")
-        })?;
+    fn commit(&mut self, known_len: Option<u64>, out: &mut Vec<u8>) -> PyResult<Framing> {
+        if self.code == 0 {
+            return Err(PyAssertionError::new_err(
+                "the application did not call start_response",
+            ));
+        }
+        let req = self.req;
+        let code = self.code;
         let mut add_length = None;
-        let framing = if status_has_no_body(code, self.req.is_head) {
-            if self.req.is_head
-                && st.content_length.is_none()
+        let framing = if status_has_no_body(code, req.is_head) {
+            if req.is_head
+                && self.content_length.is_none()
                 && code >= 200
                 && code != 204
                 && code != 304
@@ -189,209 +355,479 @@ impl StartResponse {
                 add_length = known_len;
             }
             Framing::NoBody
-        } else if let Some(cl) = st.content_length {
+        } else if let Some(cl) = self.content_length {
             Framing::Length { remaining: cl }
         } else if let Some(n) = known_len {
             add_length = Some(n);
             Framing::Length { remaining: n }
-        } else if self.req.minor == 1 {
+        } else if req.minor == 1 {
             Framing::Chunked
         } else {
             Framing::Close
         };
-        let keep_alive = self.req.keep_alive && !st.app_wants_close && framing != Framing::Close;
-        st.keep_alive = keep_alive;
+        let keep_alive = req.keep_alive && !self.app_wants_close && framing != Framing::Close;
+        self.keep_alive = keep_alive;
 
-        use std::io::Write;
-        let _ = write!(out, "HTTP/1.{} ", self.req.minor);
-        out.extend_from_slice(&status);
+        out.extend_from_slice(if req.minor == 1 {
+            b"HTTP/1.1 "
+        } else {
+            b"HTTP/1.0 "
+        });
+        out.extend_from_slice(&self.status);
         out.extend_from_slice(b"\r\n");
-        if !st.has_server {
+        if !self.has_server {
             out.extend_from_slice(b"Server: ferricorn\r\n");
         }
-        if !st.has_date {
+        if !self.has_date {
             crate::http::response::with_date_line(|d| out.extend_from_slice(d));
         }
-        out.extend_from_slice(&st.headers);
+        out.extend_from_slice(&self.headers);
         if let Some(n) = add_length {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         if framing == Framing::Chunked {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
         if !keep_alive {
             out.extend_from_slice(b"Connection: close\r\n");
-        } else if self.req.minor == 0 {
+        } else if req.minor == 0 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        st.committed = Some(framing);
+        self.committed = Some(framing);
         Ok(framing)
+    }
+
+    /// Validate a status and header list into this (cleared) state.
+    fn set_head(&mut self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Out of `self` while we work, so its entries can be read while
+        // the rest of the state changes.
+        let mut seen = self.seen.take().unwrap_or_default();
+        let r = self.set_head_with(&mut seen, status, headers);
+        self.seen = Some(seen);
+        r
+    }
+
+    fn set_head_with(
+        &mut self,
+        seen: &mut Seen,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let code = match seen.status(status) {
+            Some((code, text)) => {
+                self.status.extend_from_slice(text);
+                code
+            }
+            None => {
+                let code = self.check_status(status)?;
+                seen.add_status(status, code, &self.status);
+                code
+            }
+        };
+        let list = headers.cast::<PyList>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "headers must be a list, not {}",
+                type_name(headers)
+            ))
+        })?;
+        // By index: nothing below runs Python code, so the list cannot
+        // change under us.
+        for i in 0..list.len() {
+            // SAFETY: i < len, and the list is not mutated meanwhile.
+            let item = unsafe { list.get_item_unchecked(i) };
+            let t = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "each header must be a (name, value) tuple, not {}",
+                    type_name(&item)
+                ))
+            })?;
+            if let Some((line, kind)) = seen.header(t) {
+                self.add_header(kind, line)?;
+                continue;
+            }
+            let start = self.headers.len();
+            let kind = self.check_header(t)?;
+            let line = self.headers.split_off(start);
+            self.add_header(kind, &line)?;
+            seen.add_header(t, line, kind);
+        }
+        self.code = code;
+        Ok(())
+    }
+
+    /// Validate a status into `self.status`; returns the code.
+    fn check_status(&mut self, status: &Bound<'_, PyAny>) -> PyResult<u16> {
+        push_latin1(status, "status", &mut self.status)?;
+        let status_b = &self.status;
+        let code = parse_status(status_b).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "invalid status {:?}: must be '<3 digits> <reason>' without control characters",
+                String::from_utf8_lossy(status_b)
+            ))
+        })?;
+        if code < 200 {
+            // A WSGI app gives the final response; a 1xx sent as the
+            // only answer would leave the client waiting for the real
+            // one (and taking the next response on the connection).
+            return Err(PyValueError::new_err(format!(
+                "invalid status {:?}: a 1xx status is not a final response",
+                String::from_utf8_lossy(status_b)
+            )));
+        }
+        if self.status.len() == 3 {
+            // RFC 9112 §4: the SP before an (empty) reason is required.
+            self.status.push(b' ');
+        }
+        Ok(code)
+    }
+
+    /// Validate a (name, value) tuple, appending `Name: value\r\n` to
+    /// `self.headers`, and say what kind of header it is.
+    fn check_header(&mut self, t: &Bound<'_, PyTuple>) -> PyResult<HeaderKind> {
+        if t.len() != 2 {
+            return Err(PyTypeError::new_err(
+                "each header must be a (name, value) tuple",
+            ));
+        }
+        let block = &mut self.headers;
+        let start = block.len();
+        // SAFETY: the tuple has two items.
+        let (name, value) = unsafe {
+            (
+                t.get_borrowed_item_unchecked(0),
+                t.get_borrowed_item_unchecked(1),
+            )
+        };
+        push_latin1(&name, "header name", block)?;
+        let name_end = block.len();
+        block.extend_from_slice(b": ");
+        push_latin1(&value, "header value", block)?;
+        let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
+        if !valid_header_name(name) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if !valid_header_value(value) {
+            return Err(PyValueError::new_err(format!(
+                "invalid value for header {:?}: control characters (CR/LF) are not allowed",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        let kind = if is_hop_by_hop(name) {
+            HeaderKind::HopByHop {
+                close: name.eq_ignore_ascii_case(b"connection")
+                    && value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")),
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            HeaderKind::ContentLength(parse_decimal(value.trim_ascii()).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "invalid Content-Length {:?}",
+                    String::from_utf8_lossy(value)
+                ))
+            })?)
+        } else if name.eq_ignore_ascii_case(b"date") {
+            HeaderKind::Date
+        } else if name.eq_ignore_ascii_case(b"server") {
+            HeaderKind::Server
+        } else {
+            HeaderKind::Other
+        };
+        self.headers.extend_from_slice(b"\r\n");
+        Ok(kind)
+    }
+
+    /// Record a validated header (`line` is `Name: value\r\n`).
+    fn add_header(&mut self, kind: HeaderKind, line: &[u8]) -> PyResult<()> {
+        match kind {
+            HeaderKind::HopByHop { close } => {
+                self.app_wants_close |= close;
+                return Ok(()); // we do our own framing and connection handling
+            }
+            HeaderKind::ContentLength(n) => {
+                if self.content_length.is_some_and(|c| c != n) {
+                    return Err(PyValueError::new_err("conflicting Content-Length headers"));
+                }
+                let first = self.content_length.is_none();
+                self.content_length = Some(n);
+                if !first {
+                    return Ok(());
+                }
+            }
+            HeaderKind::Date => self.has_date = true,
+            HeaderKind::Server => self.has_server = true,
+            HeaderKind::Other => {}
+        }
+        self.headers.extend_from_slice(line);
+        Ok(())
     }
 }
 
-#[pymethods]
-impl StartResponse {
-    #[pyo3(signature = (status, headers, exc_info = None))]
-    fn __call__<'py>(
-        slf: &Bound<'py, Self>,
-        status: &Bound<'py, PyAny>,
-        headers: &Bound<'py, PyAny>,
-        exc_info: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        let exc_info = exc_info.filter(|e| !e.is_none());
-        {
-            let mut st = this.state.lock().unwrap();
-            if let Some(exc) = exc_info {
-                if st.committed.is_some() {
-                    // PEP 3333: headers already sent, so re-raise the error
-                    // the app is trying to report.
-                    let value = exc.get_item(1)?;
-                    drop(st);
-                    return Err(PyErr::from_value(value));
-                }
-            } else if st.status.is_some() {
-                return Err(PyAssertionError::new_err(
-                    "start_response called a second time without exc_info",
-                ));
-            }
-            let mut status_b = latin1(status, "status")?;
-            let code = parse_status(&status_b).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "invalid status {:?}: must be '<3 digits> <reason>' without control characters",
-                    String::from_utf8_lossy(&status_b)
-                ))
-            })?;
-            if code < 200 {
-                // A WSGI app gives the final response; a 1xx sent as the
-                // only answer would leave the client waiting for the real
-                // one (and taking the next response on the connection).
-                return Err(PyValueError::new_err(format!(
-                    "invalid status {:?}: a 1xx status is not a final response",
-                    String::from_utf8_lossy(&status_b)
-                )));
-            }
-            if status_b.len() == 3 {
-                // RFC 9112 §4: the SP before an (empty) reason is required.
-                status_b.push(b' ');
-            }
-            let mut new = SrState {
-                status: Some((code, status_b)),
-                ..SrState::default()
-            };
-            let list = headers.cast::<PyList>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "headers must be a list, not {}",
-                    type_name(headers)
-                ))
-            })?;
-            for item in list.iter() {
-                let t = item.cast::<PyTuple>().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "each header must be a (name, value) tuple, not {}",
-                        type_name(&item)
-                    ))
-                })?;
-                if t.len() != 2 {
-                    return Err(PyTypeError::new_err(
-                        "each header must be a (name, value) tuple",
-                    ));
-                }
-                let block = &mut new.headers;
-                let start = block.len();
-                latin1_into(&t.get_item(0)?, "header name", block)?;
-                let name_end = block.len();
-                block.extend_from_slice(b": ");
-                latin1_into(&t.get_item(1)?, "header value", block)?;
-                let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
-                if !valid_header_name(name) {
-                    return Err(PyValueError::new_err(format!(
-                        "invalid header name {:?}",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-                if !valid_header_value(value) {
-                    return Err(PyValueError::new_err(format!(
-                        "invalid value for header {:?}: control characters (CR/LF) are not allowed",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-                let mut keep = true;
-                if is_hop_by_hop(name) {
-                    if name.eq_ignore_ascii_case(b"connection")
-                        && value
-                            .split(|&b| b == b',')
-                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                    {
-                        new.app_wants_close = true;
-                    }
-                    keep = false;
-                } else if name.eq_ignore_ascii_case(b"content-length") {
-                    let v = value.trim_ascii();
-                    let n = (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
-                        .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                        .flatten()
-                        .ok_or_else(|| {
-                            PyValueError::new_err(format!(
-                                "invalid Content-Length {:?}",
-                                String::from_utf8_lossy(value)
-                            ))
-                        })?;
-                    if new.content_length.is_some_and(|c| c != n) {
-                        return Err(PyValueError::new_err("conflicting Content-Length headers"));
-                    }
-                    keep = new.content_length.is_none();
-                    new.content_length = Some(n);
-                } else if name.eq_ignore_ascii_case(b"date") {
-                    new.has_date = true;
-                } else if name.eq_ignore_ascii_case(b"server") {
-                    new.has_server = true;
-                }
-                if keep {
-                    new.headers.extend_from_slice(b"\r\n");
-                } else {
-                    new.headers.truncate(start);
-                }
-            }
-            // Keep what write() produced before an exc_info restart? PEP
-            // 3333 says nothing was sent, so nothing is kept.
-            *st = new;
+/// What a response header means to us.
+#[derive(Debug, Clone, Copy)]
+enum HeaderKind {
+    /// Dropped; `Connection: close` asks us to close after the response.
+    HopByHop {
+        close: bool,
+    },
+    ContentLength(u64),
+    Date,
+    Server,
+    Other,
+}
+
+/// Statuses and header tuples this responder validated before. Apps often
+/// pass the same objects every time (a module-level `"200 OK"`, a constant
+/// `("Content-Type", "text/plain")`): a str or tuple is immutable, so when
+/// the very same object comes back (we hold a reference, so its address
+/// cannot be reused by another object) its checked bytes can be reused.
+/// Only exact str and tuples of exact strs are remembered: those cannot
+/// reference anything else (no reference cycles through this cache).
+#[derive(Default)]
+struct Seen {
+    status: Option<(Py<PyAny>, u16, Vec<u8>)>,
+    tuples: Vec<Py<PyTuple>>,
+    headers: Vec<(Vec<u8>, HeaderKind)>,
+    /// Next slot to replace once full.
+    next: usize,
+}
+
+/// Header tuples remembered per responder.
+const SEEN_HEADERS: usize = 8;
+
+impl Seen {
+    fn status(&self, s: &Bound<'_, PyAny>) -> Option<(u16, &[u8])> {
+        match &self.status {
+            Some((obj, code, text)) if obj.is(s) => Some((*code, text)),
+            _ => None,
         }
-        slf.getattr(pyo3::intern!(slf.py(), "write"))
     }
 
-    /// The legacy `write()` callable: body bytes the app pushes imperatively.
-    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = data.cast::<PyBytes>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "write() argument must be bytes, not {}",
-                type_name(data)
-            ))
-        })?;
-        let mut st = self.state.lock().unwrap();
-        if st.status.is_none() {
-            return Err(PyAssertionError::new_err("write() before start_response"));
+    fn add_status(&mut self, s: &Bound<'_, PyAny>, code: u16, text: &[u8]) {
+        if s.is_exact_instance_of::<PyString>() {
+            self.status = Some((s.clone().unbind(), code, text.to_vec()));
         }
-        st.written.extend_from_slice(data.as_bytes());
-        if st.written.len() < HIGH_WATER || st.handed_off {
-            return Ok(());
-        }
-        // Too much to hold: send the head (if not yet) and what we have.
-        let mut out = Vec::with_capacity(st.written.len() + 512);
-        let mut framing = match st.committed {
-            Some(f) => f,
-            None => self.commit(&mut st, None, &mut out)?,
-        };
-        let pending = std::mem::take(&mut st.written);
-        st.body_bytes += framing.frame(&pending, &mut out);
-        st.committed = Some(framing);
-        let fd = self.req.fd;
-        drop(st);
-        py.detach(|| blocking_send(fd, &out)).map_err(|e| {
-            pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}"))
-        })
     }
+
+    fn header(&self, t: &Bound<'_, PyTuple>) -> Option<(&[u8], HeaderKind)> {
+        let i = self.tuples.iter().position(|x| x.is(t))?;
+        let (line, kind) = &self.headers[i];
+        Some((line, *kind))
+    }
+
+    fn add_header(&mut self, t: &Bound<'_, PyTuple>, line: Vec<u8>, kind: HeaderKind) {
+        // SAFETY: check_header saw two items.
+        let exact = unsafe {
+            t.get_borrowed_item_unchecked(0)
+                .is_exact_instance_of::<PyString>()
+                && t.get_borrowed_item_unchecked(1)
+                    .is_exact_instance_of::<PyString>()
+        };
+        if !exact || !t.is_exact_instance_of::<PyTuple>() {
+            return;
+        }
+        let entry = (t.clone().unbind(), (line, kind));
+        if self.tuples.len() < SEEN_HEADERS {
+            self.tuples.push(entry.0);
+            self.headers.push(entry.1);
+        } else {
+            let i = self.next % SEEN_HEADERS;
+            self.next = i + 1;
+            self.tuples[i] = entry.0;
+            self.headers[i] = entry.1;
+        }
+    }
+}
+
+/// `start_response(status, headers, exc_info=None)`.
+fn start_response<'py>(
+    sr: &Bound<'py, StartResponse>,
+    status: &Bound<'py, PyAny>,
+    headers: &Bound<'py, PyAny>,
+    exc_info: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sr.py();
+    let this = sr.get();
+    {
+        let mut st = this.state.lock().unwrap();
+        if let Some(exc) = exc_info {
+            if st.committed.is_some() {
+                // PEP 3333: headers already sent, so re-raise the error
+                // the app is trying to report.
+                drop(st);
+                let value = exc.get_item(1)?;
+                return Err(PyErr::from_value(value));
+            }
+        } else if st.code != 0 {
+            return Err(PyAssertionError::new_err(
+                "start_response called a second time without exc_info",
+            ));
+        }
+        if st.code == 0 {
+            // The usual first call: validate straight into the state.
+            st.clear_head();
+            let r = st.set_head(status, headers);
+            if r.is_err() {
+                st.clear_head();
+            }
+            r?;
+        } else {
+            // A replacement (exc_info): the first head stays if this one
+            // is invalid. Keep what write() produced before? PEP 3333 says
+            // nothing was sent, so nothing is kept.
+            let mut new = SrState::default();
+            new.set_head(status, headers)?;
+            std::mem::swap(&mut st.status, &mut new.status);
+            std::mem::swap(&mut st.headers, &mut new.headers);
+            st.code = new.code;
+            st.content_length = new.content_length;
+            st.app_wants_close = new.app_wants_close;
+            st.has_date = new.has_date;
+            st.has_server = new.has_server;
+        }
+    }
+    let write = this.write.load(Ordering::Relaxed);
+    if write.is_null() {
+        // Called after the responder let go of this object.
+        return bound_method(sr, 1);
+    }
+    // SAFETY: non-null means the responder still owns a reference.
+    Ok(unsafe { Bound::from_borrowed_ptr(py, write) })
+}
+
+/// The legacy `write()` callable: body bytes the app pushes imperatively.
+fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let data = data.cast::<PyBytes>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "write() argument must be bytes, not {}",
+            type_name(data)
+        ))
+    })?;
+    let mut st = this.state.lock().unwrap();
+    if st.code == 0 {
+        return Err(PyAssertionError::new_err("write() before start_response"));
+    }
+    st.written.extend_from_slice(data.as_bytes());
+    if st.written.len() < HIGH_WATER || st.handed_off {
+        return Ok(());
+    }
+    // Too much to hold: send the head (if not yet) and what we have.
+    let mut out = Vec::with_capacity(st.written.len() + 512);
+    let mut framing = match st.committed {
+        Some(f) => f,
+        None => st.commit(None, &mut out)?,
+    };
+    let pending = std::mem::take(&mut st.written);
+    st.body_bytes += framing.frame(&pending, &mut out);
+    st.committed = Some(framing);
+    let fd = st.req.fd;
+    drop(st);
+    py.detach(|| blocking_send(fd, &out))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}")))
+}
+
+/// Hand a callback's result to CPython: the new reference, or NULL with
+/// the exception set. A panic becomes a RuntimeError (it must not unwind
+/// into C).
+fn into_c_result(
+    py: Python<'_>,
+    r: std::thread::Result<PyResult<*mut ffi::PyObject>>,
+) -> *mut ffi::PyObject {
+    match r {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            e.restore(py);
+            null_mut()
+        }
+        Err(_) => {
+            pyo3::exceptions::PyRuntimeError::new_err("ferricorn: internal error (panic)")
+                .restore(py);
+            null_mut()
+        }
+    }
+}
+
+/// C entry point of `start_response` (METH_FASTCALL | METH_KEYWORDS).
+unsafe extern "C" fn start_response_vectorcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls builtin functions attached to the interpreter.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `slf` is the StartResponse the function was bound to
+        // (bound_method); `args` holds nargs positional arguments followed
+        // by one per name in `kwnames` (a tuple of str, or NULL), all
+        // borrowed for the duration of the call.
+        unsafe {
+            let sr = Bound::ref_from_ptr(py, &slf).cast_unchecked::<StartResponse>();
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize);
+            let mut slots: [Option<&Bound<'_, PyAny>>; 3] = [None, None, None];
+            if nargs > 3 {
+                return Err(PyTypeError::new_err(format!(
+                    "start_response() takes at most 3 arguments ({nargs} given)"
+                )));
+            }
+            for (i, slot) in slots.iter_mut().enumerate().take(nargs as usize) {
+                *slot = Some(Bound::ref_from_ptr(py, &*args.add(i)));
+            }
+            if !kwnames.is_null() {
+                let names = Bound::ref_from_ptr(py, &kwnames).cast_unchecked::<PyTuple>();
+                for (j, name) in names.iter().enumerate() {
+                    let i = match latin1_of(&name, "keyword")? {
+                        Some(b"status") => 0,
+                        Some(b"headers" | b"response_headers") => 1,
+                        Some(b"exc_info") => 2,
+                        _ => {
+                            return Err(PyTypeError::new_err(format!(
+                                "start_response() got an unexpected keyword argument {name}"
+                            )));
+                        }
+                    };
+                    if slots[i].is_some() {
+                        return Err(PyTypeError::new_err(format!(
+                            "start_response() got multiple values for argument {name}"
+                        )));
+                    }
+                    slots[i] = Some(Bound::ref_from_ptr(py, &*args.add(nargs as usize + j)));
+                }
+            }
+            let (Some(status), Some(headers)) = (slots[0], slots[1]) else {
+                return Err(PyTypeError::new_err(
+                    "start_response() missing required arguments 'status' and 'headers'",
+                ));
+            };
+            let exc_info = slots[2].filter(|e| !e.is_none());
+            start_response(sr, status, headers, exc_info).map(Bound::into_ptr)
+        }
+    }));
+    into_c_result(py, r)
+}
+
+/// C entry point of `write` (METH_O).
+unsafe extern "C" fn write_meth_o(
+    slf: *mut ffi::PyObject,
+    data: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as in start_response_vectorcall.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `slf` is our StartResponse, `data` a borrowed argument.
+        unsafe {
+            let sr = Bound::ref_from_ptr(py, &slf).cast_unchecked::<StartResponse>();
+            write(py, sr.get(), Bound::ref_from_ptr(py, &data))?;
+            Ok(py.None().into_ptr())
+        }
+    }));
+    into_c_result(py, r)
 }
 
 /// Send all of `data`, waiting (with the GIL released by the caller) while
@@ -562,36 +998,51 @@ fn file_of(result: &Bound<'_, PyAny>) -> Option<(OwnedFd, i64, u64)> {
 }
 
 /// Call the app and frame its response into `out` (head + as much body as
-/// is at hand). The GIL is held by the caller.
+/// is at hand). The GIL is held by the caller. `spare` is the I/O loop's
+/// reusable responder (taken, and put back when nobody else kept it).
 pub fn run_app(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
     environ: Bound<'_, PyAny>,
     req: ReqInfo,
     out: &mut Vec<u8>,
+    spare: &mut Option<Responder>,
 ) -> Outcome {
     let start = out.len();
-    let sr = match Bound::new(py, StartResponse::new(req)) {
-        Ok(sr) => sr,
-        Err(e) => {
-            log_py_error(py, &e, "Error creating start_response");
-            return internal_error(req.minor, out, start);
-        }
+    let r = match spare.take() {
+        Some(r) => r,
+        None => match Responder::new(py) {
+            Ok(r) => r,
+            Err(e) => {
+                log_py_error(py, &e, "Error creating start_response");
+                return internal_error(req.minor, out, start);
+            }
+        },
     };
-    let result = match app.call1((environ, &sr)) {
-        Ok(r) => r,
+    let sr = r.sr.get();
+    sr.state.lock().unwrap().reset(req);
+    let outcome = match app.call1((environ, r.start_response.bind(py))) {
+        Ok(result) => {
+            let mut outcome = frame_result(py, sr, &result, req, out, start);
+            match &mut outcome.stream {
+                Some(Stream::Iter { sr: slot, .. }) => {
+                    sr.state.lock().unwrap().handed_off = true;
+                    *slot = Some(r.sr.clone_ref(py));
+                }
+                Some(Stream::File { .. }) => {} // closed when sent
+                None => close_result(py, &result),
+            }
+            outcome
+        }
         Err(e) => {
             log_py_error(py, &e, "Error handling request");
-            return fail_before_or_after_head(sr.get(), req, out, start);
+            fail_before_or_after_head(sr, req, out, start)
         }
     };
-    let mut outcome = frame_result(py, sr.get(), &result, req, out, start);
-    if let Some(Stream::Iter { sr: slot, .. }) = &mut outcome.stream {
-        sr.get().state.lock().unwrap().handed_off = true;
-        *slot = Some(sr.unbind());
-    }
-    if !matches!(outcome.stream, Some(_)) {
-        close_result(py, &result);
+    if r.unshared() {
+        *spare = Some(r);
+    } else {
+        r.release();
     }
     outcome
 }
@@ -607,9 +1058,8 @@ fn fail_before_or_after_head(
     let st = sr.state.lock().unwrap();
     if st.committed.is_some() {
         out.truncate(start);
-        let status = st.status.as_ref().map(|s| s.0).unwrap_or(500);
         return Outcome {
-            status,
+            status: if st.code != 0 { st.code } else { 500 },
             keep_alive: false,
             body_bytes: st.body_bytes,
             stream: None,
@@ -620,6 +1070,46 @@ fn fail_before_or_after_head(
     internal_error(req.minor, out, start)
 }
 
+/// The items of a list or tuple result, borrowed. Nothing we do while
+/// looking at them runs Python code, so the sequence cannot change.
+fn seq_items<'a>(result: &'a Bound<'_, PyAny>) -> Option<&'a [*mut ffi::PyObject]> {
+    let p = result.as_ptr();
+    // SAFETY: the type checks make the casts valid; the item arrays live
+    // as long as the (unchanging) sequence that `result` keeps alive.
+    unsafe {
+        if ffi::PyList_Check(p) != 0 {
+            let l = p as *mut ffi::PyListObject;
+            let n = ffi::Py_SIZE(p) as usize;
+            if n == 0 {
+                return Some(&[]);
+            }
+            Some(std::slice::from_raw_parts((*l).ob_item, n))
+        } else if ffi::PyTuple_Check(p) != 0 {
+            let t = p as *mut ffi::PyTupleObject;
+            let n = ffi::Py_SIZE(p) as usize;
+            Some(std::slice::from_raw_parts(
+                std::ptr::addr_of!((*t).ob_item) as *const *mut ffi::PyObject,
+                n,
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A body item's bytes (borrowed), or the PEP 3333 type error.
+fn item_bytes<'a>(py: Python<'a>, item: &'a *mut ffi::PyObject) -> PyResult<&'a [u8]> {
+    // SAFETY: `item` is a live object borrowed from the result.
+    let item = unsafe { Bound::ref_from_ptr(py, item) };
+    match item.cast::<PyBytes>() {
+        Ok(b) => Ok(b.as_bytes()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "the response iterable must yield bytes, not {}",
+            type_name(item)
+        ))),
+    }
+}
+
 fn frame_result(
     py: Python<'_>,
     sr: &StartResponse,
@@ -628,17 +1118,62 @@ fn frame_result(
     out: &mut Vec<u8>,
     start: usize,
 ) -> Outcome {
-    // 1. A file with a real descriptor: sendfile from the I/O loop. For
+    // 1. The common case, a list or tuple of bytes: check the items and add
+    // up their length, then frame them straight into `out`.
+    if let Some(items) = seq_items(result) {
+        let mut total = 0u64;
+        for item in items {
+            match item_bytes(py, item) {
+                Ok(b) => total += b.len() as u64,
+                Err(e) => {
+                    log_py_error(py, &e, "Error handling request");
+                    return fail_before_or_after_head(sr, req, out, start);
+                }
+            }
+        }
+        let mut st = sr.state.lock().unwrap();
+        let written = std::mem::take(&mut st.written);
+        let mut framing = match st.committed {
+            Some(f) => f,
+            None => match st.commit(Some(written.len() as u64 + total), out) {
+                Ok(f) => f,
+                Err(e) => {
+                    drop(st);
+                    log_py_error(py, &e, "Error in response");
+                    return internal_error(req.minor, out, start);
+                }
+            },
+        };
+        let mut sent = st.body_bytes;
+        sent += framing.frame(&written, out);
+        st.written = written; // keep its capacity
+        st.written.clear();
+        for item in items {
+            if let Ok(b) = item_bytes(py, item) {
+                sent += framing.frame(b, out);
+            }
+        }
+        let keep_alive = st.keep_alive && framing.finish(out);
+        return Outcome {
+            status: st.code,
+            keep_alive,
+            body_bytes: sent,
+            stream: None,
+            headers: take_headers(&mut st),
+        };
+    }
+
+    // 2. A file with a real descriptor: sendfile from the I/O loop. For
     // HEAD (and 204/304) only the head goes out, with the length GET
     // would have, and the file is never read.
     if let Some((file, offset, size)) = file_of(result) {
         let mut st = sr.state.lock().unwrap();
-        if st.committed.is_none() && st.written.is_empty() && st.status.is_some() {
+        if st.committed.is_none() && st.written.is_empty() && st.code != 0 {
             let len = st.content_length.map(|c| c.min(size)).unwrap_or(size);
             let declared = st.content_length;
-            return match sr.commit(&mut st, Some(len), out) {
+            return match st.commit(Some(len), out) {
                 Ok(framing) => Outcome {
-                    status: st.status.as_ref().unwrap().0,
+                    status: st.code,
                     // A file shorter than its declared length cannot
                     // complete the framing: close after it.
                     keep_alive: st.keep_alive
@@ -650,7 +1185,7 @@ fn frame_result(
                         remaining: len,
                         result: result.clone().unbind(),
                     }),
-                    headers: std::mem::take(&mut st.headers),
+                    headers: take_headers(&mut st),
                 },
                 Err(e) => {
                     drop(st);
@@ -661,39 +1196,22 @@ fn frame_result(
         }
     }
 
-    // 2. Gather body bytes: a list/tuple whole, an iterator up to HIGH_WATER.
+    // 3. Any other iterable: gather up to HIGH_WATER, stream the rest.
     let mut body: Vec<u8> = Vec::new();
     let mut iter: Option<Bound<'_, PyIterator>> = None;
     let gathered = (|| -> PyResult<()> {
-        let push = |item: Bound<'_, PyAny>, body: &mut Vec<u8>| -> PyResult<()> {
-            let b = item.cast::<PyBytes>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "the response iterable must yield bytes, not {}",
-                    type_name(&item)
-                ))
-            })?;
-            body.extend_from_slice(b.as_bytes());
-            Ok(())
-        };
-        if let Ok(list) = result.cast::<PyList>() {
-            for item in list.iter() {
-                push(item, &mut body)?;
-            }
-        } else if let Ok(t) = result.cast::<PyTuple>() {
-            for item in t.iter() {
-                push(item, &mut body)?;
-            }
-        } else {
-            let mut it = result.try_iter()?;
-            loop {
-                match it.next() {
-                    Some(item) => push(item?, &mut body)?,
-                    None => break,
+        let mut it = result.try_iter()?;
+        loop {
+            match it.next() {
+                Some(item) => {
+                    let item = item?; // keeps the object alive while we copy
+                    body.extend_from_slice(item_bytes(py, &item.as_ptr())?)
                 }
-                if body.len() >= HIGH_WATER {
-                    iter = Some(it);
-                    break;
-                }
+                None => break,
+            }
+            if body.len() >= HIGH_WATER {
+                iter = Some(it);
+                break;
             }
         }
         Ok(())
@@ -703,7 +1221,6 @@ fn frame_result(
         return fail_before_or_after_head(sr, req, out, start);
     }
 
-    // 3. Frame it.
     let mut st = sr.state.lock().unwrap();
     let complete = iter.is_none();
     let written = std::mem::take(&mut st.written);
@@ -711,7 +1228,7 @@ fn frame_result(
         Some(f) => f,
         None => {
             let known = complete.then(|| (written.len() + body.len()) as u64);
-            match sr.commit(&mut st, known, out) {
+            match st.commit(known, out) {
                 Ok(f) => f,
                 Err(e) => {
                     drop(st);
@@ -725,8 +1242,8 @@ fn frame_result(
     sent += framing.frame(&written, out);
     sent += framing.frame(&body, out);
     let mut keep_alive = st.keep_alive;
-    let status = st.status.as_ref().map(|s| s.0).unwrap_or(500);
-    let headers = std::mem::take(&mut st.headers);
+    let status = if st.code != 0 { st.code } else { 500 };
+    let headers = take_headers(&mut st);
     drop(st);
     let stream = match iter {
         Some(it) => Some(Stream::Iter {
@@ -748,6 +1265,15 @@ fn frame_result(
         body_bytes: sent,
         stream,
         headers,
+    }
+}
+
+/// The response headers for the access log, if it wants them.
+fn take_headers(st: &mut SrState) -> Vec<u8> {
+    if st.req.want_headers {
+        st.headers.clone()
+    } else {
+        Vec::new()
     }
 }
 

@@ -12,6 +12,16 @@ CLOSE_FILE = os.environ.get("CLOSE_FILE")
 TEXT = [("Content-Type", "text/plain")]
 
 
+SAME_STATUS = "203 Same"
+SAME_TUPLES = [
+    ("X-A", "1"),
+    ("Content-Length", "5"),
+    ("Connection", "close"),
+    ("Content-Length", "6"),
+]
+SAME_LIST = []
+
+
 def note(line):
     if CLOSE_FILE:
         with open(CLOSE_FILE, "a") as f:
@@ -220,6 +230,14 @@ def app(environ, start_response):
         raise RuntimeError("app raised after start_response")
 
     # ---- invalid responses -------------------------------------------------
+    if path == "/same-headers":
+        # The same status and header objects every time, as constant-header
+        # apps pass them; the list itself changes between calls.
+        n = int(q or "0")
+        SAME_LIST[:] = SAME_TUPLES[:n]
+        start_response(SAME_STATUS, SAME_LIST)
+        return [b"x" * 5]
+
     if path == "/bad":
         kind = q
         if kind == "header-name-space":
