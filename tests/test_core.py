@@ -198,3 +198,43 @@ def test_threads_run_app_calls_concurrently(start_server):
     assert took < 1.8, took
     env = json.loads(s.request("GET", "/environ")[2])
     assert env["wsgi.multithread"] is True and env["wsgi.multiprocess"] is False
+
+
+def test_threads_keepalive_connections_do_not_wait_behind_a_slow_call(start_server):
+    """With --threads, any idle loop serves any connection: requests on other
+    keep-alive connections are answered while one connection's app call
+    sleeps, however the connections were spread when they were accepted."""
+    import concurrent.futures
+    import http.client
+    s = start_server("basic:app", "-w", "1", "--threads", "2", "--keep-alive", "30")
+    # Four connections on two loops: whatever the spread at accept time,
+    # some loop took two of them, and the slow call below lands on each
+    # connection in turn.
+    conns = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=10) for _ in range(4)]
+    try:
+        for c in conns:  # established and kept alive before the test starts
+            c.request("GET", "/")
+            r = c.getresponse()
+            assert r.status == 200 and r.read()
+
+        def get(c, path):
+            t0 = time.monotonic()
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            return r.status, time.monotonic() - t0
+
+        with concurrent.futures.ThreadPoolExecutor(len(conns)) as ex:
+            for i, slow_conn in enumerate(conns):
+                slow = ex.submit(get, slow_conn, "/sleep?1.2")
+                time.sleep(0.2)  # the slow call has started
+                fast = [ex.submit(get, c, "/") for c in conns if c is not slow_conn]
+                results = [f.result() for f in fast]
+                assert slow.result()[0] == 200
+                for status, took in results:
+                    assert status == 200
+                    # not behind the 1.2 s sleep (generous for a loaded machine)
+                    assert took < 0.8, (i, results)
+    finally:
+        for c in conns:
+            c.close()

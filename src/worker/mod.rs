@@ -1,10 +1,14 @@
 //! A worker process: after the fork it starts (or inherits) CPython,
 //! imports the app, and runs one I/O loop per `--threads`.
 //!
-//! Each loop owns an epoll instance, accepts from the shared listening
-//! sockets (EPOLLEXCLUSIVE, so one idle worker wakes per connection), reads
-//! and parses requests, and calls the app *inline* once a request is
-//! complete: no hand-off between threads on the hot path. The GIL is taken
+//! The worker has one epoll instance and one table of connections. Each
+//! loop waits on that epoll, accepts from the shared listening sockets
+//! (EPOLLEXCLUSIVE, so one idle worker wakes per connection), reads and
+//! parses requests, and calls the app *inline* once a request is complete:
+//! no hand-off between threads on the hot path. With `--threads N` the
+//! loops share the connections: whichever loop is idle in `epoll_wait`
+//! takes the next ready one, so a keep-alive connection never waits behind
+//! a sibling's slow app call while another loop sits idle. The GIL is taken
 //! only for that call (and to pull more of a streaming body); socket I/O,
 //! parsing and framing run with it released, so with `--threads N` one loop
 //! reads and writes while another runs Python. A slow client costs a
@@ -16,7 +20,8 @@ mod reload;
 mod signals;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::Instant;
 
 use pyo3::prelude::*;
@@ -37,6 +42,9 @@ const TOK_WAKE: u64 = u64::MAX;
 /// The master we were forked by; a different parent means it died.
 static MASTER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
+/// Set in a slot's pending flags by every event, so "an event came" is
+/// never 0 even when epoll reports no flag we act on.
+const PENDING: u32 = 1 << 31;
 
 /// What all loops of one worker share.
 struct Shared {
@@ -50,6 +58,51 @@ struct Shared {
     max_requests: u64,
     draining: AtomicBool,
     seq: AtomicU64,
+    /// The worker's epoll instance: the wake fd, the listeners (while
+    /// accepting) and every connection, edge-triggered.
+    ep: OwnedFd,
+    /// Whether the listeners are registered; changes are made holding
+    /// `accepting_lock`, so the epoll registrations match the flag.
+    accepting: AtomicBool,
+    accepting_lock: Mutex<()>,
+    conns: Table,
+    /// When a loop last swept idle connections (one loop per second does).
+    last_sweep_ms: AtomicU64,
+}
+
+/// The worker's connections, by epoll token. A loop holds a connection's
+/// lock while it moves it forward (including the app call), so exactly one
+/// loop works on a connection at a time; an event that arrives meanwhile is
+/// parked in `pending` for the holder to pick up when it lets go.
+struct Table {
+    slots: Box<[ConnSlot]>,
+    free: Mutex<Vec<usize>>,
+    live: AtomicUsize,
+}
+
+struct ConnSlot {
+    conn: Mutex<Option<Box<Conn>>>,
+    /// epoll flags not yet applied to the connection.
+    pending: AtomicU32,
+}
+
+impl Table {
+    fn new(capacity: usize) -> Table {
+        Table {
+            slots: (0..capacity)
+                .map(|_| ConnSlot {
+                    conn: Mutex::new(None),
+                    pending: AtomicU32::new(0),
+                })
+                .collect(),
+            free: Mutex::new((0..capacity).rev().collect()),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
 }
 
 /// Entry point in the forked child. Never returns.
@@ -122,6 +175,14 @@ pub fn run(
         .as_ref()
         .map(|_| AccessFormat::compile(&settings.access_log_format));
     let threads = settings.threads;
+    let ep = match new_epoll() {
+        Ok(ep) => ep,
+        Err(e) => {
+            crate::log::critical(&format!("worker epoll setup failed: {e}"));
+            exit(1);
+        }
+    };
+    let capacity = settings.worker_connections.max(1);
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         settings,
         listeners: lst,
@@ -132,7 +193,13 @@ pub fn run(
         max_requests,
         draining: AtomicBool::new(false),
         seq: AtomicU64::new(0),
+        ep,
+        accepting: AtomicBool::new(false),
+        accepting_lock: Mutex::new(()),
+        conns: Table::new(capacity),
+        last_sweep_ms: AtomicU64::new(now_ms()),
     }));
+    set_accepting(shared, true);
     if shared.settings.reload {
         reload::spawn(move |path| {
             crate::log::info(&format!("Worker reloading: {path} modified"));
@@ -213,14 +280,7 @@ fn exit(code: i32) -> ! {
 fn run_loop(sh: &'static Shared, thread: usize) {
     Python::attach(|py| {
         py.detach(|| {
-            let mut lp = match Loop::new(sh, thread) {
-                Ok(l) => l,
-                Err(e) => {
-                    crate::log::critical(&format!("worker loop setup failed: {e}"));
-                    exit(1);
-                }
-            };
-            lp.run();
+            Loop::new(sh, thread).run();
         })
     });
 }
@@ -228,14 +288,6 @@ fn run_loop(sh: &'static Shared, thread: usize) {
 struct Loop {
     sh: &'static Shared,
     thread: usize,
-    ep: OwnedFd,
-    /// Boxed: `drive` takes a connection out and puts it back, which
-    /// then moves a pointer rather than the whole state.
-    conns: Vec<Option<Box<Conn>>>,
-    free: Vec<usize>,
-    live: usize,
-    accepting: bool,
-    last_sweep_ms: u64,
     /// `start_response` & co, reused from request to request.
     responder: Option<Responder>,
     /// The request head being parsed; its buffers go from request to
@@ -243,6 +295,24 @@ struct Loop {
     head: RequestHead,
     /// Python strings for repeated environ values.
     env_cache: EnvCache,
+}
+
+fn new_epoll() -> std::io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 returns a new fd or -1.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: we own the new epoll fd.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    epoll_ctl(
+        ep.as_raw_fd(),
+        libc::EPOLL_CTL_ADD,
+        signals::wake_fd(),
+        libc::EPOLLIN as u32,
+        TOK_WAKE,
+    )?;
+    Ok(ep)
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -254,68 +324,46 @@ fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io:
     Ok(())
 }
 
-impl Loop {
-    fn new(sh: &'static Shared, thread: usize) -> std::io::Result<Loop> {
-        // SAFETY: epoll_create1 returns a new fd or -1.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(std::io::Error::last_os_error());
+/// Register (or remove) the listening sockets in the worker's epoll.
+/// EPOLLEXCLUSIVE: one worker is woken per new connection, and within the
+/// worker one loop.
+fn set_accepting(sh: &Shared, on: bool) {
+    let _guard = sh.accepting_lock.lock().unwrap_or_else(|e| e.into_inner());
+    if sh.accepting.load(Ordering::Relaxed) == on {
+        return;
+    }
+    for (i, (fd, _)) in sh.listeners.iter().enumerate() {
+        let r = if on {
+            epoll_ctl(
+                sh.ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                *fd,
+                (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+                TOK_LISTEN + i as u64,
+            )
+        } else {
+            epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, *fd, 0, 0)
+        };
+        if let Err(e) = r {
+            crate::log::error(&format!("epoll_ctl on listener: {e}"));
         }
-        // SAFETY: we own the new epoll fd.
-        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-        epoll_ctl(
-            ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            signals::wake_fd(),
-            libc::EPOLLIN as u32,
-            TOK_WAKE,
-        )?;
-        let mut lp = Loop {
+    }
+    sh.accepting.store(on, Ordering::Relaxed);
+}
+
+fn is_accepting(sh: &Shared) -> bool {
+    sh.accepting.load(Ordering::Relaxed)
+}
+
+impl Loop {
+    fn new(sh: &'static Shared, thread: usize) -> Loop {
+        Loop {
             sh,
             thread,
-            ep,
-            conns: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            accepting: false,
-            last_sweep_ms: now_ms(),
             responder: None,
             head: RequestHead::default(),
             env_cache: EnvCache::default(),
-        };
-        lp.set_accepting(true);
-        Ok(lp)
-    }
-
-    fn set_accepting(&mut self, on: bool) {
-        if on == self.accepting {
-            return;
         }
-        for (i, (fd, _)) in self.sh.listeners.iter().enumerate() {
-            let r = if on {
-                epoll_ctl(
-                    self.ep.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    *fd,
-                    // One loop per worker: EPOLLEXCLUSIVE wakes one worker per
-                    // connection. Several loops: wake them all, so a loop
-                    // busy in the app cannot be handed a new connection
-                    // while a sibling sits idle (the losers get EAGAIN).
-                    if self.sh.settings.threads > 1 {
-                        libc::EPOLLIN as u32
-                    } else {
-                        (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32
-                    },
-                    TOK_LISTEN + i as u64,
-                )
-            } else {
-                epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, *fd, 0, 0)
-            };
-            if let Err(e) = r {
-                crate::log::error(&format!("epoll_ctl on listener: {e}"));
-            }
-        }
-        self.accepting = on;
     }
 
     fn draining(&self) -> bool {
@@ -323,12 +371,17 @@ impl Loop {
     }
 
     fn run(&mut self) {
-        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        // With several loops, take one event per wake-up: events handed to
+        // a loop wait while it runs the app, and an idle sibling should get
+        // them instead. One loop takes what is ready in one go.
+        let batch = if self.sh.settings.threads > 1 { 1 } else { 256 };
+        let mut events: Vec<libc::epoll_event> =
+            vec![libc::epoll_event { events: 0, u64: 0 }; batch];
         loop {
             // SAFETY: epoll_wait fills at most events.len() entries.
             let n = unsafe {
                 libc::epoll_wait(
-                    self.ep.as_raw_fd(),
+                    self.sh.ep.as_raw_fd(),
                     events.as_mut_ptr(),
                     events.len() as i32,
                     1000,
@@ -348,44 +401,35 @@ impl Loop {
                     self.on_wake();
                 } else if tok >= TOK_LISTEN {
                     self.accept((tok - TOK_LISTEN) as usize, now);
-                } else {
-                    let i = tok as usize;
-                    if let Some(c) = self.conns.get_mut(i).and_then(|c| c.as_mut()) {
-                        if flags
-                            & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
-                                as u32
-                            != 0
-                        {
-                            c.readable = true;
-                        }
-                        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 {
-                            c.rdhup = true;
-                        }
-                        if flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                            c.writable = true;
-                        }
-                        self.drive(i, now);
-                    }
+                } else if let Some(slot) = self.sh.conns.slots.get(tok as usize) {
+                    slot.pending.fetch_or(flags | PENDING, Ordering::SeqCst);
+                    self.drive(tok as usize, now);
                 }
             }
-            if now.saturating_sub(self.last_sweep_ms) >= 1000 && self.thread == 0 {
+            let last = self.sh.last_sweep_ms.load(Ordering::Relaxed);
+            let due = now.saturating_sub(last) >= 1000
+                && self
+                    .sh
+                    .last_sweep_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            if due {
                 // Belt and braces beside PDEATHSIG: never keep serving old
                 // code on the socket without a master.
                 if nix::unistd::getppid().as_raw() != MASTER_PID.load(Ordering::Relaxed) {
                     crate::log::warning("Master is gone; worker exiting");
                     exit(0);
                 }
-            }
-            if self.accepting && now.saturating_sub(self.last_sweep_ms) >= 1000 {
-                // Backstop for a wake-up lost to a worker that exited
-                // between being woken and accepting: look once a second.
-                for li in 0..self.sh.listeners.len() {
-                    self.accept(li, now);
+                if is_accepting(self.sh) {
+                    // Backstop for a wake-up lost to a worker that exited
+                    // between being woken and accepting: look once a second.
+                    for li in 0..self.sh.listeners.len() {
+                        self.accept(li, now);
+                    }
                 }
             }
-            if now.saturating_sub(self.last_sweep_ms) >= 1000 || self.draining() {
+            if due || self.draining() {
                 self.sweep(now);
-                self.last_sweep_ms = now;
             }
             if self.draining() {
                 if self.sh.draining.load(Ordering::Relaxed) {
@@ -393,12 +437,14 @@ impl Loop {
                     // master, which starts the replacement now.
                     self.sh.slot.set_leaving();
                 }
-                self.set_accepting(false);
-                if self.live == 0 {
+                set_accepting(self.sh, false);
+                if self.sh.conns.live() == 0 {
                     return;
                 }
-            } else if !self.accepting && self.live < self.sh.settings.worker_connections {
-                self.set_accepting(true);
+            } else if self.sh.conns.live() < self.sh.settings.worker_connections
+                && !is_accepting(self.sh)
+            {
+                set_accepting(self.sh, true);
             }
         }
     }
@@ -412,7 +458,7 @@ impl Loop {
         if signals::graceful() {
             // Stay out of the wake fd's way: it stays readable from now on.
             let _ = epoll_ctl(
-                self.ep.as_raw_fd(),
+                self.sh.ep.as_raw_fd(),
                 libc::EPOLL_CTL_DEL,
                 signals::wake_fd(),
                 0,
@@ -424,20 +470,20 @@ impl Loop {
     }
 
     fn accept(&mut self, li: usize, now: u64) {
-        let (lfd, _) = self.sh.listeners[li];
-        // A few per wake-up, so other workers get their share. With several
-        // loops in this worker, one: a connection stays with the loop that
-        // accepted it, and a loop busy in the app must not hoard a burst.
-        let batch = if self.sh.settings.threads > 1 { 1 } else { 16 };
-        for _ in 0..batch {
+        let sh = self.sh;
+        let (lfd, _) = sh.listeners[li];
+        let several_loops = sh.settings.threads > 1;
+        // A few per wake-up, so other workers get their share.
+        for _ in 0..16 {
             // Even while draining, take what woke us: with EPOLLEXCLUSIVE
             // no other worker was woken for these connections, and they
             // would wait in the queue until the next one arrived. They are
             // served with `Connection: close`; the loop then deregisters.
-            if self.live >= self.sh.settings.worker_connections {
-                self.set_accepting(false);
+            let Some(idx) = sh.conns.free.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                set_accepting(sh, false);
                 return;
-            }
+            };
+            let give_back = |idx| sh.conns.free.lock().unwrap_or_else(|e| e.into_inner()).push(idx);
             let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             // SAFETY: accept4 writes at most `len` bytes into `ss`.
@@ -450,6 +496,7 @@ impl Loop {
                 )
             };
             if fd < 0 {
+                give_back(idx);
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
@@ -464,49 +511,43 @@ impl Loop {
             }
             // SAFETY: accept4 returned a new fd that we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let peer = Peer::new(sockaddr_to_std(&ss), &self.sh.settings.forwarded_allow_ips);
-            let idx = match self.free.pop() {
-                Some(i) => i,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
+            let peer = Peer::new(sockaddr_to_std(&ss), &sh.settings.forwarded_allow_ips);
+            let raw = fd.as_raw_fd();
+            let slot = &sh.conns.slots[idx];
+            {
+                let mut guard = slot.conn.lock().unwrap_or_else(|e| e.into_inner());
+                slot.pending.store(0, Ordering::SeqCst);
+                *guard = Some(Box::new(Conn::new(fd, peer, li, now)));
+            }
+            sh.conns.live.fetch_add(1, Ordering::Relaxed);
+            // Registered after the slot is filled: from here on any loop
+            // may get its events. Registering a socket that already has
+            // data queues an event at once, which wakes an idle loop.
             let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-            if let Err(e) = epoll_ctl(
-                self.ep.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                ev,
-                idx as u64,
-            ) {
+            if let Err(e) = epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, ev, idx as u64)
+            {
                 crate::log::error(&format!("epoll_ctl add: {e}"));
-                self.free.push(idx);
+                let mut guard = slot.conn.lock().unwrap_or_else(|e| e.into_inner());
+                if guard.take().is_some() {
+                    sh.conns.live.fetch_sub(1, Ordering::Relaxed);
+                    give_back(idx);
+                }
                 continue;
             }
-            self.conns[idx] = Some(Box::new(Conn::new(fd, peer, li, now)));
-            self.live += 1;
+            if several_loops {
+                // Leave the connection to whichever loop its first event
+                // wakes: this one may be about to run the app for a while.
+                continue;
+            }
             // The request is often already here: serve it without waiting
             // for the epoll round-trip.
+            slot.pending.fetch_or(PENDING, Ordering::SeqCst);
             self.drive(idx, now);
         }
     }
 
-    fn close(&mut self, idx: usize) {
-        if let Some(mut c) = self.conns[idx].take() {
-            if let Phase::Respond(r) = &mut c.phase {
-                if let Some(s) = r.stream.take() {
-                    release_stream(s);
-                }
-            }
-            // Dropping the fd closes it, which also removes it from epoll.
-            drop(c);
-            self.live -= 1;
-            self.free.push(idx);
-        }
-    }
-
-    /// Close idle keep-alive connections, and ones that stalled.
+    /// Close idle keep-alive connections, and ones that stalled. Skips
+    /// connections another loop is working on.
     fn sweep(&mut self, now: u64) {
         let keepalive_ms = self.sh.settings.keepalive.max(1) * 1000;
         let stall_ms = if self.sh.settings.timeout > 0 {
@@ -515,9 +556,11 @@ impl Loop {
             30_000
         };
         let draining = self.draining();
-        let mut to_close = Vec::new();
-        for (i, c) in self.conns.iter().enumerate() {
-            let Some(c) = c else { continue };
+        for (idx, slot) in self.sh.conns.slots.iter().enumerate() {
+            let Ok(mut guard) = slot.conn.try_lock() else {
+                continue;
+            };
+            let Some(c) = guard.as_ref() else { continue };
             let idle = now.saturating_sub(c.last_active_ms);
             let close = match &c.phase {
                 // Draining: idle keep-alive connections close now; one
@@ -544,24 +587,69 @@ impl Loop {
                 Phase::Linger { until_ms } => now >= *until_ms,
             };
             if close {
-                to_close.push(i);
+                self.close(idx, &mut guard);
             }
-        }
-        for i in to_close {
-            self.close(i);
         }
     }
 
-    /// Move connection `idx` forward as far as it can go without blocking.
+    /// Drop the connection in slot `idx` (its lock held): closing the fd
+    /// also removes it from epoll.
+    fn close(&self, idx: usize, conn: &mut Option<Box<Conn>>) {
+        if let Some(mut c) = conn.take() {
+            if let Phase::Respond(r) = &mut c.phase {
+                if let Some(s) = r.stream.take() {
+                    release_stream(s);
+                }
+            }
+            drop(c);
+            self.sh.conns.live.fetch_sub(1, Ordering::Relaxed);
+            self.sh
+                .conns
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(idx);
+        }
+    }
+
+    /// Move connection `idx` forward as far as it can go without blocking,
+    /// with the epoll flags parked for it. If another loop holds it, that
+    /// loop will see the flags when it lets go.
     fn drive(&mut self, idx: usize, now: u64) {
-        let mut c = match self.conns[idx].take() {
-            Some(c) => c,
-            None => return,
-        };
-        let keep = self.step(&mut c, now);
-        self.conns[idx] = Some(c);
-        if !keep {
-            self.close(idx);
+        let slot = &self.sh.conns.slots[idx];
+        loop {
+            let Ok(mut guard) = slot.conn.try_lock() else {
+                return;
+            };
+            let flags = slot.pending.swap(0, Ordering::SeqCst);
+            if flags == 0 {
+                return;
+            }
+            let Some(c) = guard.as_mut() else {
+                return; // closed since the event was queued
+            };
+            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                != 0
+            {
+                c.readable = true;
+            }
+            if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 {
+                c.rdhup = true;
+            }
+            if flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                c.writable = true;
+            }
+            if !self.step(c, now) {
+                self.close(idx, &mut guard);
+            }
+            drop(guard);
+            // Pairs with the SeqCst fetch_or of a loop whose try_lock
+            // failed while we held the lock: either it got the lock, or we
+            // see its flags here and go again.
+            fence(Ordering::SeqCst);
+            if slot.pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
         }
     }
 
