@@ -644,6 +644,10 @@ def test_write_called_from_inside_the_iterable(srv):
     st, _, body = srv.request("GET", "/write-in-iter")
     assert st == 200
     assert body == b"a" * 300_000 + b"LATE-WRITE" + b"end"
+    st, _, body = srv.request("GET", "/write-in-iter?small")
+    assert (st, body) == (200, b"aLATE-WRITEend")
+    st, _, body = srv.request("GET", "/write-in-iter?bigwrite")
+    assert st == 200 and body == b"a" + b"W" * 1_000_000 + b"end"
 
 
 def test_file_wrapper_head_has_content_length(fw):

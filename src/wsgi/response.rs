@@ -1201,8 +1201,22 @@ fn frame_result(
     let mut iter: Option<Bound<'_, PyIterator>> = None;
     let gathered = (|| -> PyResult<()> {
         let mut it = result.try_iter()?;
+        // write() from inside the iterable while we gather: hold its bytes
+        // (no direct send past the items gathered so far) and put them in
+        // order below.
+        sr.state.lock().unwrap().handed_off = true;
         loop {
-            match it.next() {
+            let next = it.next();
+            {
+                // What the app passed to write() during that step comes
+                // after the items before it and before the one it yields.
+                let mut st = sr.state.lock().unwrap();
+                if !st.written.is_empty() {
+                    body.extend_from_slice(&st.written);
+                    st.written.clear();
+                }
+            }
+            match next {
                 Some(item) => {
                     let item = item?; // keeps the object alive while we copy
                     body.extend_from_slice(item_bytes(py, &item.as_ptr())?)

@@ -309,11 +309,15 @@ def app(environ, start_response):
 
     if path == "/write-in-iter":
         # write() called from inside the iterable, after the app returned.
+        # ?small: while the server still gathers the body; ?bigwrite: a
+        # write() too big to hold, while gathering.
         write = start_response("200 OK", TEXT)
+        first = b"a" if q in ("small", "bigwrite") else b"a" * 300_000
+        late = b"W" * 1_000_000 if q == "bigwrite" else b"LATE-WRITE"
 
         def gen():
-            yield b"a" * 300_000
-            write(b"LATE-WRITE")
+            yield first
+            write(late)
             yield b"end"
         return gen()
 
