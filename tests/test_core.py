@@ -238,3 +238,33 @@ def test_threads_keepalive_connections_do_not_wait_behind_a_slow_call(start_serv
     finally:
         for c in conns:
             c.close()
+
+
+def test_new_connections_are_spread_over_the_workers(start_server):
+    """A burst of keep-alive connections (what wrk or a proxy's pool opens)
+    lands on every worker, not all on the one that happens to be back in
+    epoll_wait first (EPOLLEXCLUSIVE wakes the first waiter in line)."""
+    import http.client
+    from collections import Counter
+    s = start_server("basic:app", "-w", "2", "--keep-alive", "30")
+    wait_workers = time.monotonic() + 10
+    while time.monotonic() < wait_workers:  # both workers booted and accepting
+        pids = {s.request("GET", "/pid")[2] for _ in range(20)}
+        if len(pids) == 2:
+            break
+        time.sleep(0.1)
+    conns = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=10) for _ in range(32)]
+    try:
+        for c in conns:
+            c.connect()  # the whole burst first, as a load generator does
+        owners = []
+        for c in conns:
+            c.request("GET", "/pid")
+            owners.append(c.getresponse().read())
+        per_worker = Counter(owners)
+        print("connections per worker:", sorted(per_worker.values()))
+        assert len(per_worker) == 2, per_worker
+        assert min(per_worker.values()) >= 8, per_worker  # about 16 each here
+    finally:
+        for c in conns:
+            c.close()

@@ -351,6 +351,34 @@ fn set_accepting(sh: &Shared, on: bool) {
     sh.accepting.store(on, Ordering::Relaxed);
 }
 
+/// Balance new connections across workers. With EPOLLEXCLUSIVE the kernel
+/// wakes the first epoll instance in the listening socket's wait queue that
+/// has a thread waiting, so a worker that is back in `epoll_wait` quickly
+/// after each accept would get every connection of a burst (wrk's 64, say)
+/// while its siblings idle. Re-registering after an accept moves us to the
+/// back of that queue: the next connection goes to a sibling that is
+/// waiting, and to us only when none is. Costs two `epoll_ctl` per new
+/// connection, none per request.
+fn to_the_back_of_the_queue(sh: &Shared, li: usize) {
+    let _guard = sh.accepting_lock.lock().unwrap_or_else(|e| e.into_inner());
+    if !sh.accepting.load(Ordering::Relaxed) {
+        return;
+    }
+    let fd = sh.listeners[li].0;
+    let r = epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0).and_then(|()| {
+        epoll_ctl(
+            sh.ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+            TOK_LISTEN + li as u64,
+        )
+    });
+    if let Err(e) = r {
+        crate::log::error(&format!("epoll_ctl on listener: {e}"));
+    }
+}
+
 fn is_accepting(sh: &Shared) -> bool {
     sh.accepting.load(Ordering::Relaxed)
 }
@@ -520,6 +548,9 @@ impl Loop {
                 *guard = Some(Box::new(Conn::new(fd, peer, li, now)));
             }
             sh.conns.live.fetch_add(1, Ordering::Relaxed);
+            if sh.settings.workers > 1 {
+                to_the_back_of_the_queue(sh, li);
+            }
             // Registered after the slot is filled: from here on any loop
             // may get its events. Registering a socket that already has
             // data queues an event at once, which wakes an idle loop.
