@@ -501,8 +501,12 @@ impl Loop {
         let sh = self.sh;
         let (lfd, _) = sh.listeners[li];
         let several_loops = sh.settings.threads > 1;
-        // A few per wake-up, so other workers get their share.
-        for _ in 0..16 {
+        // A few per wake-up when we are the only worker; one when there
+        // are siblings, so that a burst (a load generator or a proxy
+        // opening its pool) is shared with those woken beside us rather
+        // than drained by whoever runs first.
+        let batch = if sh.settings.workers > 1 { 1 } else { 16 };
+        for _ in 0..batch {
             // Even while draining, take what woke us: with EPOLLEXCLUSIVE
             // no other worker was woken for these connections, and they
             // would wait in the queue until the next one arrived. They are
