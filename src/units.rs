@@ -170,7 +170,10 @@ mod tests {
     fn systemctl_version_is_parsed() {
         let out = "systemd 257 (257.9-1~deb13u1)\n+PAM +AUDIT +SELINUX\n";
         assert_eq!(parse_systemctl_version(out), Some(257));
-        assert_eq!(parse_systemctl_version("systemd 252 (252.39-1~deb12u1)"), Some(252));
+        assert_eq!(
+            parse_systemctl_version("systemd 252 (252.39-1~deb12u1)"),
+            Some(252)
+        );
         assert_eq!(parse_systemctl_version(""), None);
         assert_eq!(parse_systemctl_version("not systemd"), None);
     }

@@ -103,6 +103,18 @@ impl Table {
     fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
+
+    /// A free slot index, if the table is not full.
+    fn take_free(&self) -> Option<usize> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn give_back(&self, idx: usize) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(idx);
+    }
 }
 
 /// Entry point in the forked child. Never returns.
@@ -332,23 +344,33 @@ fn set_accepting(sh: &Shared, on: bool) {
     if sh.accepting.load(Ordering::Relaxed) == on {
         return;
     }
-    for (i, (fd, _)) in sh.listeners.iter().enumerate() {
-        let r = if on {
-            epoll_ctl(
-                sh.ep.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                *fd,
-                (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
-                TOK_LISTEN + i as u64,
-            )
+    for li in 0..sh.listeners.len() {
+        let op = if on {
+            libc::EPOLL_CTL_ADD
         } else {
-            epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, *fd, 0, 0)
+            libc::EPOLL_CTL_DEL
         };
-        if let Err(e) = r {
+        if let Err(e) = listener_ctl(sh, li, op) {
             crate::log::error(&format!("epoll_ctl on listener: {e}"));
         }
     }
     sh.accepting.store(on, Ordering::Relaxed);
+}
+
+/// Add listener `li` to the worker's epoll (EPOLLEXCLUSIVE), or remove it.
+fn listener_ctl(sh: &Shared, li: usize, op: i32) -> std::io::Result<()> {
+    let events = if op == libc::EPOLL_CTL_DEL {
+        0
+    } else {
+        (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32
+    };
+    epoll_ctl(
+        sh.ep.as_raw_fd(),
+        op,
+        sh.listeners[li].0,
+        events,
+        TOK_LISTEN + li as u64,
+    )
 }
 
 /// Balance new connections across workers. With EPOLLEXCLUSIVE the kernel
@@ -364,16 +386,8 @@ fn to_the_back_of_the_queue(sh: &Shared, li: usize) {
     if !sh.accepting.load(Ordering::Relaxed) {
         return;
     }
-    let fd = sh.listeners[li].0;
-    let r = epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0).and_then(|()| {
-        epoll_ctl(
-            sh.ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
-            TOK_LISTEN + li as u64,
-        )
-    });
+    let r = listener_ctl(sh, li, libc::EPOLL_CTL_DEL)
+        .and_then(|()| listener_ctl(sh, li, libc::EPOLL_CTL_ADD));
     if let Err(e) = r {
         crate::log::error(&format!("epoll_ctl on listener: {e}"));
     }
@@ -511,11 +525,10 @@ impl Loop {
             // no other worker was woken for these connections, and they
             // would wait in the queue until the next one arrived. They are
             // served with `Connection: close`; the loop then deregisters.
-            let Some(idx) = sh.conns.free.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+            let Some(idx) = sh.conns.take_free() else {
                 set_accepting(sh, false);
                 return;
             };
-            let give_back = |idx| sh.conns.free.lock().unwrap_or_else(|e| e.into_inner()).push(idx);
             let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             // SAFETY: accept4 writes at most `len` bytes into `ss`.
@@ -528,7 +541,7 @@ impl Loop {
                 )
             };
             if fd < 0 {
-                give_back(idx);
+                sh.conns.give_back(idx);
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
@@ -559,13 +572,12 @@ impl Loop {
             // may get its events. Registering a socket that already has
             // data queues an event at once, which wakes an idle loop.
             let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-            if let Err(e) = epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, ev, idx as u64)
-            {
+            if let Err(e) = epoll_ctl(sh.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, ev, idx as u64) {
                 crate::log::error(&format!("epoll_ctl add: {e}"));
                 let mut guard = slot.conn.lock().unwrap_or_else(|e| e.into_inner());
                 if guard.take().is_some() {
                     sh.conns.live.fetch_sub(1, Ordering::Relaxed);
-                    give_back(idx);
+                    sh.conns.give_back(idx);
                 }
                 continue;
             }
@@ -638,12 +650,7 @@ impl Loop {
             }
             drop(c);
             self.sh.conns.live.fetch_sub(1, Ordering::Relaxed);
-            self.sh
-                .conns
-                .free
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(idx);
+            self.sh.conns.give_back(idx);
         }
     }
 
