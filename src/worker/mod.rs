@@ -709,7 +709,8 @@ impl Loop {
                         unreachable!()
                     };
                     if let Some(stream) = &mut r.stream {
-                        match pump(stream, c.fd.as_raw_fd(), &mut c.wbuf, &mut r.sent) {
+                        let loopback = c.peer.loopback;
+                        match pump(stream, c.fd.as_raw_fd(), loopback, &mut c.wbuf, &mut r.sent) {
                             Pump::More => continue,
                             Pump::Blocked => {
                                 c.writable = false;
@@ -1010,7 +1011,15 @@ enum Pump {
     Failed,
 }
 
-fn pump(stream: &mut Stream, sock: RawFd, wbuf: &mut Vec<u8>, sent: &mut u64) -> Pump {
+/// Move a streamed body on. `loopback`: the peer is a TCP client on this
+/// host (files then go by copy, see `response::pump_file`).
+fn pump(
+    stream: &mut Stream,
+    sock: RawFd,
+    loopback: bool,
+    wbuf: &mut Vec<u8>,
+    sent: &mut u64,
+) -> Pump {
     match stream {
         Stream::Iter {
             iter, framing, sr, ..
@@ -1024,8 +1033,16 @@ fn pump(stream: &mut Stream, sock: RawFd, wbuf: &mut Vec<u8>, sent: &mut u64) ->
             offset,
             remaining,
             ..
-        } => match response::pump_file(sock, file, offset, remaining, sent) {
+        } => match response::pump_file(
+            sock,
+            file,
+            offset,
+            remaining,
+            sent,
+            loopback.then_some(wbuf),
+        ) {
             Ok(true) => Pump::Done,
+            Ok(false) if loopback => Pump::More, // a chunk in wbuf to flush
             Ok(false) => Pump::Blocked,
             Err(e) => {
                 crate::log::debug(&format!("sendfile: {e}"));

@@ -41,6 +41,9 @@ pub struct Peer {
     /// May set X-Forwarded-Proto & co (forwarded_allow_ips; unix-socket
     /// peers are local proxies and trusted, as in Gunicorn).
     pub trusted: bool,
+    /// A TCP peer on this host (127.0.0.0/8, ::1). File bodies go to it by
+    /// copy rather than sendfile: see `wsgi::response::pump_file`.
+    pub loopback: bool,
     pub cache: std::cell::RefCell<PeerCache>,
 }
 
@@ -59,6 +62,7 @@ impl Peer {
                     addr: ip.to_string(),
                     port: a.port().to_string(),
                     trusted: allow.allows(&ip),
+                    loopback: ip.is_loopback(),
                     cache: Default::default(),
                 }
             }
@@ -66,6 +70,7 @@ impl Peer {
                 addr: String::new(),
                 port: String::new(),
                 trusted: true,
+                loopback: false,
                 cache: Default::default(),
             },
         }

@@ -1348,15 +1348,68 @@ pub fn pump_iter(
     }
 }
 
-/// sendfile(2) as much of a file body as the socket takes. Returns
-/// Ok(true) when done, Ok(false) when the socket is full.
+/// How much of a file one copy step puts in the connection's write buffer.
+pub const FILE_COPY_CHUNK: usize = 512 * 1024;
+
+/// Send a file body.
+///
+/// To a peer across a network `sendfile(2)` hands the page-cache pages to
+/// the NIC without a copy in this process: as much as the socket takes,
+/// then Ok(false) ("wait for room"). On loopback there is no NIC, and the
+/// spliced 4 KiB pages reach the receiving process as the frames it must
+/// copy out of; measured on this project's bench (1 MiB file, wrk -c64),
+/// the receiver then spends about 3x the CPU per byte, and serving by copy
+/// gives ~2.5x the req/s of sendfile. So for a loopback TCP peer (`copy`)
+/// a chunk is read into `wbuf` (empty when called) for the normal flush
+/// path, and Ok(false) means "flush that, then call again". Unix-socket
+/// peers keep sendfile: there the same measure favours it by 2x.
 pub fn pump_file(
     sock: RawFd,
     file: &OwnedFd,
     offset: &mut i64,
     remaining: &mut u64,
     sent: &mut u64,
+    copy: Option<&mut Vec<u8>>,
 ) -> std::io::Result<bool> {
+    if let Some(wbuf) = copy {
+        if *remaining == 0 {
+            return Ok(true);
+        }
+        let want = (*remaining).min(FILE_COPY_CHUNK as u64) as usize;
+        wbuf.clear();
+        wbuf.reserve(want);
+        let n = loop {
+            // SAFETY: pread(2) into the buffer's spare capacity, which
+            // `reserve` made at least `want` bytes long.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    wbuf.spare_capacity_mut().as_mut_ptr() as *mut libc::c_void,
+                    want,
+                    *offset,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        };
+        // SAFETY: pread initialised the first `n` bytes of spare capacity.
+        unsafe { wbuf.set_len(n) };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shorter than announced",
+            ));
+        }
+        *offset += n as i64;
+        *remaining -= n as u64;
+        *sent += n as u64;
+        return Ok(*remaining == 0);
+    }
     while *remaining > 0 {
         let want = (*remaining).min(1 << 20) as usize;
         // SAFETY: sendfile between two fds we own; offset is ours.
