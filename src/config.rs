@@ -174,6 +174,17 @@ pub struct Options {
     /// Import the app in the master before forking workers.
     #[arg(long)]
     pub preload: bool,
+    /// Set SO_REUSEPORT on the TCP sockets ferricorn binds itself.
+    #[arg(long = "reuse-port")]
+    pub reuse_port: bool,
+    /// Check the configuration and that the app imports, then exit: 0 if
+    /// both are fine, 1 if not (as Gunicorn).
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+    /// Print the resolved settings as a config file would set them, then
+    /// check them as --check-config does.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
     /// Restart workers when Python source files change (development only).
     #[arg(long)]
     pub reload: bool,
@@ -229,6 +240,7 @@ struct FileOptions {
     log_target: Option<String>,
     preload_app: Option<bool>,
     preload: Option<bool>,
+    reuse_port: Option<bool>,
     reload: Option<bool>,
     user: Option<String>,
     group: Option<String>,
@@ -344,6 +356,7 @@ pub struct Settings {
     pub access_log_format: String,
     pub log_target: LogTarget,
     pub preload: bool,
+    pub reuse_port: bool,
     pub reload: bool,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -658,6 +671,7 @@ impl Settings {
             // Plain flags, as in Gunicorn: given on the command line, or
             // `preload_app = true` / `reload = true` in the file.
             preload: cli.preload || file.preload_app.or(file.preload).unwrap_or(false),
+            reuse_port: cli.reuse_port || file.reuse_port.unwrap_or(false),
             reload: cli.reload || file.reload.unwrap_or(false),
             user: cli.user.clone().or(file.user),
             group: cli.group.clone().or(file.group),
@@ -669,6 +683,105 @@ impl Settings {
                 .or(file.body_buffer_size)
                 .unwrap_or(1 << 20),
         })
+    }
+}
+
+impl Settings {
+    /// The resolved settings as the TOML a config file would hold
+    /// (`--print-config`): every key, unset ones as comments.
+    pub fn describe(&self) -> String {
+        fn q(s: &str) -> String {
+            toml::Value::String(s.to_string()).to_string()
+        }
+        fn list<'a>(v: impl IntoIterator<Item = &'a str>) -> String {
+            format!("[{}]", v.into_iter().map(q).collect::<Vec<_>>().join(", "))
+        }
+        fn opt(v: Option<String>) -> Option<String> {
+            v
+        }
+        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| q(&p.display().to_string())));
+        let allow = match &self.forwarded_allow_ips {
+            AllowIps::Any => list(["*"]),
+            AllowIps::List(l) => {
+                let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
+                list(v.iter().map(String::as_str))
+            }
+        };
+        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pythonpath: Vec<String> = self
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let rows: Vec<(&str, Option<String>)> = vec![
+            ("wsgi_app", Some(q(&self.wsgi_app))),
+            ("bind", Some(list(self.bind.iter().map(String::as_str)))),
+            ("workers", Some(self.workers.to_string())),
+            ("threads", Some(self.threads.to_string())),
+            (
+                "worker_connections",
+                Some(self.worker_connections.to_string()),
+            ),
+            ("backlog", Some(self.backlog.to_string())),
+            ("keepalive", Some(self.keepalive.to_string())),
+            ("timeout", Some(self.timeout.to_string())),
+            ("graceful_timeout", Some(self.graceful_timeout.to_string())),
+            ("max_requests", Some(self.max_requests.to_string())),
+            (
+                "max_requests_jitter",
+                Some(self.max_requests_jitter.to_string()),
+            ),
+            ("chdir", path(&self.chdir)),
+            (
+                "pythonpath",
+                (!pythonpath.is_empty()).then(|| q(&pythonpath.join(","))),
+            ),
+            ("raw_env", Some(list(env.iter().map(String::as_str)))),
+            ("virtualenv", path(&self.virtualenv)),
+            ("root_path", Some(q(&self.root_path))),
+            (
+                "limit_request_line",
+                Some(self.limits.request_line.to_string()),
+            ),
+            ("limit_request_fields", Some(self.limits.fields.to_string())),
+            (
+                "limit_request_field_size",
+                Some(self.limits.field_size.to_string()),
+            ),
+            ("forwarded_allow_ips", Some(allow)),
+            ("errorlog", Some(q(&self.errorlog))),
+            (
+                "loglevel",
+                Some(q(&self.loglevel.name().to_ascii_lowercase())),
+            ),
+            ("accesslog", opt(self.accesslog.as_deref().map(q))),
+            ("access_log_format", Some(q(&self.access_log_format))),
+            (
+                "log_target",
+                Some(q(match self.log_target {
+                    LogTarget::Auto => "auto",
+                    LogTarget::Stderr => "stderr",
+                    LogTarget::Journald => "journald",
+                })),
+            ),
+            ("preload_app", Some(self.preload.to_string())),
+            ("reuse_port", Some(self.reuse_port.to_string())),
+            ("reload", Some(self.reload.to_string())),
+            ("user", opt(self.user.as_deref().map(q))),
+            ("group", opt(self.group.as_deref().map(q))),
+            ("umask", Some(q(&format!("{:04o}", self.umask)))),
+            ("pidfile", path(&self.pidfile)),
+            ("proc_name", Some(q(&self.proc_name))),
+            ("body_buffer_size", Some(self.body_buffer_size.to_string())),
+        ];
+        let mut out = String::new();
+        for (k, v) in rows {
+            match v {
+                Some(v) => out.push_str(&format!("{k} = {v}\n")),
+                None => out.push_str(&format!("# {k} (not set)\n")),
+            }
+        }
+        out
     }
 }
 

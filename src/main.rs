@@ -62,6 +62,39 @@ fn generate(what: &str) -> i32 {
     0
 }
 
+/// `--check-config` / `--print-config`: the settings were valid; check
+/// the user and group exist and that the app imports, as Gunicorn does,
+/// without binding or forking. 0 when all is well, 1 otherwise.
+fn check_config(opts: &config::Options, settings: &Settings) -> i32 {
+    if opts.print_config {
+        print!("{}", settings.describe());
+    }
+    if let Err(e) = privileges::check(settings) {
+        eprintln!("Error: invalid setting `user`/`group`: {e}");
+        return 1;
+    }
+    if let Err(e) = wsgi::prepare_process(settings).and_then(|_| wsgi::init_interpreter(settings)) {
+        eprintln!("Error: {e}");
+        return 1;
+    }
+    let loaded = pyo3::Python::attach(|py| {
+        wsgi::load_app(py, &settings.wsgi_app)
+            .map(drop)
+            .map_err(|e| wsgi::format_py_err(py, &e))
+    });
+    match loaded {
+        Ok(()) => 0,
+        Err(tb) => {
+            eprintln!(
+                "Error while loading the application {:?}:\n{}",
+                settings.wsgi_app,
+                tb.trim_end()
+            );
+            1
+        }
+    }
+}
+
 fn serve(opts: config::Options) -> i32 {
     let handoff = match master::take_handoff() {
         Ok(h) => h,
@@ -70,13 +103,18 @@ fn serve(opts: config::Options) -> i32 {
             return 1;
         }
     };
+    let checking = opts.check_config || opts.print_config;
     let settings = match Settings::load(&opts) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("Error: {e}");
-            return EXIT_CONFIG_ERROR;
+            // Gunicorn's --check-config reports any problem as status 1.
+            return if checking { 1 } else { EXIT_CONFIG_ERROR };
         }
     };
+    if checking {
+        return check_config(&opts, &settings);
+    }
     if let Err(e) = log::init(&settings) {
         eprintln!("Error: {e}");
         return EXIT_CONFIG_ERROR;
@@ -117,6 +155,7 @@ fn serve(opts: config::Options) -> i32 {
                 &settings.bind,
                 settings.bind_is_default,
                 settings.backlog,
+                settings.reuse_port,
                 activated,
             ) {
                 Ok(l) => l,

@@ -133,7 +133,7 @@ pub fn listen_addr_of(fd: RawFd) -> std::io::Result<ListenAddr> {
     Err(std::io::Error::other("not an inet or unix socket"))
 }
 
-fn bind_tcp(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
+fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -141,6 +141,11 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuse_port {
+        // Lets another server (a second instance, or a new one started
+        // beside this during a migration) bind the same port.
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
     // Accepted sockets inherit TCP_NODELAY: a response is one write, and
     // Nagle would only delay the tail of streamed ones.
     setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
@@ -176,6 +181,7 @@ pub fn open_listeners(
     bind_specs: &[String],
     bind_is_default: bool,
     backlog: i32,
+    reuse_port: bool,
     activated: Vec<ActivatedSocket>,
 ) -> Result<Vec<Listener>, String> {
     let mut out = Vec::new();
@@ -203,7 +209,8 @@ pub fn open_listeners(
                 let first = *addrs
                     .first()
                     .ok_or_else(|| format!("bind {spec:?}: no address"))?;
-                let fd = bind_tcp(first, backlog).map_err(|e| format!("bind {spec:?}: {e}"))?;
+                let fd = bind_tcp(first, backlog, reuse_port)
+                    .map_err(|e| format!("bind {spec:?}: {e}"))?;
                 let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
                 out.push(Listener {
                     fd,
@@ -342,7 +349,7 @@ mod tests {
 
     #[test]
     fn binds_port_zero_and_reports_real_port() {
-        let l = open_listeners(&["127.0.0.1:0".into()], false, 16, vec![]).unwrap();
+        let l = open_listeners(&["127.0.0.1:0".into()], false, 16, false, vec![]).unwrap();
         match &l[0].addr {
             ListenAddr::Tcp(a) => assert_ne!(a.port(), 0),
             other => panic!("{other:?}"),

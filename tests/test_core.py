@@ -67,6 +67,60 @@ def test_config_error_names_the_key():
     assert "`workers`" in p.stderr
 
 
+def test_check_config_exits_0_or_1_as_gunicorn():
+    def check(*args):
+        return subprocess.run([BIN, "--check-config", *args], cwd=APPS, capture_output=True,
+                              text=True, timeout=30)
+
+    ok = check("-b", "127.0.0.1:0", "basic:app")
+    assert ok.returncode == 0, ok.stderr
+    # It imports the app (nothing is bound, no worker forked): a broken app is 1,
+    # with its traceback.
+    broken = check("broken:app")
+    assert broken.returncode == 1
+    assert "ModuleNotFoundError" in broken.stderr and "broken:app" in broken.stderr
+    bad = check("--threads", "0", "basic:app")
+    assert bad.returncode == 1 and "`threads`" in bad.stderr
+    nouser = check("-u", "no-such-user-here", "basic:app")
+    assert nouser.returncode == 1 and "no-such-user-here" in nouser.stderr
+
+
+def test_print_config_is_a_config_file_that_reproduces_the_settings(tmp_path):
+    p = subprocess.run([BIN, "--print-config", "-b", "127.0.0.1:0", "-w", "3", "--threads", "2",
+                        "--reuse-port", "-e", "A=1", "--max-requests", "7", "basic:app"],
+                       cwd=APPS, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for want in ['wsgi_app = "basic:app"', 'bind = ["127.0.0.1:0"]', "workers = 3", "threads = 2",
+                 "reuse_port = true", 'raw_env = ["A=1"]', "max_requests = 7", "timeout = 30",
+                 "# accesslog (not set)"]:
+        assert want in lines, p.stdout
+    conf = tmp_path / "printed.toml"
+    conf.write_text(p.stdout)
+    again = subprocess.run([BIN, "--print-config", "-c", str(conf)], cwd=APPS,
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == p.stdout
+
+
+def test_reuse_port_lets_two_servers_share_a_port(start_server):
+    first = start_server("basic:app", "--reuse-port")
+    second = start_server("basic:app", "--reuse-port", "-b", f"127.0.0.1:{first.port}", bind=False)
+    assert second.port == first.port
+    pids = set()
+    for _ in range(40):
+        st, _, body = first.request("GET", "/pid")
+        assert st == 200
+        pids.add(body)
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, "the kernel never picked the second server"
+    # Without it (Gunicorn's default) the port is refused.
+    p = subprocess.run([BIN, "-b", f"127.0.0.1:{first.port}", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "Address already in use" in p.stderr
+
+
 def test_term_is_graceful(start_server):
     s = start_server("basic:app")
     c = s.conn(timeout=10)
