@@ -174,6 +174,9 @@ pub struct Options {
     /// Import the app in the master before forking workers.
     #[arg(long)]
     pub preload: bool,
+    /// Send the processes' stdout (print() in the app) to the error log file too.
+    #[arg(long = "capture-output")]
+    pub capture_output: bool,
     /// Set SO_REUSEPORT on the TCP sockets ferricorn binds itself.
     #[arg(long = "reuse-port")]
     pub reuse_port: bool,
@@ -241,6 +244,7 @@ struct FileOptions {
     preload_app: Option<bool>,
     preload: Option<bool>,
     reuse_port: Option<bool>,
+    capture_output: Option<bool>,
     reload: Option<bool>,
     user: Option<String>,
     group: Option<String>,
@@ -357,6 +361,8 @@ pub struct Settings {
     pub log_target: LogTarget,
     pub preload: bool,
     pub reuse_port: bool,
+    /// stdout goes to the error log file as well (only with a file).
+    pub capture_output: bool,
     pub reload: bool,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -672,6 +678,7 @@ impl Settings {
             // `preload_app = true` / `reload = true` in the file.
             preload: cli.preload || file.preload_app.or(file.preload).unwrap_or(false),
             reuse_port: cli.reuse_port || file.reuse_port.unwrap_or(false),
+            capture_output: cli.capture_output || file.capture_output.unwrap_or(false),
             reload: cli.reload || file.reload.unwrap_or(false),
             user: cli.user.clone().or(file.user),
             group: cli.group.clone().or(file.group),
@@ -750,6 +757,7 @@ impl Settings {
             ),
             ("forwarded_allow_ips", Some(allow)),
             ("errorlog", Some(q(&self.errorlog))),
+            ("capture_output", Some(self.capture_output.to_string())),
             (
                 "loglevel",
                 Some(q(&self.loglevel.name().to_ascii_lowercase())),

@@ -103,6 +103,32 @@ def test_print_config_is_a_config_file_that_reproduces_the_settings(tmp_path):
     assert again.stdout == p.stdout
 
 
+def test_capture_output_sends_app_stdout_to_the_error_log(start_server, tmp_path):
+    import re
+
+    def started(log, *extra):
+        s = start_server("basic:app", "--error-logfile", str(log), *extra, ready=False)
+        deadline = time.time() + 20
+        while not (log.exists() and "workers are serving" in log.read_text()):
+            assert time.time() < deadline, "no boot"
+            time.sleep(0.05)
+        s.port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text()).group(1))
+        assert s.request("GET", "/print")[2] == b"printed"
+        return s
+
+    plain_log = tmp_path / "plain.log"
+    plain = started(plain_log)
+    log = tmp_path / "error.log"
+    started(log, "--capture-output")
+    deadline = time.time() + 5
+    while "printed by the app" not in log.read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "printed by the app" in log.read_text()
+    # Without the flag (Gunicorn's default) stdout stays where it was.
+    assert "printed by the app" not in plain_log.read_text()
+    assert "printed by the app" in plain.log()
+
+
 def test_reuse_port_lets_two_servers_share_a_port(start_server):
     first = start_server("basic:app", "--reuse-port")
     second = start_server("basic:app", "--reuse-port", "-b", f"127.0.0.1:{first.port}", bind=False)

@@ -25,6 +25,8 @@ static USE_JOURNAL: AtomicBool = AtomicBool::new(false);
 /// fd of the access log (-1: off).
 static ACCESS_FD: AtomicI32 = AtomicI32::new(-1);
 static PATHS: Mutex<(String, Option<String>)> = Mutex::new((String::new(), None));
+/// `capture_output`: fd 1 follows the error log file as fd 2 does.
+static CAPTURE_STDOUT: AtomicBool = AtomicBool::new(false);
 static IDENT: OnceLock<String> = OnceLock::new();
 
 fn level_num(l: LogLevel) -> u8 {
@@ -68,6 +70,7 @@ pub fn init(s: &Settings) -> Result<(), String> {
         let mut p = PATHS.lock().unwrap();
         *p = (s.errorlog.clone(), s.accesslog.clone());
     }
+    CAPTURE_STDOUT.store(s.capture_output, Ordering::Relaxed);
     reopen().map_err(|e| format!("cannot open log file: {e}"))
 }
 
@@ -79,6 +82,11 @@ pub fn reopen() -> std::io::Result<()> {
         let f = open_append(&errorlog)?;
         // SAFETY: dup2 onto stderr atomically replaces fd 2.
         unsafe { libc::dup2(f.as_raw_fd(), 2) };
+        if CAPTURE_STDOUT.load(Ordering::Relaxed) {
+            // Gunicorn's capture_output: print() in the app lands in the
+            // error log too. SAFETY: as above, for fd 1.
+            unsafe { libc::dup2(f.as_raw_fd(), 1) };
+        }
     }
     let new_fd = match accesslog.as_deref() {
         None => -1,

@@ -126,6 +126,11 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"logged"]
 
+    if path == "/print":
+        print("printed by the app", flush=True)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"printed"]
+
     if path == "/biglog":
         logging.getLogger("biglog").warning("y" * 400_000)
         start_response("200 OK", [("Content-Type", "text/plain")])
