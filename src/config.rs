@@ -703,10 +703,7 @@ impl Settings {
         fn list<'a>(v: impl IntoIterator<Item = &'a str>) -> String {
             format!("[{}]", v.into_iter().map(q).collect::<Vec<_>>().join(", "))
         }
-        fn opt(v: Option<String>) -> Option<String> {
-            v
-        }
-        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| q(&p.display().to_string())));
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| q(&p.display().to_string()));
         let allow = match &self.forwarded_allow_ips {
             AllowIps::Any => list(["*"]),
             AllowIps::List(l) => {
@@ -762,7 +759,7 @@ impl Settings {
                 "loglevel",
                 Some(q(&self.loglevel.name().to_ascii_lowercase())),
             ),
-            ("accesslog", opt(self.accesslog.as_deref().map(q))),
+            ("accesslog", self.accesslog.as_deref().map(q)),
             ("access_log_format", Some(q(&self.access_log_format))),
             (
                 "log_target",
@@ -775,8 +772,8 @@ impl Settings {
             ("preload_app", Some(self.preload.to_string())),
             ("reuse_port", Some(self.reuse_port.to_string())),
             ("reload", Some(self.reload.to_string())),
-            ("user", opt(self.user.as_deref().map(q))),
-            ("group", opt(self.group.as_deref().map(q))),
+            ("user", self.user.as_deref().map(q)),
+            ("group", self.group.as_deref().map(q)),
             ("umask", Some(q(&format!("{:04o}", self.umask)))),
             ("pidfile", path(&self.pidfile)),
             ("proc_name", Some(q(&self.proc_name))),

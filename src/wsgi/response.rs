@@ -735,10 +735,23 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
 /// Hand a callback's result to CPython: the new reference, or NULL with
 /// the exception set. A panic becomes a RuntimeError (it must not unwind
 /// into C).
-fn into_c_result(
-    py: Python<'_>,
-    r: std::thread::Result<PyResult<*mut ffi::PyObject>>,
+/// What both C entry points share: CPython called us with the GIL held and
+/// `slf` bound to our StartResponse. Run `f` on it; an error becomes the
+/// raised exception, a panic a RuntimeError (never an unwind into C).
+///
+/// # Safety
+/// `slf` must be the StartResponse the builtin was bound to (bound_method).
+unsafe fn on_start_response(
+    slf: *mut ffi::PyObject,
+    f: impl FnOnce(Python<'_>, &Bound<'_, StartResponse>) -> PyResult<*mut ffi::PyObject>,
 ) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls builtin functions attached to the interpreter.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the caller's contract: `slf` is a live StartResponse.
+        let sr = unsafe { Bound::ref_from_ptr(py, &slf).cast_unchecked::<StartResponse>() };
+        f(py, sr)
+    }));
     match r {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -760,15 +773,12 @@ unsafe extern "C" fn start_response_vectorcall(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls builtin functions attached to the interpreter.
-    let py = unsafe { Python::assume_attached() };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: `slf` is the StartResponse the function was bound to
-        // (bound_method); `args` holds nargs positional arguments followed
-        // by one per name in `kwnames` (a tuple of str, or NULL), all
-        // borrowed for the duration of the call.
-        unsafe {
-            let sr = Bound::ref_from_ptr(py, &slf).cast_unchecked::<StartResponse>();
+    // SAFETY: `slf` is the StartResponse the function was bound to.
+    unsafe {
+        on_start_response(slf, |py, sr| {
+            // SAFETY: `args` holds nargs positional arguments followed by
+            // one per name in `kwnames` (a tuple of str, or NULL), all
+            // borrowed for the duration of the call.
             let nargs = ffi::PyVectorcall_NARGS(nargsf as usize);
             let mut slots: [Option<&Bound<'_, PyAny>>; 3] = [None, None, None];
             if nargs > 3 {
@@ -807,9 +817,8 @@ unsafe extern "C" fn start_response_vectorcall(
             };
             let exc_info = slots[2].filter(|e| !e.is_none());
             start_response(sr, status, headers, exc_info).map(Bound::into_ptr)
-        }
-    }));
-    into_c_result(py, r)
+        })
+    }
 }
 
 /// C entry point of `write` (METH_O).
@@ -817,17 +826,13 @@ unsafe extern "C" fn write_meth_o(
     slf: *mut ffi::PyObject,
     data: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: as in start_response_vectorcall.
-    let py = unsafe { Python::assume_attached() };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: `slf` is our StartResponse, `data` a borrowed argument.
-        unsafe {
-            let sr = Bound::ref_from_ptr(py, &slf).cast_unchecked::<StartResponse>();
+    // SAFETY: `slf` is our StartResponse, `data` a borrowed argument.
+    unsafe {
+        on_start_response(slf, |py, sr| {
             write(py, sr.get(), Bound::ref_from_ptr(py, &data))?;
             Ok(py.None().into_ptr())
-        }
-    }));
-    into_c_result(py, r)
+        })
+    }
 }
 
 /// Send all of `data`, waiting (with the GIL released by the caller) while
@@ -1348,6 +1353,15 @@ pub fn pump_iter(
     }
 }
 
+/// The file ended before the length we announced: the framing cannot be
+/// completed, so the connection must close.
+fn file_shrank() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "file shorter than announced",
+    )
+}
+
 /// How much of a file one copy step puts in the connection's write buffer.
 pub const FILE_COPY_CHUNK: usize = 512 * 1024;
 
@@ -1400,10 +1414,7 @@ pub fn pump_file(
         // SAFETY: pread initialised the first `n` bytes of spare capacity.
         unsafe { wbuf.set_len(n) };
         if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shorter than announced",
-            ));
+            return Err(file_shrank());
         }
         *offset += n as i64;
         *remaining -= n as u64;
@@ -1420,11 +1431,7 @@ pub fn pump_file(
             continue;
         }
         if n == 0 {
-            // The file shrank under us: the framing cannot be completed.
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shorter than announced",
-            ));
+            return Err(file_shrank());
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
