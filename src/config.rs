@@ -156,6 +156,12 @@ pub struct Options {
     /// Addresses trusted to set X-Forwarded-Proto & co; '*' trusts all [default: 127.0.0.1,::1]
     #[arg(long = "forwarded-allow-ips")]
     pub forwarded_allow_ips: Option<String>,
+    /// Accept a PROXY protocol header (v1 or v2) before a connection's first request
+    #[arg(long = "proxy-protocol")]
+    pub proxy_protocol: bool,
+    /// Addresses allowed to send a PROXY header; '*' allows all [default: 127.0.0.1,::1]
+    #[arg(long = "proxy-allow-from")]
+    pub proxy_allow_ips: Option<String>,
     /// Error log file; '-' is stderr [default: -]
     #[arg(long = "error-logfile", alias = "log-file")]
     pub errorlog: Option<String>,
@@ -236,6 +242,8 @@ struct FileOptions {
     limit_request_fields: Option<usize>,
     limit_request_field_size: Option<usize>,
     forwarded_allow_ips: Option<OneOrMany>,
+    proxy_protocol: Option<bool>,
+    proxy_allow_ips: Option<OneOrMany>,
     errorlog: Option<String>,
     loglevel: Option<String>,
     accesslog: Option<String>,
@@ -312,6 +320,34 @@ pub enum AllowIps {
 }
 
 impl AllowIps {
+    /// `["*"]` or a list of addresses; `key` names the setting in errors.
+    fn parse(key: &str, entries: &[String]) -> Result<AllowIps, ConfigError> {
+        if entries.iter().any(|a| a == "*") {
+            return Ok(AllowIps::Any);
+        }
+        let mut ips = Vec::new();
+        for a in entries.iter().filter(|a| !a.is_empty()) {
+            ips.push(
+                a.parse()
+                    .map_err(|_| err(key, format!("{a:?} is not an IP address or '*'")))?,
+            );
+        }
+        Ok(AllowIps::List(ips))
+    }
+
+    /// As a TOML list, for --print-config.
+    fn describe(&self) -> String {
+        let items: Vec<String> = match self {
+            AllowIps::Any => vec!["*".to_string()],
+            AllowIps::List(l) => l.iter().map(|ip| ip.to_string()).collect(),
+        };
+        let quoted: Vec<String> = items
+            .into_iter()
+            .map(|s| toml::Value::String(s).to_string())
+            .collect();
+        format!("[{}]", quoted.join(", "))
+    }
+
     pub fn allows(&self, ip: &std::net::IpAddr) -> bool {
         match self {
             AllowIps::Any => true,
@@ -354,6 +390,8 @@ pub struct Settings {
     pub root_path: String,
     pub limits: Limits,
     pub forwarded_allow_ips: AllowIps,
+    pub proxy_protocol: bool,
+    pub proxy_allow_ips: AllowIps,
     pub errorlog: String,
     pub loglevel: LogLevel,
     pub accesslog: Option<String>,
@@ -562,31 +600,32 @@ impl Settings {
             return Err(err("limit_request_fields", "must be at most 32768"));
         }
 
+        let split = |s: &str| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .collect::<Vec<_>>()
+        };
         let allow = match &cli.forwarded_allow_ips {
-            Some(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+            Some(s) => split(s),
             None => match file.forwarded_allow_ips {
-                Some(OneOrMany::One(s)) => s.split(',').map(|x| x.trim().to_string()).collect(),
+                Some(OneOrMany::One(s)) => split(&s),
                 Some(OneOrMany::Many(v)) => v,
                 None => match getenv("FORWARDED_ALLOW_IPS") {
-                    Some(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+                    Some(s) => split(&s),
                     None => vec!["127.0.0.1".to_string(), "::1".to_string()],
                 },
             },
         };
-        let forwarded_allow_ips = if allow.iter().any(|a| a == "*") {
-            AllowIps::Any
-        } else {
-            let mut ips = Vec::new();
-            for a in allow.iter().filter(|a| !a.is_empty()) {
-                ips.push(a.parse().map_err(|_| {
-                    err(
-                        "forwarded_allow_ips",
-                        format!("{a:?} is not an IP address or '*'"),
-                    )
-                })?);
-            }
-            AllowIps::List(ips)
+        let forwarded_allow_ips = AllowIps::parse("forwarded_allow_ips", &allow)?;
+        let allow = match &cli.proxy_allow_ips {
+            Some(s) => split(s),
+            None => match file.proxy_allow_ips {
+                Some(OneOrMany::One(s)) => split(&s),
+                Some(OneOrMany::Many(v)) => v,
+                None => vec!["127.0.0.1".to_string(), "::1".to_string()],
+            },
         };
+        let proxy_allow_ips = AllowIps::parse("proxy_allow_ips", &allow)?;
 
         let loglevel = match cli
             .loglevel
@@ -665,6 +704,8 @@ impl Settings {
             root_path,
             limits,
             forwarded_allow_ips,
+            proxy_protocol: cli.proxy_protocol || file.proxy_protocol.unwrap_or(false),
+            proxy_allow_ips,
             errorlog: cli
                 .errorlog
                 .clone()
@@ -704,13 +745,6 @@ impl Settings {
             format!("[{}]", v.into_iter().map(q).collect::<Vec<_>>().join(", "))
         }
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| q(&p.display().to_string()));
-        let allow = match &self.forwarded_allow_ips {
-            AllowIps::Any => list(["*"]),
-            AllowIps::List(l) => {
-                let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
-                list(v.iter().map(String::as_str))
-            }
-        };
         let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let pythonpath: Vec<String> = self
             .pythonpath
@@ -752,7 +786,12 @@ impl Settings {
                 "limit_request_field_size",
                 Some(self.limits.field_size.to_string()),
             ),
-            ("forwarded_allow_ips", Some(allow)),
+            (
+                "forwarded_allow_ips",
+                Some(self.forwarded_allow_ips.describe()),
+            ),
+            ("proxy_protocol", Some(self.proxy_protocol.to_string())),
+            ("proxy_allow_ips", Some(self.proxy_allow_ips.describe())),
             ("errorlog", Some(q(&self.errorlog))),
             ("capture_output", Some(self.capture_output.to_string())),
             (

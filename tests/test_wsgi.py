@@ -479,6 +479,100 @@ def test_forwarded_allow_ips_star(start_server):
     assert scheme(s, {"X-Forwarded-Proto": "https"})[0] == "https"
 
 
+# ---- PROXY protocol (--proxy-protocol, --proxy-allow-from) --------------------------------
+
+PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v2(cmd, fam, body):
+    return PROXY_V2_SIG + bytes([0x20 | cmd, fam]) + len(body).to_bytes(2, "big") + body
+
+
+def environ_over(s, first_bytes, pieces=1):
+    """Send `first_bytes` then two keep-alive /environ requests on one
+    connection; returns both environs."""
+    c = connect(s.port)
+    try:
+        data = first_bytes + request_bytes("GET", "/environ")
+        step = max(1, len(data) // pieces)
+        for i in range(0, len(data), step):
+            c.sendall(data[i:i + step])
+            if pieces > 1:
+                time.sleep(0.01)
+        r1 = recv_response(c)
+        c.sendall(request_bytes("GET", "/environ"))
+        r2 = recv_response(c)
+        assert (r1.status, r2.status) == (200, 200), (r1.body, r2.body)
+        return json.loads(r1.body), json.loads(r2.body)
+    finally:
+        c.close()
+
+
+def test_proxy_protocol_v1_and_v2_set_client_address(start_server, tmp_path):
+    log = tmp_path / "access.log"
+    s = start_server("basic:app", "--proxy-protocol", "--access-logfile", str(log))
+    v1 = b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n"
+    for env in environ_over(s, v1):  # the header holds for the whole connection
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.7", "51000")
+        assert (env["PROXY_PROTOCOL"], env["PROXY_ADDR"], env["PROXY_PORT"]) == ("TCP4", "192.0.2.10", "443")
+    # arriving a few bytes at a time changes nothing
+    env, _ = environ_over(s, b"PROXY TCP6 2001:db8::5 2001:db8::1 40000 8443\r\n", pieces=12)
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"], env["PROXY_PROTOCOL"]) == ("2001:db8::5", "40000", "TCP6")
+    body = bytes([198, 51, 100, 9, 10, 0, 0, 1]) + (61000).to_bytes(2, "big") + (80).to_bytes(2, "big")
+    body += bytes([0x04, 0, 2, 0xAB, 0xCD])  # a TLV (PP2_TYPE_NOOP): skipped
+    env, _ = environ_over(s, proxy_v2(1, 0x11, body), pieces=5)
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("198.51.100.9", "61000")
+    assert (env["PROXY_ADDR"], env["PROXY_PORT"]) == ("10.0.0.1", "80")
+    # v2 LOCAL (a balancer's health check) and v1 UNKNOWN: the real peer stands
+    for first in (proxy_v2(0, 0x00, b""), b"PROXY UNKNOWN\r\n", b""):
+        env, _ = environ_over(s, first)
+        assert env["REMOTE_ADDR"] == "127.0.0.1", first
+        assert "PROXY_PROTOCOL" not in env and "PROXY_ADDR" not in env, first
+    # the template environ of a proxied connection does not leak into the next one
+    environ_over(s, v1)
+    env, _ = environ_over(s, b"")
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and "PROXY_ADDR" not in env
+    # the access log names the client, as %(h)s is REMOTE_ADDR
+    wait_for(lambda: log.exists() and "203.0.113.7" in log.read_text(), what="access log line")
+    assert re.search(r"^203\.0\.113\.7 .*GET /environ", log.read_text(), re.M)
+
+
+def test_proxy_protocol_refusals(start_server):
+    s = start_server("basic:app", "--proxy-protocol")
+    for bad in (b"PROXY TCP4 203.0.113.7 192.0.2.10 51000\r\n",       # a field missing
+                b"PROXY TCP4 203.0.113.999 192.0.2.10 1 2\r\n",        # not an address
+                b"PROXY TCP4 203.0.113.7 192.0.2.10 70000 2\r\n",      # port out of range
+                b"PROXY " + b"1" * 200,                                 # no CRLF within 107 bytes
+                proxy_v2(1, 0x12, bytes(12))):                         # UDP
+        ex = exchange(s.port, bad + request_bytes("GET", "/environ"))
+        assert ex.status == 400 and ex.closed, (bad, ex)
+    # Only the first bytes of a connection may be a PROXY header.
+    c = connect(s.port)
+    try:
+        c.sendall(request_bytes("GET", "/"))
+        assert recv_response(c).status == 200
+        c.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n" + request_bytes("GET", "/environ"))
+        assert recv_response(c).status == 400
+    finally:
+        c.close()
+    # From a sender not in --proxy-allow-from: 403, and the connection closes.
+    t = start_server("basic:app", "--proxy-protocol", "--proxy-allow-from", "10.9.9.9")
+    ex = exchange(t.port, b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n" + request_bytes("GET", "/environ"))
+    assert ex.status == 403 and ex.closed, ex
+    assert b"203.0.113.7" not in ex.data
+    assert exchange(t.port, request_bytes("GET", "/", headers=[("Connection", "close")])).status == 200
+    # Without --proxy-protocol a PROXY line is just a bad request line.
+    u = start_server("basic:app")
+    ex = exchange(u.port, b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n" + request_bytes("GET", "/"))
+    assert ex.status == 400
+
+
+def test_proxy_allow_from_bad_address_names_the_key(start_server):
+    s = start_server("basic:app", "--proxy-protocol", "--proxy-allow-from", "10.0.0.1,nonsense", ready=False)
+    assert s.proc.wait(10) == 2
+    assert re.search(r"proxy_allow_ips.*nonsense", s.log())
+
+
 # ---- errors --------------------------------------------------------------------------------
 
 def test_app_exception_is_generic_500(srv):

@@ -5,6 +5,7 @@
 //! worker's connection loop feeds bytes in and gets typed results out.
 
 pub mod chunked;
+pub mod proxy;
 pub mod request;
 pub mod response;
 

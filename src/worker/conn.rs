@@ -76,6 +76,8 @@ pub struct Conn {
     pub phase: Phase,
     pub last_active_ms: u64,
     pub requests: u64,
+    /// `--proxy-protocol`: the first bytes may be a PROXY header.
+    pub proxy_pending: bool,
 }
 
 pub enum Io {
@@ -104,6 +106,7 @@ impl Conn {
             phase: Phase::Idle,
             last_active_ms: now,
             requests: 0,
+            proxy_pending: false,
         }
     }
 

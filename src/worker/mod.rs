@@ -47,6 +47,16 @@ const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
 const PENDING: u32 = 1 << 31;
 
 /// What all loops of one worker share.
+/// Where reading a PROXY header left the connection.
+enum ProxyStep {
+    /// No header (or it was taken off): go on to the request.
+    Done,
+    /// A header has begun: read more.
+    Read,
+    /// Refused: an error answer is queued.
+    Answered,
+}
+
 struct Shared {
     settings: Settings,
     listeners: Vec<(RawFd, ListenAddr)>,
@@ -562,7 +572,9 @@ impl Loop {
             {
                 let mut guard = slot.conn.lock().unwrap_or_else(|e| e.into_inner());
                 slot.pending.store(0, Ordering::SeqCst);
-                *guard = Some(Box::new(Conn::new(fd, peer, li, now)));
+                let mut conn = Box::new(Conn::new(fd, peer, li, now));
+                conn.proxy_pending = sh.settings.proxy_protocol;
+                *guard = Some(conn);
             }
             sh.conns.live.fetch_add(1, Ordering::Relaxed);
             if sh.settings.workers > 1 {
@@ -760,6 +772,17 @@ impl Loop {
                             Io::Closed => return false,
                         }
                     }
+                    if c.proxy_pending {
+                        match self.proxy_header(c) {
+                            ProxyStep::Done => {}
+                            ProxyStep::Read => match c.read_some(now) {
+                                Io::Ok => continue,
+                                Io::Blocked => return true,
+                                Io::Closed => return false,
+                            },
+                            ProxyStep::Answered => continue,
+                        }
+                    }
                     match parse_head_into(c.buffered(), &self.sh.settings.limits, &mut self.head) {
                         Ok(Some(n)) => {
                             c.consume(n);
@@ -847,6 +870,50 @@ impl Loop {
                     }
                 }
             }
+        }
+    }
+
+    /// `--proxy-protocol`, at the start of a connection: take a PROXY
+    /// header off the input if there is one. A sender outside
+    /// `proxy_allow_ips` gets 403, a malformed header 400 (as Gunicorn).
+    fn proxy_header(&mut self, c: &mut Conn) -> ProxyStep {
+        use crate::http::proxy::{Parsed, parse};
+        let parsed = parse(c.buffered());
+        if matches!(parsed, Ok(Parsed::Incomplete)) {
+            return ProxyStep::Read;
+        }
+        c.proxy_pending = false;
+        if matches!(parsed, Ok(Parsed::Absent)) {
+            return ProxyStep::Done;
+        }
+        // Unix-socket peers are local (a balancer on this host), trusted as
+        // for forwarded_allow_ips.
+        let allowed = c
+            .peer
+            .ip
+            .is_none_or(|ip| self.sh.settings.proxy_allow_ips.allows(&ip));
+        if !allowed {
+            crate::log::debug(&format!(
+                "PROXY header from {}, not in proxy_allow_ips",
+                c.peer.addr
+            ));
+            self.answer_error(c, 403, 1);
+            return ProxyStep::Answered;
+        }
+        match parsed {
+            Ok(Parsed::Header(info, n)) => {
+                c.consume(n);
+                if let Some(info) = info {
+                    c.peer.set_proxied(info);
+                }
+                ProxyStep::Done
+            }
+            Err(e) => {
+                crate::log::debug(&format!("{e} from {}", c.peer.addr));
+                self.answer_error(c, 400, 1);
+                ProxyStep::Answered
+            }
+            Ok(Parsed::Absent | Parsed::Incomplete) => unreachable!("handled above"),
         }
     }
 

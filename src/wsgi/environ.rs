@@ -44,6 +44,12 @@ pub struct Peer {
     /// A TCP peer on this host (127.0.0.0/8, ::1). File bodies go to it by
     /// copy rather than sendfile: see `wsgi::response::pump_file`.
     pub loopback: bool,
+    /// The connection's own remote IP (None for unix sockets), whatever a
+    /// PROXY header says: the one `proxy_allow_ips` is checked against.
+    pub ip: Option<std::net::IpAddr>,
+    /// From a PROXY header: `addr`/`port` above are then its client's, and
+    /// the environ gets Gunicorn's PROXY_PROTOCOL, PROXY_ADDR, PROXY_PORT.
+    pub proxy: Option<Box<crate::http::proxy::ProxyInfo>>,
     pub cache: std::cell::RefCell<PeerCache>,
 }
 
@@ -63,6 +69,8 @@ impl Peer {
                     port: a.port().to_string(),
                     trusted: allow.allows(&ip),
                     loopback: ip.is_loopback(),
+                    ip: Some(ip),
+                    proxy: None,
                     cache: Default::default(),
                 }
             }
@@ -71,9 +79,23 @@ impl Peer {
                 port: String::new(),
                 trusted: true,
                 loopback: false,
+                ip: None,
+                proxy: None,
                 cache: Default::default(),
             },
         }
+    }
+}
+
+impl Peer {
+    /// The connection came through a PROXY-protocol balancer: the app sees
+    /// the client it names. Trust for X-Forwarded-* stays with the real
+    /// peer (the balancer), as in Gunicorn.
+    pub fn set_proxied(&mut self, info: crate::http::proxy::ProxyInfo) {
+        self.addr = info.client_addr.to_string();
+        self.port = info.client_port.to_string();
+        self.cache.get_mut().addr_port = None;
+        self.proxy = Some(Box::new(info));
     }
 }
 
@@ -515,6 +537,17 @@ fn collect<'py, 'a>(
     });
     set(out, intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
     set(out, intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    if let Some(p) = &c.peer.proxy {
+        set(
+            out,
+            intern!(py, "PROXY_PROTOCOL"),
+            &PyString::new(py, p.protocol),
+        )?;
+        let addr = p.proxy_addr.to_string();
+        set(out, intern!(py, "PROXY_ADDR"), &PyString::new(py, &addr))?;
+        let port = p.proxy_port.to_string();
+        set(out, intern!(py, "PROXY_PORT"), &PyString::new(py, &port))?;
+    }
 
     let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
