@@ -567,6 +567,29 @@ def test_max_requests_recycles_without_failures(start_server, workers):
     print(f"max-requests: {load.ok} ok over {len(seen)} workers, 0 failed, {load.stale_retries} keep-alive retries")
 
 
+def test_max_requests_last_response_says_close(start_server):
+    # The request that reaches the limit is the worker's last: its response
+    # carries `Connection: close` (as Gunicorn's), so a keep-alive client
+    # knows not to send another on that connection.
+    s = start_server("basic:app", "-w", "1", "--max-requests", "3")
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    try:
+        heads = []
+        for _ in range(3):
+            c.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            data = b""
+            while b"Hello, World!" not in data:
+                chunk = c.recv(65536)
+                assert chunk, (heads, data)
+                data += chunk
+            heads.append(data.split(b"\r\n\r\n")[0].lower())
+        assert [b"connection: close" in h for h in heads] == [False, False, True], heads
+        assert c.recv(100) == b""  # and the server closes it
+    finally:
+        c.close()
+    s.wait_log(r"Autorestarting worker after 3 requests")
+
+
 def test_max_requests_jitter_varies_the_limit(start_server):
     s = start_server("basic:app", "-w", "2", "--max-requests", "10", "--max-requests-jitter", "20")
     with Load(s.port, path="/pid", fresh=2, keepalive=1) as load:

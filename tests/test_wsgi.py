@@ -15,6 +15,18 @@ from wire import (connect, dechunk, exchange, parse_responses, read_until_close,
                   request_bytes)
 
 
+def assert_cut_off(ex):
+    """A 200 whose chunked body was cut off (no terminator) and whose
+    connection was closed, so no client can take it as complete; returns
+    the body bytes that did arrive."""
+    assert ex.closed, ex
+    head, _, body = ex.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), ex
+    with pytest.raises(Exception):
+        dechunk(body)
+    return body
+
+
 def wait_for(pred, timeout=5, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -334,12 +346,8 @@ def test_start_response_with_exc_info_after_headers_reraises(srv):
         s.close()
     # The head went out as 200; the body is cut off (no chunk terminator),
     # and the connection is closed so the client cannot take it as complete.
-    assert ex.closed
-    head, _, body = ex.data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
+    body = assert_cut_off(ex)
     assert b"never" not in body
-    with pytest.raises(Exception):
-        dechunk(body)
     srv.wait_log(r"too late to change the status", count=mark + 1)
 
 
@@ -440,6 +448,87 @@ def test_close_called_when_iteration_raises_mid_stream(srv):
     wait_for(lambda: closes(srv, "mid"), what="close()")
     assert closes(srv, "mid") == ["closed mid after 10"]
     srv.wait_log(r"iteration failed on purpose \(mid\)")
+
+
+# ---- PEP 3333 "Buffering and Streaming": no block is held back --------------------------
+
+def first_bytes_at(port, path, want):
+    """Seconds from sending the request until `want` has arrived."""
+    c = connect(port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.sendall(request_bytes("GET", path, [("Connection", "close")]))
+        recv_until(c, want, timeout=10)
+        return time.monotonic() - t0
+    finally:
+        c.close()
+
+
+def test_generator_blocks_are_sent_as_yielded(srv):
+    # 3 events, 1.5 s apart: the first must not wait for the second.
+    assert first_bytes_at(srv.port, "/drip?3,1.5", b"data: 0\n\n") < 1.0
+    ex = exchange(srv.port, request_bytes("GET", "/drip?3,0.1", [("Connection", "close")]))
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    assert r.body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and r.chunked
+
+
+def test_write_sends_before_returning(srv):
+    assert first_bytes_at(srv.port, "/write-drip?1.5", b"first ") < 1.0
+
+
+def test_exc_info_after_first_block_reraises(srv):
+    # The head and "partial-" are committed; the app's second start_response
+    # raises, the generator dies with it: the body is cut off, never relabelled.
+    mark = srv.log().count("error after the body started")
+    ex = exchange(srv.port, request_bytes("GET", "/exc-info-after-yield"))
+    body = assert_cut_off(ex)
+    assert b"partial-" in body and b"<error page>" not in body
+    srv.wait_log(r"ValueError: error after the body started", count=mark + 1)
+
+
+def test_yield_before_start_response_is_500(srv):
+    st, _, body = srv.request("GET", "/yield-before-start")
+    assert st == 500 and b"early" not in body
+
+
+@pytest.mark.parametrize("code,length,body", [(204, None, b""), (205, "0", b""), (200, "11", b"hello world")])
+def test_no_content_statuses_drop_length_and_body(srv, code, length, body):
+    # RFC 9110 §8.6: no Content-Length in a 204; §15.3.6: no content in a 205.
+    ex = exchange(srv.port, request_bytes("GET", f"/status-length?{code}") + request_bytes("GET", "/types"))
+    rs, _ = parse_responses(ex.data, ["GET", "GET"], eof=ex.closed)
+    assert rs[0].status == code and rs[0].header("content-length") == length and rs[0].body == body
+    assert rs[1].status == 200  # the connection stayed in step
+
+
+@pytest.mark.parametrize("status", ["600 Custom", "999 X", "099 Low"])
+def test_status_outside_100_599_is_500(srv, status):
+    ex = exchange(srv.port, request_bytes("GET", "/status?" + status.replace(" ", "%20"),
+                                          [("Connection", "close")]))
+    assert ex.status == 500, ex
+
+
+def test_head_with_empty_body_gets_no_made_up_length(srv):
+    # RFC 9110 §8.6: Content-Length on HEAD only if it is what GET would send.
+    ex = exchange(srv.port, request_bytes("HEAD", "/empty-for-head", [("Connection", "close")]))
+    (r,), _ = parse_responses(ex.data, ["HEAD"])
+    assert r.status == 200 and r.header("content-length") is None
+    ex = exchange(srv.port, request_bytes("GET", "/empty-for-head", [("Connection", "close")]))
+    (r,), _ = parse_responses(ex.data, ["GET"])
+    assert r.header("content-length") == "1000"
+
+
+def test_non_ascii_target_is_latin1_in_environ(srv):
+    # PEP 3333: environ strings are the bytes read as ISO-8859-1.
+    c = connect(srv.port)
+    try:
+        c.sendall("GET /env?q=caf\u00e9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        r = recv_response(c)
+    finally:
+        c.close()
+    env = json.loads(r.body)
+    assert env["QUERY_STRING"] == "q=caf\u00e9".encode().decode("latin-1")
+    assert env["RAW_URI"] == "/env?q=caf\u00e9".encode().decode("latin-1")
+    assert all(ord(ch) < 256 for ch in env["QUERY_STRING"] + env["RAW_URI"])
 
 
 def test_closing_app_from_basic(start_server, tmp_path):
@@ -652,7 +741,7 @@ def test_hop_by_hop_headers_from_app_are_dropped(srv):
 
 def test_worker_survives_errors(srv):
     pids = srv.worker_pids()
-    for path in ["/twice", "/bad?status-bytes", "/tracked?x,2,1", "/tracked-raise-in-app"]:
+    for path in ["/twice", "/bad?status-bytes", "/tracked?x,2,0", "/tracked-raise-in-app"]:
         srv.request("GET", path)
     assert srv.worker_pids() == pids
     assert srv.request("GET", "/types")[0] == 200

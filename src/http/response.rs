@@ -69,7 +69,8 @@ pub fn parse_status(s: &[u8]) -> Option<u16> {
         return None;
     }
     let code = (s[0] - b'0') as u16 * 100 + (s[1] - b'0') as u16 * 10 + (s[2] - b'0') as u16;
-    if !(100..=999).contains(&code) {
+    // RFC 9110 §15: codes outside 100..599 are invalid on the wire.
+    if !(100..=599).contains(&code) {
         return None;
     }
     Some(code)

@@ -965,7 +965,12 @@ impl Loop {
         let req = ReqInfo {
             minor: head.minor_version,
             is_head: head.method() == "HEAD",
-            keep_alive: head.keep_alive && sh.settings.keepalive > 0 && !self.draining(),
+            // The request that reaches max_requests is this worker's last:
+            // its response says `Connection: close` (as Gunicorn's).
+            keep_alive: head.keep_alive
+                && sh.settings.keepalive > 0
+                && !self.draining()
+                && (sh.max_requests == 0 || sh.slot.requests() + 1 < sh.max_requests),
             fd: c.raw(),
             want_headers: sh.access.is_some(),
         };

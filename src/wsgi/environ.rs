@@ -493,11 +493,9 @@ fn collect<'py, 'a>(
         set(out, intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
     }
     let target = head.target();
-    if target.is_ascii() {
-        set_bytes(out, intern!(py, "RAW_URI"), target.as_bytes())?;
-    } else {
-        set(out, intern!(py, "RAW_URI"), &PyString::new(py, target))?;
-    }
+    // PEP 3333: every environ str is the request's bytes read as latin-1
+    // (a non-ASCII target's UTF-8 bytes each become one code point).
+    set_bytes(out, intern!(py, "RAW_URI"), target.as_bytes())?;
     let (path, query) = split_target(target);
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
@@ -519,11 +517,7 @@ fn collect<'py, 'a>(
         }
     }
     if !query.is_empty() {
-        if query.is_ascii() {
-            set_bytes(out, intern!(py, "QUERY_STRING"), query.as_bytes())?;
-        } else {
-            set(out, intern!(py, "QUERY_STRING"), &PyString::new(py, query))?;
-        }
+        set_bytes(out, intern!(py, "QUERY_STRING"), query.as_bytes())?;
     }
     if let Some(input) = input {
         set(out, intern!(py, "wsgi.input"), input)?;

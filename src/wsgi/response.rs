@@ -26,10 +26,6 @@ use crate::http::response::{
     is_hop_by_hop, parse_status, status_has_no_body, valid_header_name, valid_header_value,
 };
 
-/// Bytes of body gathered before we stop pulling from an iterator and let
-/// the I/O loop send them (keeps memory per connection bounded).
-pub const HIGH_WATER: usize = 256 * 1024;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     Length { remaining: u64 },
@@ -112,6 +108,10 @@ struct SrState {
     /// Set once the head has gone out (only `write()` can cause that
     /// before the app returns).
     committed: Option<Framing>,
+    /// PEP 3333's "headers sent": the app called write() or its iterable
+    /// yielded a non-empty block. From here on start_response(exc_info)
+    /// re-raises instead of replacing the head.
+    body_started: bool,
     keep_alive: bool,
     /// Body bytes passed to `write()` and not yet flushed (unframed).
     written: Vec<u8>,
@@ -131,6 +131,7 @@ impl SrState {
         self.req = req;
         self.clear_head();
         self.committed = None;
+        self.body_started = false;
         self.keep_alive = false;
         self.written.clear();
         self.body_bytes = 0;
@@ -345,14 +346,21 @@ impl SrState {
         let req = self.req;
         let code = self.code;
         let mut add_length = None;
-        let framing = if status_has_no_body(code, req.is_head) {
+        let framing = if code == 205 {
+            // RFC 9110 §15.3.6: no content; the length says so.
+            add_length = Some(0);
+            Framing::NoBody
+        } else if status_has_no_body(code, req.is_head) {
+            // HEAD: the length GET would have, when we know it (an app
+            // that returns an empty body for HEAD tells us nothing: RFC
+            // 9110 §8.6 then wants no Content-Length at all).
             if req.is_head
                 && self.content_length.is_none()
                 && code >= 200
                 && code != 204
                 && code != 304
             {
-                add_length = known_len;
+                add_length = known_len.filter(|&n| n > 0);
             }
             Framing::NoBody
         } else if let Some(cl) = self.content_length {
@@ -427,6 +435,9 @@ impl SrState {
                 code
             }
         };
+        // Known before the headers: 204 and 205 drop the app's
+        // Content-Length (RFC 9110 §8.6, §15.3.6).
+        self.code = code;
         let list = headers.cast::<PyList>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "headers must be a list, not {}",
@@ -550,6 +561,9 @@ impl SrState {
                 self.app_wants_close |= close;
                 return Ok(()); // we do our own framing and connection handling
             }
+            HeaderKind::ContentLength(_) if self.code == 204 || self.code == 205 => {
+                return Ok(());
+            }
             HeaderKind::ContentLength(n) => {
                 if self.content_length.is_some_and(|c| c != n) {
                     return Err(PyValueError::new_err("conflicting Content-Length headers"));
@@ -657,7 +671,7 @@ fn start_response<'py>(
     {
         let mut st = this.state.lock().unwrap();
         if let Some(exc) = exc_info {
-            if st.committed.is_some() {
+            if st.committed.is_some() || st.body_started {
                 // PEP 3333: headers already sent, so re-raise the error
                 // the app is trying to report.
                 drop(st);
@@ -713,11 +727,14 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
     if st.code == 0 {
         return Err(PyAssertionError::new_err("write() before start_response"));
     }
+    st.body_started = true;
     st.written.extend_from_slice(data.as_bytes());
-    if st.written.len() < HIGH_WATER || st.handed_off {
+    if st.handed_off {
+        // Called from inside the iterable: the I/O loop sends it next.
         return Ok(());
     }
-    // Too much to hold: send the head (if not yet) and what we have.
+    // PEP 3333: the block is sent (head first, if not yet) before write()
+    // returns.
     let mut out = Vec::with_capacity(st.written.len() + 512);
     let mut framing = match st.committed {
         Some(f) => f,
@@ -1201,13 +1218,16 @@ fn frame_result(
         }
     }
 
-    // 3. Any other iterable: gather up to HIGH_WATER, stream the rest.
+    // 3. Any other iterable (a generator...): pull until the first
+    // non-empty block, then let the I/O loop send it and pull the rest.
+    // PEP 3333: a block is sent before the app is asked for the next one
+    // (a generator may sleep between yields: server-sent events, progress).
+    // An iterable that ends before yielding anything gets a length.
     let mut body: Vec<u8> = Vec::new();
     let mut iter: Option<Bound<'_, PyIterator>> = None;
     let gathered = (|| -> PyResult<()> {
         let mut it = result.try_iter()?;
-        // write() from inside the iterable while we gather: hold its bytes
-        // (no direct send past the items gathered so far) and put them in
+        // write() from inside the iterable: hold its bytes and put them in
         // order below.
         sr.state.lock().unwrap().handed_off = true;
         loop {
@@ -1224,11 +1244,22 @@ fn frame_result(
             match next {
                 Some(item) => {
                     let item = item?; // keeps the object alive while we copy
-                    body.extend_from_slice(item_bytes(py, &item.as_ptr())?)
+                    let ptr = item.as_ptr();
+                    let b = item_bytes(py, &ptr)?;
+                    if !b.is_empty() {
+                        let mut st = sr.state.lock().unwrap();
+                        if st.code == 0 {
+                            return Err(PyAssertionError::new_err(
+                                "the response iterable yielded body before start_response was called",
+                            ));
+                        }
+                        st.body_started = true;
+                    }
+                    body.extend_from_slice(b);
                 }
                 None => break,
             }
-            if body.len() >= HIGH_WATER {
+            if !body.is_empty() {
                 iter = Some(it);
                 break;
             }
@@ -1332,7 +1363,9 @@ pub fn pump_iter(
             Some(Ok(item)) => match item.cast::<PyBytes>() {
                 Ok(b) => {
                     *sent += framing.frame(b.as_bytes(), out);
-                    if out.len() - start >= HIGH_WATER {
+                    // PEP 3333: each block goes out before the next is
+                    // asked for (the I/O loop flushes, then pumps again).
+                    if out.len() > start {
                         return Ok(false);
                     }
                 }

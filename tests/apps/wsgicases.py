@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 
 CLOSE_FILE = os.environ.get("CLOSE_FILE")
 TEXT = [("Content-Type", "text/plain")]
@@ -104,6 +105,10 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(out).encode()]
 
+    if path == "/env":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({k: v for k, v in environ.items() if isinstance(v, str)}).encode()]
+
     if path.startswith("/path-bytes"):
         # PATH_INFO as the bytes the client sent (latin-1 round trip).
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -197,6 +202,56 @@ def app(environ, start_response):
         except ValueError:
             start_response("500 Internal Server Error", TEXT, sys.exc_info())
         return [b"never"]
+
+    if path == "/exc-info-after-yield":
+        # PEP 3333: the first non-empty block counts as the headers sent,
+        # so the second start_response must re-raise, even though the
+        # head may still sit in the server's buffer.
+        def gen():
+            start_response("200 OK", TEXT)
+            yield b"partial-"
+            try:
+                raise ValueError("error after the body started")
+            except ValueError:
+                start_response("500 Internal Server Error", TEXT, sys.exc_info())
+            yield b"<error page>"
+        return gen()
+
+    if path == "/yield-before-start":
+        def gen():
+            yield b"early"
+            start_response("200 OK", TEXT)
+            yield b"late"
+        return gen()
+
+    if path == "/drip":
+        # ?n,delay: n blocks, `delay` seconds apart (server-sent events).
+        n, delay = q.split(",")
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        def gen():
+            for i in range(int(n)):
+                if i:
+                    time.sleep(float(delay))
+                yield b"data: %d\n\n" % i
+        return gen()
+
+    if path == "/write-drip":
+        write = start_response("200 OK", TEXT)
+        write(b"first ")
+        time.sleep(float(q or "1"))
+        return [b"last"]
+
+    if path == "/status-length":
+        # ?code: the app declares and sends 11 bytes.
+        start_response(q + " X", [("Content-Length", "11")] + TEXT)
+        return [b"hello world"]
+
+    if path == "/empty-for-head":
+        # Special-cases HEAD with an empty body and sets no length.
+        start_response("200 OK", TEXT)
+        if environ["REQUEST_METHOD"] == "HEAD":
+            return []
+        return [b"z" * 1000]
 
     if path == "/no-start-response":
         return [b"nobody called start_response"]
