@@ -486,6 +486,14 @@ def test_exc_info_after_first_block_reraises(srv):
     srv.wait_log(r"ValueError: error after the body started", count=mark + 1)
 
 
+def test_head_error_answer_has_no_body(srv):
+    # RFC 9110 §9.3.2: no content in a response to HEAD, errors included.
+    ex = exchange(srv.port, request_bytes("HEAD", "/no-start-response") + request_bytes("GET", "/types"))
+    head, sep, rest = ex.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500") and sep and rest == b"", ex
+    assert ex.closed
+
+
 def test_yield_before_start_response_is_500(srv):
     st, _, body = srv.request("GET", "/yield-before-start")
     assert st == 500 and b"early" not in body

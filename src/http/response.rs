@@ -133,6 +133,16 @@ pub fn error_response(code: u16, minor: u8) -> Vec<u8> {
     out
 }
 
+/// An error answer as sent to this request: to HEAD, the head alone
+/// (RFC 9110 §9.3.2: no content; the Content-Length stays, it is what GET
+/// gets).
+pub fn for_method(answer: &[u8], is_head: bool) -> &[u8] {
+    match answer.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) if is_head => &answer[..i + 4],
+        _ => answer,
+    }
+}
+
 thread_local! {
     /// "Date: <IMF-fixdate>\r\n", refreshed at most once per second.
     static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };

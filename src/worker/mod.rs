@@ -1030,7 +1030,13 @@ impl Loop {
             signals::wake();
         }
         let Some(out) = out else {
+            let before = c.wbuf.len();
             self.answer_error(c, 500, head.minor_version);
+            if head.method() == "HEAD" {
+                let answer = &c.wbuf[before..];
+                let end = before + crate::http::response::for_method(answer, true).len();
+                c.wbuf.truncate(end);
+            }
             self.head = head;
             return;
         };
@@ -1095,11 +1101,14 @@ fn pump(
     match stream {
         Stream::Iter {
             iter, framing, sr, ..
-        } => match Python::attach(|py| response::pump_iter(py, iter, sr, framing, wbuf, sent)) {
-            Ok(true) => Pump::Done,
-            Ok(false) => Pump::More,
-            Err(()) => Pump::Failed,
-        },
+        } => {
+            match Python::attach(|py| response::pump_iter(py, iter, sr, framing, wbuf, sent, sock))
+            {
+                Ok(true) => Pump::Done,
+                Ok(false) => Pump::More,
+                Err(()) => Pump::Failed,
+            }
+        }
         Stream::File {
             file,
             offset,

@@ -983,9 +983,10 @@ pub fn close_result(py: Python<'_>, result: &Bound<'_, PyAny>) {
     }
 }
 
-fn internal_error(minor: u8, out: &mut Vec<u8>, start: usize) -> Outcome {
+fn internal_error(req: ReqInfo, out: &mut Vec<u8>, start: usize) -> Outcome {
     out.truncate(start);
-    out.extend_from_slice(&crate::http::response::error_response(500, minor));
+    let answer = crate::http::response::error_response(500, req.minor);
+    out.extend_from_slice(crate::http::response::for_method(&answer, req.is_head));
     Outcome {
         status: 500,
         keep_alive: false,
@@ -1037,7 +1038,7 @@ pub fn run_app(
             Ok(r) => r,
             Err(e) => {
                 log_py_error(py, &e, "Error creating start_response");
-                return internal_error(req.minor, out, start);
+                return internal_error(req, out, start);
             }
         },
     };
@@ -1089,7 +1090,7 @@ fn fail_before_or_after_head(
         };
     }
     drop(st);
-    internal_error(req.minor, out, start)
+    internal_error(req, out, start)
 }
 
 /// The items of a list or tuple result, borrowed. Nothing we do while
@@ -1162,7 +1163,7 @@ fn frame_result(
                 Err(e) => {
                     drop(st);
                     log_py_error(py, &e, "Error in response");
-                    return internal_error(req.minor, out, start);
+                    return internal_error(req, out, start);
                 }
             },
         };
@@ -1212,7 +1213,7 @@ fn frame_result(
                 Err(e) => {
                     drop(st);
                     log_py_error(py, &e, "Error in response");
-                    internal_error(req.minor, out, start)
+                    internal_error(req, out, start)
                 }
             };
         }
@@ -1283,7 +1284,7 @@ fn frame_result(
                 Err(e) => {
                     drop(st);
                     log_py_error(py, &e, "Error in response");
-                    return internal_error(req.minor, out, start);
+                    return internal_error(req, out, start);
                 }
             }
         }
@@ -1330,6 +1331,12 @@ fn take_headers(st: &mut SrState) -> Vec<u8> {
 /// Pull more of a streaming iterator into `out` (GIL held). Returns
 /// `Ok(true)` when the body is complete, `Ok(false)` when there is more, and
 /// `Err(())` when the response must be cut off (app error, short body).
+///
+/// PEP 3333: a block is handed to the OS before the app is asked for the
+/// next. `out` is the connection's write buffer, empty on entry (the I/O
+/// loop flushed it): each block is sent from here at once, and while the
+/// socket takes it all we go on pulling; when it does not, the rest stays
+/// in `out` and we return, for the I/O loop to flush when it can.
 pub fn pump_iter(
     py: Python<'_>,
     iter: &Py<PyIterator>,
@@ -1337,11 +1344,17 @@ pub fn pump_iter(
     framing: &mut Framing,
     out: &mut Vec<u8>,
     sent: &mut u64,
+    sock: RawFd,
 ) -> Result<bool, ()> {
     // PyIter_Next: no StopIteration object is created at the end.
     let mut it = iter.bind(py).clone();
     let start = out.len();
     loop {
+        if out.len() > start {
+            if start > 0 || !send_now(py, sock, out) {
+                return Ok(false);
+            }
+        }
         let next = it.next();
         // What the app passed to write() during that step goes first.
         if let Some(sr) = sr {
@@ -1363,11 +1376,6 @@ pub fn pump_iter(
             Some(Ok(item)) => match item.cast::<PyBytes>() {
                 Ok(b) => {
                     *sent += framing.frame(b.as_bytes(), out);
-                    // PEP 3333: each block goes out before the next is
-                    // asked for (the I/O loop flushes, then pumps again).
-                    if out.len() > start {
-                        return Ok(false);
-                    }
                 }
                 Err(_) => {
                     let e = PyTypeError::new_err(format!(
@@ -1384,6 +1392,29 @@ pub fn pump_iter(
             }
         }
     }
+}
+
+/// One non-blocking send of all of `out` (GIL released). True when it all
+/// went: `out` is then emptied. Otherwise what went is removed and the rest
+/// is left for the I/O loop (which also sees any error).
+fn send_now(py: Python<'_>, sock: RawFd, out: &mut Vec<u8>) -> bool {
+    let n = py.detach(|| {
+        // SAFETY: send(2) from our buffer on the connection's socket;
+        // MSG_NOSIGNAL: a gone peer is an error, not SIGPIPE.
+        unsafe {
+            libc::send(
+                sock,
+                out.as_ptr() as *const libc::c_void,
+                out.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        }
+    });
+    if n < 0 {
+        return false;
+    }
+    out.drain(..n as usize);
+    out.is_empty()
 }
 
 /// The file ended before the length we announced: the framing cannot be
