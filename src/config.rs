@@ -153,13 +153,13 @@ pub struct Options {
     /// Maximum size of one header field line in bytes; 0 = unlimited [default: 8190]
     #[arg(long = "limit-request-field_size", alias = "limit-request-field-size")]
     pub limit_request_field_size: Option<usize>,
-    /// Addresses trusted to set X-Forwarded-Proto & co; '*' trusts all [default: 127.0.0.1,::1]
+    /// Addresses or networks (10.0.0.0/8) trusted to set X-Forwarded-Proto & co; '*' trusts all [default: 127.0.0.1,::1]
     #[arg(long = "forwarded-allow-ips")]
     pub forwarded_allow_ips: Option<String>,
     /// Accept a PROXY protocol header (v1 or v2) before a connection's first request
     #[arg(long = "proxy-protocol")]
     pub proxy_protocol: bool,
-    /// Addresses allowed to send a PROXY header; '*' allows all [default: 127.0.0.1,::1]
+    /// Addresses or networks allowed to send a PROXY header; '*' allows all [default: 127.0.0.1,::1]
     #[arg(long = "proxy-allow-from")]
     pub proxy_allow_ips: Option<String>,
     /// Error log file; '-' is stderr [default: -]
@@ -312,34 +312,84 @@ pub enum LogTarget {
     Journald,
 }
 
-/// A forwarded-allow-ips entry: `*` or one address.
+/// Who may vouch for a client (forwarded_allow_ips, proxy_allow_ips):
+/// `*`, or addresses and networks (`10.0.0.0/8`, as Gunicorn 22+).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowIps {
     Any,
-    List(Vec<std::net::IpAddr>),
+    List(Vec<IpNet>),
+}
+
+/// An address with a prefix length (32 or 128 for a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+            Some(_) => return None,
+        };
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let (net, ip, bits) = match (self.addr, ip) {
+            (V4(n), V4(i)) => (u32::from(n) as u128, u32::from(*i) as u128, 32),
+            (V6(n), V6(i)) => (u128::from(n), u128::from(*i), 128),
+            _ => return false,
+        };
+        let host_bits = bits - self.prefix as u32;
+        host_bits >= bits || (net ^ ip) >> host_bits == 0
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
 }
 
 impl AllowIps {
-    /// `["*"]` or a list of addresses; `key` names the setting in errors.
+    /// `["*"]` or a list of addresses/networks; `key` names the setting in
+    /// errors.
     fn parse(key: &str, entries: &[String]) -> Result<AllowIps, ConfigError> {
         if entries.iter().any(|a| a == "*") {
             return Ok(AllowIps::Any);
         }
-        let mut ips = Vec::new();
+        let mut nets = Vec::new();
         for a in entries.iter().filter(|a| !a.is_empty()) {
-            ips.push(
-                a.parse()
-                    .map_err(|_| err(key, format!("{a:?} is not an IP address or '*'")))?,
-            );
+            nets.push(IpNet::parse(a).ok_or_else(|| {
+                err(
+                    key,
+                    format!("{a:?} is not an IP address, a network (10.0.0.0/8) or '*'"),
+                )
+            })?);
         }
-        Ok(AllowIps::List(ips))
+        Ok(AllowIps::List(nets))
     }
 
     /// As a TOML list, for --print-config.
     fn describe(&self) -> String {
         let items: Vec<String> = match self {
             AllowIps::Any => vec!["*".to_string()],
-            AllowIps::List(l) => l.iter().map(|ip| ip.to_string()).collect(),
+            AllowIps::List(l) => l.iter().map(|n| n.to_string()).collect(),
         };
         let quoted: Vec<String> = items
             .into_iter()
@@ -360,7 +410,7 @@ impl AllowIps {
                     }
                     _ => *ip,
                 };
-                l.contains(&canon)
+                l.iter().any(|n| n.contains(&canon))
             }
         }
     }
@@ -908,6 +958,44 @@ mod tests {
             s.forwarded_allow_ips
                 .allows(&"::ffff:127.0.0.1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn allow_lists_take_networks() {
+        let s = merge(
+            &opts(&[
+                "--forwarded-allow-ips",
+                "10.1.0.0/16, 2001:db8::/32,192.0.2.7",
+                "app:app",
+            ]),
+            "",
+            &[],
+        )
+        .unwrap();
+        let allows = |ip: &str| s.forwarded_allow_ips.allows(&ip.parse().unwrap());
+        assert!(allows("10.1.255.3") && allows("10.1.0.0") && !allows("10.2.0.1"));
+        assert!(allows("2001:db8:ffff::1") && !allows("2001:db9::1"));
+        assert!(allows("192.0.2.7") && !allows("192.0.2.8") && allows("::ffff:10.1.2.3"));
+        assert!(
+            s.describe()
+                .contains(r#"forwarded_allow_ips = ["10.1.0.0/16", "2001:db8::/32", "192.0.2.7"]"#)
+        );
+        let all = |v: &str| {
+            merge(&opts(&["--proxy-allow-from", v, "app:app"]), "", &[])
+                .map(|s| s.proxy_allow_ips.allows(&"203.0.113.9".parse().unwrap()))
+        };
+        assert_eq!(all("0.0.0.0/0").unwrap(), true);
+        assert_eq!(all("203.0.113.9/32").unwrap(), true);
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "::/129",
+            "10.0.0/8",
+        ] {
+            let e = all(bad).unwrap_err();
+            assert_eq!(e.key, "proxy_allow_ips", "{bad}");
+        }
     }
 
     #[test]

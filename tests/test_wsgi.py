@@ -571,6 +571,13 @@ def test_forwarded_proto_from_untrusted_peer(start_server):
     assert json.loads(body)["HTTP_X_FORWARDED_PROTO"] == "https"
 
 
+def test_forwarded_allow_ips_network(start_server):
+    s = start_server("basic:app", "--forwarded-allow-ips", "10.0.0.0/8,127.0.0.0/8")
+    assert scheme(s, {"X-Forwarded-Proto": "https"})[0] == "https"
+    t = start_server("basic:app", "--forwarded-allow-ips", "127.0.1.0/24")
+    assert scheme(t, {"X-Forwarded-Proto": "https"})[0] == "http"
+
+
 def test_forwarded_allow_ips_star(start_server):
     s = start_server("basic:app", "--forwarded-allow-ips", "*")
     assert scheme(s, {"X-Forwarded-Proto": "https"})[0] == "https"
