@@ -571,6 +571,23 @@ def test_forwarded_proto_from_untrusted_peer(start_server):
     assert json.loads(body)["HTTP_X_FORWARDED_PROTO"] == "https"
 
 
+def test_conflicting_scheme_headers_are_400(start_server):
+    # Gunicorn's InvalidSchemeHeaders: a trusted proxy must not say both.
+    s = start_server("basic:app")
+    for headers in ([("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "off")],
+                    [("X-Forwarded-Proto", "http"), ("X-Forwarded-Proto", "https")]):
+        ex = exchange(s.port, request_bytes("GET", "/environ", headers))
+        assert ex.status == 400 and ex.closed, (headers, ex)
+    # agreeing ones are fine
+    st, _, body = s.request("GET", "/environ", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "on"})
+    assert st == 200 and json.loads(body)["wsgi.url_scheme"] == "https"
+    # from an untrusted peer they mean nothing, so they cannot conflict
+    t = start_server("basic:app", "--forwarded-allow-ips", "10.9.9.9")
+    ex = exchange(t.port, request_bytes("GET", "/environ", [("X-Forwarded-Proto", "https"),
+                                                             ("X-Forwarded-Ssl", "off"), ("Connection", "close")]))
+    assert ex.status == 200
+
+
 def test_forwarded_allow_ips_network(start_server):
     s = start_server("basic:app", "--forwarded-allow-ips", "10.0.0.0/8,127.0.0.0/8")
     assert scheme(s, {"X-Forwarded-Proto": "https"})[0] == "https"

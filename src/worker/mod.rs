@@ -956,6 +956,17 @@ impl Loop {
         });
     }
 
+    /// `answer_error` for a request whose head we have: to HEAD, no content.
+    fn answer_head_error(&mut self, c: &mut Conn, status: u16, head: &RequestHead) {
+        let before = c.wbuf.len();
+        self.answer_error(c, status, head.minor_version);
+        if head.method() == "HEAD" {
+            let answer = &c.wbuf[before..];
+            let end = before + crate::http::response::for_method(answer, true).len();
+            c.wbuf.truncate(end);
+        }
+    }
+
     /// Call the application with a complete request.
     fn dispatch(&mut self, c: &mut Conn, head: RequestHead, body: Body, now: u64) {
         let sh = self.sh;
@@ -1004,7 +1015,13 @@ impl Loop {
                 Ok(env.into_any())
             })();
             match built {
-                Ok(env) => Some(response::run_app(
+                Ok(_) if cache.take_conflicting_scheme() => {
+                    // Gunicorn's InvalidSchemeHeaders: a trusted proxy
+                    // said both http and https.
+                    crate::log::debug("conflicting X-Forwarded scheme headers");
+                    Err(400)
+                }
+                Ok(env) => Ok(response::run_app(
                     py,
                     sh.app.bind(py),
                     env,
@@ -1014,7 +1031,7 @@ impl Loop {
                 )),
                 Err(e) => {
                     response::log_py_error(py, &e, "Error building the WSGI environ");
-                    None
+                    Err(500)
                 }
             }
         });
@@ -1029,16 +1046,13 @@ impl Loop {
             ));
             signals::wake();
         }
-        let Some(out) = out else {
-            let before = c.wbuf.len();
-            self.answer_error(c, 500, head.minor_version);
-            if head.method() == "HEAD" {
-                let answer = &c.wbuf[before..];
-                let end = before + crate::http::response::for_method(answer, true).len();
-                c.wbuf.truncate(end);
+        let out = match out {
+            Ok(out) => out,
+            Err(status) => {
+                self.answer_head_error(c, status, &head);
+                self.head = head;
+                return;
             }
-            self.head = head;
-            return;
         };
         let log = match started {
             Some(started) => Some(Box::new(AccessInfo {

@@ -267,6 +267,8 @@ pub struct EnvCache {
     template: Option<Template>,
     /// This request's entries while `build` runs (kept for its capacity).
     entries: Vec<Entry<'static, 'static>>,
+    /// The last `build` saw a trusted peer's scheme headers disagree.
+    conflicting_scheme: bool,
 }
 
 /// An environ entry on top of the base dict: key and value.
@@ -296,6 +298,7 @@ impl Default for EnvCache {
             keys: (0..KEY_SLOTS).map(|_| None).collect(),
             template: None,
             entries: Vec::new(),
+            conflicting_scheme: false,
         }
     }
 }
@@ -426,6 +429,27 @@ pub fn split_target(target: &str) -> (&str, &str) {
     }
 }
 
+/// Gunicorn's default secure_scheme_headers: whether this header line (if
+/// it is one of them) says https (true) or http (false).
+fn forwarded_scheme(name: &str, value: &[u8]) -> Option<bool> {
+    // By length first: most names are none of the three.
+    let want: &[u8] = match name.len() {
+        17 if name.eq_ignore_ascii_case("x-forwarded-proto") => b"https",
+        15 if name.eq_ignore_ascii_case("x-forwarded-ssl") => b"on",
+        20 if name.eq_ignore_ascii_case("x-forwarded-protocol") => b"ssl",
+        _ => return None,
+    };
+    Some(value.trim_ascii().eq_ignore_ascii_case(want))
+}
+
+impl EnvCache {
+    /// Whether the last `build` found a trusted peer's X-Forwarded-Proto,
+    /// -Ssl and -Protocol disagreeing (cleared by reading it).
+    pub fn take_conflicting_scheme(&mut self) -> bool {
+        std::mem::take(&mut self.conflicting_scheme)
+    }
+}
+
 /// What `build` needs to know besides the request head.
 pub struct Ctx<'a> {
     pub head: &'a RequestHead,
@@ -543,13 +567,21 @@ fn collect<'py, 'a>(
         set(out, intern!(py, "PROXY_PORT"), &PyString::new(py, &port))?;
     }
 
-    let mut https = false;
     // RFC 9112 §3.2.2: with an absolute-form target, its authority is the
     // host, whatever the Host header says.
     let target_host = absolute_authority(target);
     let mut host: Option<&[u8]> = target_host;
     let hs = head.headers();
+    let mut scheme: Option<bool> = None;
+    cache.conflicting_scheme = false;
     for (i, h) in hs.iter().enumerate() {
+        if c.peer.trusted {
+            // Every line counts (repeats too): all must agree, as Gunicorn.
+            if let Some(secure) = forwarded_scheme(h.name, h.value) {
+                cache.conflicting_scheme |= scheme.is_some_and(|s| s != secure);
+                scheme = Some(secure);
+            }
+        }
         // Repeated fields are combined into the first occurrence.
         if hs
             .before(i)
@@ -568,16 +600,6 @@ fn collect<'py, 'a>(
                 continue;
             }
             host = Some(h.value);
-        }
-        if c.peer.trusted {
-            let v = h.value;
-            if (name.eq_ignore_ascii_case("x-forwarded-proto") && v.eq_ignore_ascii_case(b"https"))
-                || (name.eq_ignore_ascii_case("x-forwarded-ssl") && v.eq_ignore_ascii_case(b"on"))
-                || (name.eq_ignore_ascii_case("x-forwarded-protocol")
-                    && v.eq_ignore_ascii_case(b"ssl"))
-            {
-                https = true;
-            }
         }
         let key = cache.header_key(py, name);
         // One pass over the later fields: peek tells whether to join.
@@ -609,6 +631,7 @@ fn collect<'py, 'a>(
             &PyString::new(py, &c.body_len.to_string()),
         )?;
     }
+    let https = scheme == Some(true);
     if https {
         set(out, intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
