@@ -908,6 +908,29 @@ def test_term_finishes_in_flight_and_refuses_new(start_server):
     assert time.monotonic() - t0 < 3
 
 
+def test_response_finished_after_term_says_close(start_server):
+    # A keep-alive request in flight when TERM comes is answered, with
+    # `Connection: close`: the worker is closing the connection after it.
+    s = start_server("basic:app", "-w", "1")
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    try:
+        c.sendall(b"GET /sleep?1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        time.sleep(0.3)
+        s.kill(signal.SIGTERM)
+        data = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        c.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"slept", data
+    assert b"connection: close" in head.lower(), head
+    assert s.proc.wait(10) == 0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
 def test_int_quit_stop_fast(start_server, sig):
     s = start_server("basic:app", "-w", "2")

@@ -984,6 +984,7 @@ impl Loop {
                 && (sh.max_requests == 0 || sh.slot.requests() + 1 < sh.max_requests),
             fd: c.raw(),
             want_headers: sh.access.is_some(),
+            stopping: Some(signals::graceful_flag()),
         };
         sh.slot.enter_app(
             self.thread,

@@ -99,6 +99,13 @@ pub fn graceful() -> bool {
     GRACEFUL.load(Ordering::Relaxed)
 }
 
+/// The flag TERM sets, for code below the worker that frames responses
+/// while the app runs (a response started after TERM says
+/// `Connection: close`).
+pub fn graceful_flag() -> &'static AtomicBool {
+    &GRACEFUL
+}
+
 pub fn take_reopen() -> bool {
     REOPEN.swap(false, Ordering::SeqCst)
 }

@@ -88,6 +88,9 @@ pub struct ReqInfo {
     pub fd: RawFd,
     /// Hand the response headers back in `Outcome::headers` (access log).
     pub want_headers: bool,
+    /// Set when the worker is told to stop (TERM) while the app runs: the
+    /// head then says `Connection: close`, as the connection will close.
+    pub stopping: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// One request's response state. Its buffers keep their capacity when a
@@ -373,7 +376,10 @@ impl SrState {
         } else {
             Framing::Close
         };
-        let keep_alive = req.keep_alive && !self.app_wants_close && framing != Framing::Close;
+        let keep_alive = req.keep_alive
+            && !self.app_wants_close
+            && framing != Framing::Close
+            && !req.stopping.is_some_and(|f| f.load(Ordering::Relaxed));
         self.keep_alive = keep_alive;
 
         out.extend_from_slice(if req.minor == 1 {
