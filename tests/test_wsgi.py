@@ -494,6 +494,22 @@ def test_head_error_answer_has_no_body(srv):
     assert ex.closed
 
 
+@pytest.mark.parametrize("host,name,port", [("", None, None), (":8080", None, None), ("example.org:", "example.org", "80")])
+def test_server_name_and_port_never_empty(srv, host, name, port):
+    # PEP 3333: SERVER_NAME and SERVER_PORT are never empty strings; without
+    # a name in Host they are the listener's.
+    c = connect(srv.port)
+    try:
+        c.sendall(f"GET /env HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        r = recv_response(c)
+    finally:
+        c.close()
+    assert r.status == 200, r.body
+    env = json.loads(r.body)
+    assert env["SERVER_NAME"] == (name or "127.0.0.1")
+    assert env["SERVER_PORT"] == (port or str(srv.port))
+
+
 def test_yield_before_start_response_is_500(srv):
     st, _, body = srv.request("GET", "/yield-before-start")
     assert st == 500 and b"early" not in body

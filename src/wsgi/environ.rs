@@ -599,7 +599,13 @@ fn collect<'py, 'a>(
                 set_bytes(out, intern!(py, "HTTP_HOST"), t)?;
                 continue;
             }
-            host = Some(h.value);
+            // PEP 3333: SERVER_NAME is never empty. An empty Host (or
+            // one with no name before the port) leaves the listener's.
+            if split_host(h.value).0.is_empty() {
+                host = None;
+            } else {
+                host = Some(h.value);
+            }
         }
         let key = cache.header_key(py, name);
         // One pass over the later fields: peek tells whether to join.
@@ -643,9 +649,9 @@ fn collect<'py, 'a>(
         if fresh || https {
             let (name, port) = split_host(h);
             let port: &[u8] = match port {
-                Some(p) => p,
-                None if https => b"443",
-                None => b"80",
+                Some(p) if !p.is_empty() => p,
+                _ if https => b"443",
+                _ => b"80",
             };
             let entry = (
                 h.into(),
