@@ -555,16 +555,101 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// RFC 9112 §3.2: a Host with an invalid value is a 400. The value is
-/// `uri-host [ ":" port ]` (RFC 3986): reg-name characters, an IP literal
-/// in brackets, digits for the port; it may be empty. Anything else (SP,
-/// `/`, `@`, `?`, `#`, quotes, controls, non-ASCII) cannot be a host and
-/// would reach the app as SERVER_NAME / HTTP_HOST.
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2-3): an IP literal in brackets
+/// or a reg-name, then optionally `:` and digits; it may be empty (no
+/// authority). A non-empty value needs a non-empty host (RFC 9110 §4.2.1).
+/// Anything else (SP, `/`, `@`, `?`, `#`, quotes, controls, non-ASCII,
+/// stray brackets, a non-numeric port) cannot be a host and would reach
+/// the app as SERVER_NAME / HTTP_HOST.
+#[inline]
 fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| HOST_CHAR[b as usize])
+    v.is_empty() || matches!(split_authority(v), Some((host, _)) if !host.is_empty())
 }
 
-/// The bytes `valid_host` allows, as a table (one load per byte).
-static HOST_CHAR: [bool; 256] = {
+/// Splits `uri-host [ ":" port ]` into the host (brackets included for an
+/// IP literal; possibly empty) and the port digits (`None` without `:`,
+/// possibly empty after it, as `port = *DIGIT` allows). `None` if `v` does
+/// not have that structure. One table lookup per byte of a reg-name.
+#[inline]
+fn split_authority(v: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let host_end = if v.first() == Some(&b'[') {
+        let close = v.iter().position(|&b| b == b']')?;
+        if !valid_ip_literal(&v[1..close]) {
+            return None;
+        }
+        close + 1
+    } else {
+        v.iter()
+            .position(|&b| !REG_NAME[b as usize])
+            .unwrap_or(v.len())
+    };
+    let (host, rest) = v.split_at(host_end);
+    match rest {
+        [] => Some((host, None)),
+        [b':', port @ ..] if port.iter().all(u8::is_ascii_digit) => Some((host, Some(port))),
+        _ => None,
+    }
+}
+
+/// The inside of `[...]`: RFC 3986 `IPv6address` (RFC 6874's `%25` zone
+/// suffix tolerated) or `IPvFuture` (`v` 1*HEXDIG `.` 1*(unreserved /
+/// sub-delims / `:`)). Only runs for bracketed hosts, which are rare.
+fn valid_ip_literal(lit: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = lit {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (ver, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !ver.is_empty()
+            && ver.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b == b':' || (REG_NAME[b as usize] && b != b'%'));
+    }
+    let (addr, zone) = match lit.iter().position(|&b| b == b'%') {
+        Some(i) => (&lit[..i], Some(&lit[i..])),
+        None => (lit, None),
+    };
+    if let Some(zone) = zone {
+        // IPv6addrz: "%25" 1*( unreserved / pct-encoded )
+        let Some(id) = zone.strip_prefix(b"%25") else {
+            return false;
+        };
+        if id.is_empty() || !valid_pct_unreserved(id) {
+            return false;
+        }
+    }
+    // std's parser takes exactly the RFC 4291 text forms (and allocates
+    // nothing).
+    std::str::from_utf8(addr).is_ok_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// `*( unreserved / pct-encoded )`.
+fn valid_pct_unreserved(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The bytes of an RFC 3986 reg-name (unreserved, sub-delims and `%` of
+/// pct-encoded), as a table (one load per byte). `_` is unreserved, so
+/// `under_score.example` is fine; `:`, `[` and `]` are structure, not
+/// host characters.
+static REG_NAME: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
@@ -586,9 +671,6 @@ static HOST_CHAR: [bool; 256] = {
                     | b','
                     | b';'
                     | b'='
-                    | b':'
-                    | b'['
-                    | b']'
                     | b'%'
             );
         i += 1;
@@ -877,11 +959,79 @@ mod tests {
     #[test]
     fn host_characters() {
         for b in 0..=255u8 {
-            let want = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b);
+            let want = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
             assert_eq!(valid_host(&[b]), want, "byte {b:#x}");
+            assert_eq!(REG_NAME[b as usize], want, "byte {b:#x}");
         }
         assert!(valid_host(b"[::1]:8080") && valid_host(b""));
         assert!(!valid_host(b"a b") && !valid_host(b"a/b") && !valid_host(b"a@b"));
+    }
+
+    #[test]
+    fn authority_structure() {
+        let split = |v: &'static str| {
+            split_authority(v.as_bytes()).map(|(h, p)| {
+                (
+                    std::str::from_utf8(h).unwrap(),
+                    p.map(|p| std::str::from_utf8(p).unwrap()),
+                )
+            })
+        };
+        assert_eq!(split("example.com"), Some(("example.com", None)));
+        assert_eq!(
+            split("example.com:8080"),
+            Some(("example.com", Some("8080")))
+        );
+        assert_eq!(split("example.com:"), Some(("example.com", Some(""))));
+        assert_eq!(split("[::1]:80"), Some(("[::1]", Some("80"))));
+        assert_eq!(split("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split(":80"), Some(("", Some("80"))));
+        assert_eq!(split(""), Some(("", None)));
+        for bad in [
+            "example.com:abc",
+            "example.com:80:80",
+            "example.com:8a",
+            "example.com:-1",
+            "[::1",
+            "::1",
+            "a]b",
+            "a[b",
+            "[::1]x",
+            "[::1]:x",
+            "[::1]]",
+            "[[::1]]",
+            "x[::1]",
+            "[]",
+            "[1]",
+            "[::g]",
+            "[1:2:3:4:5:6:7:8:9]",
+            "[12345::]",
+            "[1::2::3]",
+            "[::1%eth0]",
+            "[::1%25]",
+            "[::1%25a b]",
+            "[::1%25%zz]",
+            "[v1]",
+            "[v.x]",
+            "[vg.x]",
+            "[v1.]",
+            "[v1.a/b]",
+            "[v1.a%20]",
+            "[example.com]",
+        ] {
+            assert_eq!(split(bad), None, "{bad:?}");
+        }
+        for good in [
+            "[::]",
+            "[::ffff:1.2.3.4]",
+            "[2001:db8::8:800:200c:417a]:443",
+            "[FE80::1%25eth0]",
+            "[fe80::1%25en%30]",
+            "[v1.x:y]",
+            "[VaF.a-b_c~!$&'()*+,;=]:1",
+        ] {
+            assert!(split(good).is_some(), "{good:?}");
+        }
     }
 
     #[test]
@@ -1213,11 +1363,37 @@ mod tests {
             "[fe80::1%25eth0]",
             "xn--bcher-kva.example",
             "under_score.example",
+            "example.com:",
+            "[::1]:",
+            "[v7.fe:ed]",
+            "EXAMPLE.com:00080",
         ] {
             ok(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes());
         }
         for h in [
-            "a b", "a/b", "a@b", "a?b", "a#b", "a\"b", "<a>", "a\\b", "h\u{e9}", "a\tb",
+            "a b",
+            "a/b",
+            "a@b",
+            "a?b",
+            "a#b",
+            "a\"b",
+            "<a>",
+            "a\\b",
+            "h\u{e9}",
+            "a\tb",
+            "example.com:abc",
+            "example.com:80:81",
+            "example.com:8o",
+            "[::1",
+            "a]b",
+            "[::1]x",
+            "[::1]:x",
+            "[]",
+            "[zz]",
+            "::1",
+            ":80",
+            ":",
+            "[::1%eth0]",
         ] {
             let req = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
             assert_eq!(status(req.as_bytes()), 400, "{h:?}");
