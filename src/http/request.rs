@@ -678,6 +678,64 @@ static REG_NAME: [bool; 256] = {
     t
 };
 
+/// RFC 9112 §3.2: the form of the request-target must suit the method.
+/// origin-form (`/...`) for everything but CONNECT; `*` only for OPTIONS;
+/// authority-form (`host:port`) only, and always, for CONNECT; otherwise
+/// absolute-form, of which only `http://` and `https://` URIs with a valid,
+/// non-empty authority and no userinfo are served (RFC 9110 §4.2.1, §4.2.4).
+#[inline]
+fn check_target(method: &str, target: &str) -> Result<(), HttpError> {
+    let connect = method == "CONNECT";
+    if target.as_bytes().first() == Some(&b'/') && !connect {
+        return Ok(()); // origin-form: the usual case
+    }
+    check_other_target(method, target.as_bytes(), connect)
+}
+
+fn check_other_target(method: &str, t: &[u8], connect: bool) -> Result<(), HttpError> {
+    if connect {
+        // authority-form = uri-host ":" port; CONNECT has no default port.
+        return match split_authority(t) {
+            Some((host, Some(port))) if !host.is_empty() && !port.is_empty() => Ok(()),
+            _ => Err(HttpError::BadRequest("CONNECT target is not host:port")),
+        };
+    }
+    // A fragment belongs to no form; it is tolerated as in origin-form (and
+    // dropped when the environ is built).
+    let t = match t.iter().position(|&b| b == b'#') {
+        Some(i) => &t[..i],
+        None => t,
+    };
+    if t == b"*" {
+        return if method == "OPTIONS" {
+            Ok(())
+        } else {
+            Err(HttpError::BadRequest("'*' target is only for OPTIONS"))
+        };
+    }
+    let rest = strip_prefix_ignore_case(t, b"http://")
+        .or_else(|| strip_prefix_ignore_case(t, b"https://"))
+        .ok_or(HttpError::BadRequest("invalid request target"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains(&b'@') {
+        return Err(HttpError::BadRequest("userinfo in request target"));
+    }
+    match split_authority(authority) {
+        Some((host, _)) if !host.is_empty() => Ok(()),
+        _ => Err(HttpError::BadRequest("invalid authority in request target")),
+    }
+}
+
+#[inline]
+fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
 /// Elements of a comma-separated list value, OWS-trimmed (may be empty).
 #[inline]
 fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -791,6 +849,7 @@ fn build_head(
     if rest[rl_len] != b'\r' || rest[n - 2] != b'\r' {
         return Err(HttpError::BadRequest("bare LF line ending"));
     }
+    check_target(method, path)?;
     for (i, f) in fields.iter().enumerate() {
         let line_start = offset(rest, f.name.as_ptr());
         let next_start = match fields.get(i + 1) {
@@ -1144,7 +1203,7 @@ mod tests {
     fn methods() {
         assert_eq!(ok(b"PURGE / HTTP/1.1\r\nHost: h\r\n\r\n").method(), "PURGE");
         assert_eq!(
-            ok(b"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n").method(),
+            ok(b"M-SEARCH / HTTP/1.1\r\nHost: h\r\n\r\n").method(),
             "M-SEARCH"
         );
         assert_eq!(status(b"GE(T / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
@@ -1183,6 +1242,100 @@ mod tests {
         assert_eq!(status(b"GET /  HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         assert_eq!(status(b"GET  HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         assert_eq!(status(b"GET /\r\n\r\n"), 400); // HTTP/0.9
+    }
+
+    fn target_status(method: &str, target: &str) -> Result<(), u16> {
+        let req = format!("{method} {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        match parse(req.as_bytes()) {
+            Ok(Some((h, _))) => {
+                assert_eq!(h.target(), target);
+                Ok(())
+            }
+            Ok(None) => panic!("incomplete"),
+            Err(e) => Err(e.status()),
+        }
+    }
+
+    #[test]
+    fn target_forms() {
+        for (m, t) in [
+            ("GET", "/"),
+            ("GET", "//x"),
+            ("GET", "/a?b#frag"),
+            ("POST", "/?"),
+            ("OPTIONS", "*"),
+            ("OPTIONS", "*#frag"),
+            ("OPTIONS", "/"),
+            ("OPTIONS", "http://h"),
+            ("GET", "http://h"),
+            ("GET", "http://h/"),
+            ("GET", "HTTP://H:80/x?y"),
+            ("GET", "https://h?q"),
+            ("GET", "HtTpS://h:/x"),
+            ("GET", "http://h#frag"),
+            ("GET", "http://[::1]:8080/x"),
+            ("GET", "http://127.0.0.1/"),
+            ("GET", "http://h/a@b"),
+            ("GET", "http://h/?u=a@b"),
+            ("CONNECT", "h:443"),
+            ("CONNECT", "127.0.0.1:1"),
+            ("CONNECT", "[::1]:443"),
+        ] {
+            assert_eq!(target_status(m, t), Ok(()), "{m} {t}");
+        }
+        for (m, t) in [
+            // origin-form must start with '/'
+            ("GET", "noslash"),
+            ("GET", "a/b"),
+            ("GET", "?x"),
+            ("GET", "#x"),
+            // asterisk-form: OPTIONS only, and exactly '*'
+            ("GET", "*"),
+            ("M-SEARCH", "*"),
+            ("options", "*"),
+            ("OPTIONS", "*?x"),
+            ("OPTIONS", "**"),
+            ("OPTIONS", "*/"),
+            // authority-form: CONNECT only
+            ("GET", "h:80"),
+            ("OPTIONS", "h:80"),
+            // CONNECT: authority-form only, with a host and a port
+            ("CONNECT", "/"),
+            ("CONNECT", "*"),
+            ("CONNECT", "h"),
+            ("CONNECT", "h:"),
+            ("CONNECT", ":443"),
+            ("CONNECT", "h:x"),
+            ("CONNECT", "h:443/"),
+            ("CONNECT", "http://h:443"),
+            ("CONNECT", "u@h:443"),
+            ("CONNECT", "[::1]"),
+            ("CONNECT", "h:443#f"),
+            // absolute-form: http(s) with a valid, non-empty authority
+            ("GET", "http:x"),
+            ("GET", "http:/x"),
+            ("GET", "http:///x"),
+            ("GET", "http://"),
+            ("GET", "http://?x"),
+            ("GET", "http://#x"),
+            ("GET", "http://:80/x"),
+            ("GET", "http://h:x/"),
+            ("GET", "http://h:80:80/"),
+            ("GET", "http://[::1/x"),
+            ("GET", "http://a]b/x"),
+            ("GET", "http://ev\"il<>/x"),
+            ("GET", "http://h\\x/"),
+            ("GET", "http://user@h/"),
+            ("GET", "http://user:pw@h/"),
+            ("GET", "http://@h/"),
+            ("GET", "ftp://h/"),
+            ("GET", "httpx://h/"),
+            ("GET", "urn:x"),
+            ("GET", "mailto:a@b"),
+            ("GET", "h/x"),
+        ] {
+            assert_eq!(target_status(m, t), Err(400), "{m} {t}");
+        }
     }
 
     #[test]
