@@ -776,10 +776,14 @@ struct TransferCodings {
 impl TransferCodings {
     fn add(&mut self, value: &[u8]) -> Result<(), HttpError> {
         self.present = true;
+        let mut any = false;
         for coding in list_elements(value) {
+            // RFC 9110 §5.6.1: empty list elements are ignored
+            // (`chunked,` and `, chunked` are `chunked`).
             if coding.is_empty() {
-                return Err(HttpError::BadRequest("empty Transfer-Encoding element"));
+                continue;
             }
+            any = true;
             // Parameters (`;q=..`) are not accepted on any coding we know.
             if !coding.iter().all(|&b| is_tchar(b)) {
                 return Err(HttpError::BadRequest("invalid Transfer-Encoding"));
@@ -801,6 +805,11 @@ impl TransferCodings {
             } else {
                 self.unknown = true;
             }
+        }
+        // A field line naming no coding at all (empty, or only commas) is
+        // not a list anyone sends on purpose: refuse it rather than guess.
+        if !any {
+            return Err(HttpError::BadRequest("empty Transfer-Encoding"));
         }
         Ok(())
     }
@@ -1641,10 +1650,17 @@ mod tests {
         assert_eq!(te("identity, chunked"), Err(501));
         assert_eq!(te("foo, chunked"), Err(501));
         assert_eq!(te("chunked, chunked"), Err(400));
-        assert_eq!(te("chunked,"), Err(400));
-        assert_eq!(te(", chunked"), Err(400));
+        // RFC 9110 §5.6.1: empty list elements are ignored.
+        assert_eq!(te("chunked,"), Ok(BodyKind::Chunked));
+        assert_eq!(te(", chunked"), Ok(BodyKind::Chunked));
+        assert_eq!(te(" ,\t, chunked , ,"), Ok(BodyKind::Chunked));
+        assert_eq!(te("gzip,, chunked"), Err(501));
         assert_eq!(te("chunked,,chunked"), Err(400));
+        assert_eq!(te("chunked, ,gzip"), Err(400));
+        // ... but a field line naming no coding at all is refused.
         assert_eq!(te(""), Err(400));
+        assert_eq!(te(","), Err(400));
+        assert_eq!(te(" , , "), Err(400));
         assert_eq!(te("chunked;q=1"), Err(400));
         assert_eq!(te("chun ked"), Err(400));
         assert_eq!(te("\"chunked\""), Err(400));
@@ -1663,6 +1679,9 @@ mod tests {
         assert_eq!(two("chunked", "gzip"), Err(400));
         assert_eq!(two("chunked", "chunked"), Err(400));
         assert_eq!(two("chunked", ""), Err(400));
+        assert_eq!(two("chunked", ","), Err(400));
+        assert_eq!(two("gzip,", ", chunked"), Err(501));
+        assert_eq!(two(",", "chunked"), Err(400));
     }
 
     #[test]
