@@ -24,6 +24,18 @@
 //! - Every line must end in CRLF; a bare LF anywhere in the head is a 400.
 //! - The request target must be valid UTF-8 (it is stored as `str`); raw
 //!   non-ASCII UTF-8 is tolerated because real clients send it.
+//! - The target's form must suit the method (RFC 9112 §3.2): origin-form
+//!   (`/...`) except for CONNECT; `*` only for `OPTIONS`; authority-form
+//!   (`host:port`) for CONNECT only, and nothing else for CONNECT; otherwise
+//!   absolute-form, accepted only as `http://` / `https://` with a valid,
+//!   non-empty host and no userinfo. A `#fragment` is tolerated (dropped
+//!   later). Any other target is a 400.
+//! - Host must be empty or `uri-host [":" port]` with a non-empty host; an
+//!   `Expect` member other than `100-continue` is a 417 (as in Gunicorn),
+//!   reported only when the request is otherwise valid.
+//! - Empty list elements in `Transfer-Encoding`, `Connection` and `Expect`
+//!   are ignored (RFC 9110 §5.6.1), but a `Transfer-Encoding` line naming
+//!   no coding at all is a 400.
 //! - `Content-Length: 0` is reported as `BodyKind::Length(0)`; `Empty` means
 //!   the request carried no framing header at all.
 //! - Versions: `HTTP/1.0` and `HTTP/1.1` are served; a well-formed but other
@@ -216,6 +228,8 @@ pub enum HttpError {
     FieldsTooLarge(&'static str),
     NotImplemented(&'static str),
     VersionNotSupported,
+    /// An `Expect` member other than `100-continue` (RFC 9110 §10.1.1).
+    ExpectationFailed,
 }
 
 impl HttpError {
@@ -223,6 +237,7 @@ impl HttpError {
         match self {
             HttpError::BadRequest(_) => 400,
             HttpError::UriTooLong => 414,
+            HttpError::ExpectationFailed => 417,
             HttpError::FieldsTooLarge(_) => 431,
             HttpError::NotImplemented(_) => 501,
             HttpError::VersionNotSupported => 505,
@@ -237,6 +252,7 @@ impl HttpError {
             | HttpError::NotImplemented(m) => m,
             HttpError::UriTooLong => "request line too long",
             HttpError::VersionNotSupported => "HTTP version not supported",
+            HttpError::ExpectationFailed => "unsupported expectation",
         }
     }
 }
@@ -881,6 +897,7 @@ fn build_head(
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
+    let mut expect_other = false;
     for f in fields {
         let name = f.name;
         // `X_Forwarded_For` would become HTTP_X_FORWARDED_FOR in WSGI, the
@@ -897,8 +914,17 @@ fn build_head(
                     return Err(HttpError::BadRequest("invalid Host"));
                 }
             }
+            // RFC 9110 §10.1.1: `100-continue` is the only expectation
+            // (ignored in HTTP/1.0); any other member gets a 417, as in
+            // Gunicorn. Empty list elements are ignored (§5.6.1).
             6 if name.eq_ignore_ascii_case("expect") => {
-                expect_continue |= minor == 1 && value.eq_ignore_ascii_case(b"100-continue");
+                for member in list_elements(value) {
+                    if member.eq_ignore_ascii_case(b"100-continue") {
+                        expect_continue |= minor == 1;
+                    } else if !member.is_empty() {
+                        expect_other = true;
+                    }
+                }
             }
             10 if name.eq_ignore_ascii_case("connection") => {
                 for token in list_elements(value) {
@@ -946,6 +972,10 @@ fn build_head(
             None => BodyKind::Empty,
         }
     };
+    // Only now: a malformed request is a 400 whatever it expects.
+    if expect_other {
+        return Err(HttpError::ExpectationFailed);
+    }
     let keep_alive = !conn_close && (minor == 1 || conn_keep_alive);
 
     head.raw.clear();
@@ -1202,8 +1232,50 @@ mod tests {
     fn expect_continue() {
         assert!(ok(&post_with("Expect: 100-continue\r\nContent-Length: 1\r\n")).expect_continue);
         assert!(ok(&post_with("Expect: 100-Continue\r\n")).expect_continue);
-        assert!(!ok(&post_with("Expect: something-else\r\n")).expect_continue);
+        assert!(ok(&post_with("Expect: 100-CONTINUE, \r\n")).expect_continue);
+        assert!(ok(&post_with("Expect: ,100-continue\r\n")).expect_continue);
         assert!(!ok(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        // No member at all: nothing is expected.
+        assert!(!ok(&post_with("Expect:\r\n")).expect_continue);
+        assert!(!ok(&post_with("Expect: , \r\n")).expect_continue);
+    }
+
+    #[test]
+    fn other_expectations_are_417() {
+        for v in [
+            "something-else",
+            "100-continue, foo",
+            "foo, 100-continue",
+            "100-continue;x=1",
+            "100-continue=1",
+            "101-continue",
+            "\"100-continue\"",
+        ] {
+            let req = post_with(&format!("Expect: {v}\r\nContent-Length: 1\r\n"));
+            assert_eq!(
+                parse(&req).unwrap_err(),
+                HttpError::ExpectationFailed,
+                "{v}"
+            );
+            assert_eq!(status(&req), 417, "{v}");
+        }
+        // In HTTP/1.0 too: 100-continue is ignored there, not the others.
+        assert_eq!(status(b"POST / HTTP/1.0\r\nExpect: foo\r\n\r\n"), 417);
+        // Across field lines.
+        assert_eq!(
+            status(&post_with("Expect: 100-continue\r\nExpect: foo\r\n")),
+            417
+        );
+        // A malformed request is a 400 whatever it expects.
+        assert_eq!(
+            status(&post_with("Expect: foo\r\nContent-Length: x\r\n")),
+            400
+        );
+        assert_eq!(
+            status(b"GET noslash HTTP/1.1\r\nHost: h\r\nExpect: foo\r\n\r\n"),
+            400
+        );
+        assert_eq!(status(b"GET / HTTP/1.1\r\nExpect: foo\r\n\r\n"), 400);
     }
 
     // ---- request line -----------------------------------------------------
@@ -1960,5 +2032,10 @@ mod tests {
         assert_eq!(HttpError::BadRequest("x").detail(), "x");
         assert_eq!(HttpError::VersionNotSupported.status(), 505);
         assert_eq!(HttpError::NotImplemented("x").status(), 501);
+        assert_eq!(HttpError::ExpectationFailed.status(), 417);
+        assert_eq!(
+            HttpError::ExpectationFailed.to_string(),
+            "417 unsupported expectation"
+        );
     }
 }
