@@ -30,7 +30,7 @@
 //!   absolute-form, accepted only as `http://` / `https://` with a valid,
 //!   non-empty host and no userinfo. A `#fragment` is tolerated (dropped
 //!   later). Any other target is a 400.
-//! - Host must be empty or `uri-host [":" port]` with a non-empty host; an
+//! - Host must be `uri-host [":" port]` (either part may be empty); an
 //!   `Expect` member other than `100-continue` is a 417 (as in Gunicorn),
 //!   reported only when the request is otherwise valid.
 //! - Empty list elements in `Transfer-Encoding`, `Connection` and `Expect`
@@ -572,14 +572,16 @@ fn is_tchar(b: u8) -> bool {
 
 /// RFC 9112 §3.2: a Host with an invalid value is a 400. The value is
 /// `uri-host [ ":" port ]` (RFC 3986 §3.2.2-3): an IP literal in brackets
-/// or a reg-name, then optionally `:` and digits; it may be empty (no
-/// authority). A non-empty value needs a non-empty host (RFC 9110 §4.2.1).
+/// or a reg-name, then optionally `:` and digits. It may be empty (no
+/// authority), and so may the host (reg-name is `*( ... )`): `:8080` has
+/// the grammar, and the environ then takes the listener's name. Unlike a
+/// target's authority (`check_target`), Host is not itself an http URI.
 /// Anything else (SP, `/`, `@`, `?`, `#`, quotes, controls, non-ASCII,
 /// stray brackets, a non-numeric port) cannot be a host and would reach
 /// the app as SERVER_NAME / HTTP_HOST.
 #[inline]
 fn valid_host(v: &[u8]) -> bool {
-    v.is_empty() || matches!(split_authority(v), Some((host, _)) if !host.is_empty())
+    split_authority(v).is_some()
 }
 
 /// Splits `uri-host [ ":" port ]` into the host (brackets included for an
@@ -1058,7 +1060,7 @@ mod tests {
     fn host_characters() {
         for b in 0..=255u8 {
             let want = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
-            assert_eq!(valid_host(&[b]), want, "byte {b:#x}");
+            assert_eq!(valid_host(&[b]), want || b == b':', "byte {b:#x}");
             assert_eq!(REG_NAME[b as usize], want, "byte {b:#x}");
         }
         assert!(valid_host(b"[::1]:8080") && valid_host(b""));
@@ -1601,6 +1603,10 @@ mod tests {
             "[::1]:",
             "[v7.fe:ed]",
             "EXAMPLE.com:00080",
+            // An empty uri-host is in the grammar (the environ falls back to
+            // the listener's name).
+            ":8080",
+            ":",
         ] {
             ok(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes());
         }
@@ -1625,8 +1631,7 @@ mod tests {
             "[]",
             "[zz]",
             "::1",
-            ":80",
-            ":",
+            ":x",
             "[::1%eth0]",
         ] {
             let req = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
