@@ -155,6 +155,20 @@ def test_unknown_or_unsupported_te_is_501(srv, te):
     srv.rejected(post([f"Transfer-Encoding: {te}"], b"3\r\nabc\r\n0\r\n\r\n"), 501)
 
 
+@pytest.mark.parametrize("te", ["chunked,", ", chunked", " , chunked ,, "])
+def test_te_empty_list_elements_are_ignored(srv, te):
+    # RFC 9110 5.6.1: a recipient MUST ignore empty list elements.
+    ex = srv.accepted(post([f"Transfer-Encoding: {te}", "Connection: close"], b"3\r\nabc\r\n0\r\n\r\n"))
+    (r,), rest = parse_responses(ex.data, ["POST"])
+    assert r.body == b"abc" and rest == b""
+    assert srv.app_calls() == ["POST /echo"]
+
+
+@pytest.mark.parametrize("te", [",", "chunked,,chunked", "chunked, , gzip"])
+def test_te_with_empty_elements_still_checked(srv, te):
+    srv.rejected(post([f"Transfer-Encoding: {te}"], b"3\r\nabc\r\n0\r\n\r\n" + SMUGGLED), 400)
+
+
 def test_te_split_over_two_lines(srv):
     srv.rejected(post(["Transfer-Encoding: gzip", "Transfer-Encoding: chunked"], b"0\r\n\r\n"), 501)
     srv.rejected(post(["Transfer-Encoding: chunked", "Transfer-Encoding: gzip"], b"0\r\n\r\n"), 400)
@@ -186,6 +200,31 @@ def test_te_in_http10_is_400(srv):
 )
 def test_bad_chunked_body_is_400(srv, body):
     srv.rejected(post(["Transfer-Encoding: chunked"], body + SMUGGLED), 400)
+
+
+@pytest.mark.parametrize(
+    "size_line",
+    [b"3;", b"3; ", b"3;=x", b"3;a@b", b'3;a="b', b"3;a=", b"3;a b", b'3;a="b"c', b"3;x=\xff", b"3;a ", b"3;;a"],
+    ids=repr,
+)
+def test_bad_chunk_extension_is_400(srv, size_line):
+    # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )
+    srv.rejected(post(["Transfer-Encoding: chunked"], size_line + b"\r\nabc\r\n0\r\n\r\n" + SMUGGLED), 400)
+
+
+def test_bad_chunk_extension_detected_when_split_across_reads(srv):
+    head = post(["Transfer-Encoding: chunked"])
+    srv.rejected(None, 400, pieces=[head, b"3;a", b'="unterminated', b"\r\nabc\r\n0\r\n\r\n"], delay=0.05)
+    srv.rejected(None, 400, pieces=[head, b"3;", b"\r", b"\nabc\r\n0\r\n\r\n"], delay=0.05)
+
+
+def test_valid_chunk_extensions_split_across_reads(srv):
+    head = post(["Transfer-Encoding: chunked", "Connection: close"])
+    pieces = [head, b"3;a", b"=b\r\nabc\r\n", b'3; a = "x', b';y"', b"\r\ndef\r\n3;a;", b"b=c\r\nghi\r\n0\r\n\r\n"]
+    srv.reset()
+    ex = exchange(srv.port, None, pieces=pieces, delay=0.05)
+    (r,), rest = parse_responses(ex.data, ["POST"])
+    assert r.status == 200 and r.body == b"abcdefghi" and rest == b""
 
 
 def test_bad_chunk_size_detected_when_sent_in_pieces(srv):
@@ -283,14 +322,18 @@ def test_two_host_headers_are_400(srv):
 
 
 @pytest.mark.parametrize("host", [b"a b", b"a/b", b"evil.example/x?", b"user@host", b"a#b", b'"q"', b"a\\b",
-                                  b"caf\xc3\xa9.example", b"a\tb"], ids=repr)
+                                  b"caf\xc3\xa9.example", b"a\tb",
+                                  # structure: a port is digits, brackets only around an IP literal
+                                  b"example.com:abc", b"example.com:80:80", b"[::1", b"a]b", b"[::1]x",
+                                  b"[::1]:x", b"[not-ipv6]", b"::1", b":x"], ids=repr)
 def test_invalid_host_value_is_400(srv, host):
     # RFC 9112 3.2: a Host that cannot be uri-host[:port] is a 400.
     srv.rejected(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", 400)
 
 
 def test_valid_host_values_are_served(srv):
-    for host in [b"example.com:8080", b"[::1]:80", b"under_score.example", b""]:
+    for host in [b"example.com:8080", b"[::1]:80", b"[::1]", b"[2001:db8::1]:8443", b"under_score.example",
+                 b"example.com:", b""]:
         ex = srv.accepted(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
         assert ex.data.endswith(b"Hello, World!")
 
@@ -299,6 +342,81 @@ def test_http10_without_host_is_served(srv):
     ex = srv.accepted(b"GET / HTTP/1.0\r\n\r\n")
     assert ex.closed and ex.data.startswith(b"HTTP/1.0 200")
     assert srv.app_calls() == ["GET /"]
+
+
+# ---- request-target form (RFC 9112 3.2) -------------------------------------
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET noslash HTTP/1.1",  # origin-form starts with '/'
+        b"GET ?x HTTP/1.1",
+        b"GET * HTTP/1.1",  # asterisk-form is for OPTIONS only
+        b"OPTIONS *?x HTTP/1.1",  # ... and is exactly '*'
+        b"GET h:80 HTTP/1.1",  # authority-form is for CONNECT only
+        b"CONNECT / HTTP/1.1",  # ... and CONNECT takes nothing else
+        b"CONNECT h HTTP/1.1",
+        b"CONNECT http://h:443/ HTTP/1.1",
+        b"GET http:x HTTP/1.1",  # absolute-form: http(s)://authority only
+        b"GET http:///x HTTP/1.1",
+        b"GET http://:80/x HTTP/1.1",
+        b'GET http://ev"il<>/x HTTP/1.1',
+        b"GET http://h:x/ HTTP/1.1",
+        b"GET http://[::1/x HTTP/1.1",
+        b"GET http://user@h/x HTTP/1.1",  # userinfo (RFC 9110 4.2.4)
+        b"GET ftp://h/x HTTP/1.1",
+        b"GET urn:x HTTP/1.1",
+    ],
+    ids=repr,
+)
+def test_bad_request_target_form_is_400(srv, line):
+    srv.rejected(line + b"\r\nHost: localhost\r\n\r\n", 400)
+
+
+@pytest.mark.parametrize(
+    "line, call",
+    [
+        (b"OPTIONS * HTTP/1.1", "OPTIONS *"),
+        (b"GET HTTP://localhost:80/?q HTTP/1.1", "GET /"),
+        (b"GET https://[::1]/ HTTP/1.1", "GET /"),
+        (b"GET /#frag HTTP/1.1", "GET /"),
+        (b"GET http://h/#frag HTTP/1.1", "GET /"),
+        (b"CONNECT localhost:443 HTTP/1.1", "CONNECT "),
+    ],
+    ids=repr,
+)
+def test_valid_request_target_forms_reach_the_app(srv, line, call):
+    srv.reset()
+    ex = exchange(srv.port, line + b"\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert ex.status in (200, 404), ex
+    assert srv.app_calls() == [call]
+
+
+# ---- Expect (RFC 9110 10.1.1) -------------------------------------------------
+
+@pytest.mark.parametrize("expect", ["something-else", "100-continue, foo", "100-continue;x=1"])
+def test_unsupported_expectation_is_417(srv, expect):
+    r = srv.rejected(post([f"Expect: {expect}", "Content-Length: 5"], b"hello"), 417)
+    assert r.reason == "Expectation Failed"
+    srv.rejected(b"GET / HTTP/1.0\r\nExpect: " + expect.encode() + b"\r\n\r\n", 417)
+
+
+def test_expect_list_with_empty_elements_and_any_case(srv):
+    s = connect(srv.port)
+    try:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"
+                  b"Expect: , 100-CONTINUE,\r\nConnection: close\r\n\r\n")
+        assert recv_until(s, b"\r\n\r\n", timeout=3) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"ok")
+        ex = read_until_close(s)
+    finally:
+        s.close()
+    (r,), _ = parse_responses(ex.data, ["POST"])
+    assert r.status == 200 and r.body == b"ok"
+
+
+def test_malformed_request_with_bad_expectation_is_400(srv):
+    srv.rejected(post(["Expect: foo", "Content-Length: x"], b""), 400)
 
 
 def environ_of(srv, raw_headers):

@@ -16,9 +16,12 @@
 //! leniency has enabled request smuggling elsewhere: CRLF only (no bare LF or
 //! CR), no whitespace before the size, whitespace after the size only when a
 //! `;` extension follows (as the grammar's BWS allows), and bounded
-//! extensions and trailers. Extensions are checked only for stray control
-//! bytes, not against the full grammar: they are ignored, and a quoted
-//! string cannot contain CR or LF, so scanning to CR finds the same line end.
+//! extensions and trailers. Extensions are ignored but must match the
+//! grammar (RFC 9112 §7.1.1): `*( BWS ";" BWS token [ BWS "=" BWS ( token /
+//! quoted-string ) ] )`, so `3;`, `3;=x`, `3;a@b` or an unterminated quote
+//! are errors; whitespace before the CRLF is not allowed (the grammar has
+//! none there). The checks are states of the same byte-at-a-time machine,
+//! so an extension split across reads is handled like any other byte.
 //! After an error the decoder stays failed.
 use super::request::HttpError;
 
@@ -44,8 +47,24 @@ enum State {
     Size,
     /// Whitespace after the size: only `;` (or more whitespace) may follow.
     SizeWs,
-    /// Inside the chunk extensions, up to CR.
-    Ext,
+    /// After a `;` (and any BWS): the extension name must start.
+    ExtNameStart,
+    /// Inside an extension name.
+    ExtName,
+    /// BWS after a name: `=` or `;` must follow.
+    ExtNameWs,
+    /// After `=` (and any BWS): a token or a quoted-string must start.
+    ExtValueStart,
+    /// Inside a token value.
+    ExtToken,
+    /// Inside a quoted-string value.
+    ExtQuoted,
+    /// After a backslash in a quoted-string.
+    ExtQuotedEscape,
+    /// Just after the closing quote: `;`, BWS or CR.
+    ExtQuotedEnd,
+    /// BWS after a value: only `;` may follow.
+    ExtValueWs,
     /// Saw the CR ending the size line.
     SizeLf,
     /// Copying `remaining` payload bytes.
@@ -150,7 +169,7 @@ impl ChunkedDecoder {
                 }
                 State::Size => match b {
                     b'\r' => State::SizeLf,
-                    b';' => self.ext_byte(State::Ext)?,
+                    b';' => self.ext_byte(State::ExtNameStart)?,
                     b' ' | b'\t' => self.ext_byte(State::SizeWs)?,
                     _ => {
                         let d = hex_value(b).ok_or("invalid chunk size")?;
@@ -164,13 +183,20 @@ impl ChunkedDecoder {
                 },
                 State::SizeWs => match b {
                     b' ' | b'\t' => self.ext_byte(State::SizeWs)?,
-                    b';' => self.ext_byte(State::Ext)?,
+                    b';' => self.ext_byte(State::ExtNameStart)?,
                     _ => return Err("invalid chunk size line"),
                 },
-                State::Ext => match b {
-                    b'\r' => State::SizeLf,
-                    _ if is_text(b) => self.ext_byte(State::Ext)?,
-                    _ => return Err("invalid byte in chunk extension"),
+                State::ExtNameStart
+                | State::ExtName
+                | State::ExtNameWs
+                | State::ExtValueStart
+                | State::ExtToken
+                | State::ExtQuoted
+                | State::ExtQuotedEscape
+                | State::ExtQuotedEnd
+                | State::ExtValueWs => match self.ext_next(b)? {
+                    State::SizeLf => State::SizeLf,
+                    next => self.ext_byte(next)?,
                 },
                 State::SizeLf => match b {
                     b'\n' if self.size == 0 => {
@@ -217,6 +243,46 @@ impl ChunkedDecoder {
             return Err("chunk extension too long");
         }
         Ok(next)
+    }
+
+    /// The state after byte `b` of a chunk extension (RFC 9112 §7.1.1);
+    /// `SizeLf` at the CR ending the size line.
+    #[inline]
+    fn ext_next(&self, b: u8) -> Result<State, &'static str> {
+        let ws = b == b' ' || b == b'\t';
+        Ok(match self.state {
+            State::ExtNameStart if ws => State::ExtNameStart,
+            State::ExtNameStart if is_tchar(b) => State::ExtName,
+            State::ExtNameStart => return Err("invalid chunk extension name"),
+            State::ExtName if is_tchar(b) => State::ExtName,
+            State::ExtName | State::ExtNameWs if ws => State::ExtNameWs,
+            State::ExtName | State::ExtNameWs if b == b'=' => State::ExtValueStart,
+            State::ExtName | State::ExtNameWs if b == b';' => State::ExtNameStart,
+            State::ExtName if b == b'\r' => State::SizeLf,
+            State::ExtName | State::ExtNameWs => return Err("invalid chunk extension"),
+            State::ExtValueStart if ws => State::ExtValueStart,
+            State::ExtValueStart if is_tchar(b) => State::ExtToken,
+            State::ExtValueStart if b == b'"' => State::ExtQuoted,
+            State::ExtValueStart => return Err("invalid chunk extension value"),
+            State::ExtToken if is_tchar(b) => State::ExtToken,
+            State::ExtQuoted => match b {
+                b'"' => State::ExtQuotedEnd,
+                b'\\' => State::ExtQuotedEscape,
+                // qdtext; CR/LF cannot appear: an unterminated quote.
+                _ if is_text(b) => State::ExtQuoted,
+                _ => return Err("unterminated quoted string in chunk extension"),
+            },
+            State::ExtQuotedEscape if is_text(b) => State::ExtQuoted,
+            State::ExtQuotedEscape => {
+                return Err("invalid quoted-pair in chunk extension");
+            }
+            State::ExtToken | State::ExtQuotedEnd | State::ExtValueWs if b == b';' => {
+                State::ExtNameStart
+            }
+            State::ExtToken | State::ExtQuotedEnd | State::ExtValueWs if ws => State::ExtValueWs,
+            State::ExtToken | State::ExtQuotedEnd if b == b'\r' => State::SizeLf,
+            _ => return Err("invalid chunk extension"),
+        })
     }
 
     /// Trailer fields are read only to find their end: each must look like
@@ -433,7 +499,14 @@ mod tests {
             b"5 ; foo = bar\r\nhello\r\n0\r\n\r\n",
             b"5\t;foo=\"b a;r\"\r\nhello\r\n0\r\n\r\n",
             b"5;a=1;b=2\r\nhello\r\n0\r\n\r\n",
-            b"5;x=\xff\r\nhello\r\n0\r\n\r\n",
+            b"5;x=\"\xff\"\r\nhello\r\n0\r\n\r\n",
+            b"5;a;b=c\r\nhello\r\n0\r\n\r\n",
+            b"5; a = \"x;y\"\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"\"\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"q\\\"\\\\\\x\" ;b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"x\"\t; b\r\nhello\r\n0\r\n\r\n",
+            b"5;!#$%&'*+-.^_`|~09AZaz=!#$%&'*+-.^_`|~\r\nhello\r\n0\r\n\r\n",
+            b"5 \t; \ta\t =\t b ;c\r\nhello\r\n0;z=\"1\"\r\n\r\n",
         ] {
             assert_eq!(
                 all_ways(input).unwrap().0,
@@ -448,9 +521,83 @@ mod tests {
             b"5;a\x0b\r\n",
             b"5;a\rb\r\n",
             b"5;a\nhello",
+            // RFC 9112 §7.1.1 grammar.
+            b"3;\r\nabc\r\n0\r\n\r\n",
+            b"3; \r\nabc\r\n0\r\n\r\n",
+            b"3;=x\r\nabc\r\n0\r\n\r\n",
+            b"3;a@b\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"b\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"b\\\"\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"b\\\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\r\nabc\r\n0\r\n\r\n",
+            b"3;a= \r\nabc\r\n0\r\n\r\n",
+            b"3;a==b\r\nabc\r\n0\r\n\r\n",
+            b"3;a=b=c\r\nabc\r\n0\r\n\r\n",
+            b"3;a=b c\r\nabc\r\n0\r\n\r\n",
+            b"3;a b\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"b\"c\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"b\" c\r\nabc\r\n0\r\n\r\n",
+            b"3;a=b\"c\"\r\nabc\r\n0\r\n\r\n",
+            b"3;a=(b)\r\nabc\r\n0\r\n\r\n",
+            b"3;a/b\r\nabc\r\n0\r\n\r\n",
+            b"3;a;\r\nabc\r\n0\r\n\r\n",
+            b"3;a;;b\r\nabc\r\n0\r\n\r\n",
+            b"3;;a\r\nabc\r\n0\r\n\r\n",
+            b"3;a,b\r\nabc\r\n0\r\n\r\n",
+            b"3;x=\xff\r\nabc\r\n0\r\n\r\n", // obs-text only inside quotes
+            b"3;\xffa\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"\x7f\"\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"\x01\"\r\nabc\r\n0\r\n\r\n",
+            // No whitespace before the CRLF (the grammar has none there).
+            b"3;a \r\nabc\r\n0\r\n\r\n",
+            b"3;a=b\t\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"b\" \r\nabc\r\n0\r\n\r\n",
+            // On the last chunk too.
+            b"3\r\nabc\r\n0;\r\n\r\n",
+            b"3\r\nabc\r\n0;a=\"\r\n\r\n",
         ] {
             bad(input);
         }
+    }
+
+    #[test]
+    fn extension_errors_at_every_split() {
+        // The decoder is fed arbitrary pieces: an invalid extension is an
+        // error wherever the reads split it, and never before its bad byte.
+        for input in [
+            &b"3;a=\"b\r\nabc\r\n0\r\n\r\n"[..],
+            b"3;=x\r\nabc\r\n0\r\n\r\n",
+            b"3;a@b\r\nabc\r\n0\r\n\r\n",
+            b"3;\r\nabc\r\n0\r\n\r\n",
+        ] {
+            for split in 0..=input.len() {
+                let mut d = ChunkedDecoder::new();
+                let mut out = Vec::new();
+                let first = d.decode(&input[..split], &mut out);
+                let second = first
+                    .clone()
+                    .and_then(|_| d.decode(&input[split..], &mut out));
+                assert!(second.is_err(), "split at {split}: {input:?}");
+                assert!(out.is_empty(), "no payload before the bad line");
+            }
+        }
+        // A valid one split inside a quoted-string, then an escape.
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        for piece in [
+            &b"3; a = \"x"[..],
+            b";",
+            b"\\",
+            b"\"",
+            b"y\"",
+            b" ;b",
+            b"\r",
+            b"\nabc\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(d.decode(piece, &mut out).unwrap().consumed, piece.len());
+        }
+        assert!(d.is_done());
+        assert_eq!(out, b"abc");
     }
 
     #[test]

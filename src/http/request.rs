@@ -24,6 +24,18 @@
 //! - Every line must end in CRLF; a bare LF anywhere in the head is a 400.
 //! - The request target must be valid UTF-8 (it is stored as `str`); raw
 //!   non-ASCII UTF-8 is tolerated because real clients send it.
+//! - The target's form must suit the method (RFC 9112 §3.2): origin-form
+//!   (`/...`) except for CONNECT; `*` only for `OPTIONS`; authority-form
+//!   (`host:port`) for CONNECT only, and nothing else for CONNECT; otherwise
+//!   absolute-form, accepted only as `http://` / `https://` with a valid,
+//!   non-empty host and no userinfo. A `#fragment` is tolerated (dropped
+//!   later). Any other target is a 400.
+//! - Host must be `uri-host [":" port]` (either part may be empty); an
+//!   `Expect` member other than `100-continue` is a 417 (as in Gunicorn),
+//!   reported only when the request is otherwise valid.
+//! - Empty list elements in `Transfer-Encoding`, `Connection` and `Expect`
+//!   are ignored (RFC 9110 §5.6.1), but a `Transfer-Encoding` line naming
+//!   no coding at all is a 400.
 //! - `Content-Length: 0` is reported as `BodyKind::Length(0)`; `Empty` means
 //!   the request carried no framing header at all.
 //! - Versions: `HTTP/1.0` and `HTTP/1.1` are served; a well-formed but other
@@ -216,6 +228,8 @@ pub enum HttpError {
     FieldsTooLarge(&'static str),
     NotImplemented(&'static str),
     VersionNotSupported,
+    /// An `Expect` member other than `100-continue` (RFC 9110 §10.1.1).
+    ExpectationFailed,
 }
 
 impl HttpError {
@@ -223,6 +237,7 @@ impl HttpError {
         match self {
             HttpError::BadRequest(_) => 400,
             HttpError::UriTooLong => 414,
+            HttpError::ExpectationFailed => 417,
             HttpError::FieldsTooLarge(_) => 431,
             HttpError::NotImplemented(_) => 501,
             HttpError::VersionNotSupported => 505,
@@ -237,6 +252,7 @@ impl HttpError {
             | HttpError::NotImplemented(m) => m,
             HttpError::UriTooLong => "request line too long",
             HttpError::VersionNotSupported => "HTTP version not supported",
+            HttpError::ExpectationFailed => "unsupported expectation",
         }
     }
 }
@@ -555,16 +571,103 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// RFC 9112 §3.2: a Host with an invalid value is a 400. The value is
-/// `uri-host [ ":" port ]` (RFC 3986): reg-name characters, an IP literal
-/// in brackets, digits for the port; it may be empty. Anything else (SP,
-/// `/`, `@`, `?`, `#`, quotes, controls, non-ASCII) cannot be a host and
-/// would reach the app as SERVER_NAME / HTTP_HOST.
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2-3): an IP literal in brackets
+/// or a reg-name, then optionally `:` and digits. It may be empty (no
+/// authority), and so may the host (reg-name is `*( ... )`): `:8080` has
+/// the grammar, and the environ then takes the listener's name. Unlike a
+/// target's authority (`check_target`), Host is not itself an http URI.
+/// Anything else (SP, `/`, `@`, `?`, `#`, quotes, controls, non-ASCII,
+/// stray brackets, a non-numeric port) cannot be a host and would reach
+/// the app as SERVER_NAME / HTTP_HOST.
+#[inline]
 fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| HOST_CHAR[b as usize])
+    split_authority(v).is_some()
 }
 
-/// The bytes `valid_host` allows, as a table (one load per byte).
-static HOST_CHAR: [bool; 256] = {
+/// Splits `uri-host [ ":" port ]` into the host (brackets included for an
+/// IP literal; possibly empty) and the port digits (`None` without `:`,
+/// possibly empty after it, as `port = *DIGIT` allows). `None` if `v` does
+/// not have that structure. One table lookup per byte of a reg-name.
+#[inline]
+fn split_authority(v: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let host_end = if v.first() == Some(&b'[') {
+        let close = v.iter().position(|&b| b == b']')?;
+        if !valid_ip_literal(&v[1..close]) {
+            return None;
+        }
+        close + 1
+    } else {
+        v.iter()
+            .position(|&b| !REG_NAME[b as usize])
+            .unwrap_or(v.len())
+    };
+    let (host, rest) = v.split_at(host_end);
+    match rest {
+        [] => Some((host, None)),
+        [b':', port @ ..] if port.iter().all(u8::is_ascii_digit) => Some((host, Some(port))),
+        _ => None,
+    }
+}
+
+/// The inside of `[...]`: RFC 3986 `IPv6address` (RFC 6874's `%25` zone
+/// suffix tolerated) or `IPvFuture` (`v` 1*HEXDIG `.` 1*(unreserved /
+/// sub-delims / `:`)). Only runs for bracketed hosts, which are rare.
+fn valid_ip_literal(lit: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = lit {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (ver, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !ver.is_empty()
+            && ver.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b == b':' || (REG_NAME[b as usize] && b != b'%'));
+    }
+    let (addr, zone) = match lit.iter().position(|&b| b == b'%') {
+        Some(i) => (&lit[..i], Some(&lit[i..])),
+        None => (lit, None),
+    };
+    if let Some(zone) = zone {
+        // IPv6addrz: "%25" 1*( unreserved / pct-encoded )
+        let Some(id) = zone.strip_prefix(b"%25") else {
+            return false;
+        };
+        if id.is_empty() || !valid_pct_unreserved(id) {
+            return false;
+        }
+    }
+    // std's parser takes exactly the RFC 4291 text forms (and allocates
+    // nothing).
+    std::str::from_utf8(addr).is_ok_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// `*( unreserved / pct-encoded )`.
+fn valid_pct_unreserved(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The bytes of an RFC 3986 reg-name (unreserved, sub-delims and `%` of
+/// pct-encoded), as a table (one load per byte). `_` is unreserved, so
+/// `under_score.example` is fine; `:`, `[` and `]` are structure, not
+/// host characters.
+static REG_NAME: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
@@ -586,15 +689,70 @@ static HOST_CHAR: [bool; 256] = {
                     | b','
                     | b';'
                     | b'='
-                    | b':'
-                    | b'['
-                    | b']'
                     | b'%'
             );
         i += 1;
     }
     t
 };
+
+/// RFC 9112 §3.2: the form of the request-target must suit the method.
+/// origin-form (`/...`) for everything but CONNECT; `*` only for OPTIONS;
+/// authority-form (`host:port`) only, and always, for CONNECT; otherwise
+/// absolute-form, of which only `http://` and `https://` URIs with a valid,
+/// non-empty authority and no userinfo are served (RFC 9110 §4.2.1, §4.2.4).
+#[inline]
+fn check_target(method: &str, target: &str) -> Result<(), HttpError> {
+    let connect = method == "CONNECT";
+    if target.as_bytes().first() == Some(&b'/') && !connect {
+        return Ok(()); // origin-form: the usual case
+    }
+    check_other_target(method, target.as_bytes(), connect)
+}
+
+fn check_other_target(method: &str, t: &[u8], connect: bool) -> Result<(), HttpError> {
+    if connect {
+        // authority-form = uri-host ":" port; CONNECT has no default port.
+        return match split_authority(t) {
+            Some((host, Some(port))) if !host.is_empty() && !port.is_empty() => Ok(()),
+            _ => Err(HttpError::BadRequest("CONNECT target is not host:port")),
+        };
+    }
+    // A fragment belongs to no form; it is tolerated as in origin-form (and
+    // dropped when the environ is built).
+    let t = match t.iter().position(|&b| b == b'#') {
+        Some(i) => &t[..i],
+        None => t,
+    };
+    if t == b"*" {
+        return if method == "OPTIONS" {
+            Ok(())
+        } else {
+            Err(HttpError::BadRequest("'*' target is only for OPTIONS"))
+        };
+    }
+    let rest = strip_prefix_ignore_case(t, b"http://")
+        .or_else(|| strip_prefix_ignore_case(t, b"https://"))
+        .ok_or(HttpError::BadRequest("invalid request target"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains(&b'@') {
+        return Err(HttpError::BadRequest("userinfo in request target"));
+    }
+    match split_authority(authority) {
+        Some((host, _)) if !host.is_empty() => Ok(()),
+        _ => Err(HttpError::BadRequest("invalid authority in request target")),
+    }
+}
+
+#[inline]
+fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
 
 /// Elements of a comma-separated list value, OWS-trimmed (may be empty).
 #[inline]
@@ -636,10 +794,14 @@ struct TransferCodings {
 impl TransferCodings {
     fn add(&mut self, value: &[u8]) -> Result<(), HttpError> {
         self.present = true;
+        let mut any = false;
         for coding in list_elements(value) {
+            // RFC 9110 §5.6.1: empty list elements are ignored
+            // (`chunked,` and `, chunked` are `chunked`).
             if coding.is_empty() {
-                return Err(HttpError::BadRequest("empty Transfer-Encoding element"));
+                continue;
             }
+            any = true;
             // Parameters (`;q=..`) are not accepted on any coding we know.
             if !coding.iter().all(|&b| is_tchar(b)) {
                 return Err(HttpError::BadRequest("invalid Transfer-Encoding"));
@@ -661,6 +823,11 @@ impl TransferCodings {
             } else {
                 self.unknown = true;
             }
+        }
+        // A field line naming no coding at all (empty, or only commas) is
+        // not a list anyone sends on purpose: refuse it rather than guess.
+        if !any {
+            return Err(HttpError::BadRequest("empty Transfer-Encoding"));
         }
         Ok(())
     }
@@ -709,6 +876,7 @@ fn build_head(
     if rest[rl_len] != b'\r' || rest[n - 2] != b'\r' {
         return Err(HttpError::BadRequest("bare LF line ending"));
     }
+    check_target(method, path)?;
     for (i, f) in fields.iter().enumerate() {
         let line_start = offset(rest, f.name.as_ptr());
         let next_start = match fields.get(i + 1) {
@@ -731,6 +899,7 @@ fn build_head(
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
+    let mut expect_other = false;
     for f in fields {
         let name = f.name;
         // `X_Forwarded_For` would become HTTP_X_FORWARDED_FOR in WSGI, the
@@ -747,8 +916,17 @@ fn build_head(
                     return Err(HttpError::BadRequest("invalid Host"));
                 }
             }
+            // RFC 9110 §10.1.1: `100-continue` is the only expectation
+            // (ignored in HTTP/1.0); any other member gets a 417, as in
+            // Gunicorn. Empty list elements are ignored (§5.6.1).
             6 if name.eq_ignore_ascii_case("expect") => {
-                expect_continue |= minor == 1 && value.eq_ignore_ascii_case(b"100-continue");
+                for member in list_elements(value) {
+                    if member.eq_ignore_ascii_case(b"100-continue") {
+                        expect_continue |= minor == 1;
+                    } else if !member.is_empty() {
+                        expect_other = true;
+                    }
+                }
             }
             10 if name.eq_ignore_ascii_case("connection") => {
                 for token in list_elements(value) {
@@ -796,6 +974,10 @@ fn build_head(
             None => BodyKind::Empty,
         }
     };
+    // Only now: a malformed request is a 400 whatever it expects.
+    if expect_other {
+        return Err(HttpError::ExpectationFailed);
+    }
     let keep_alive = !conn_close && (minor == 1 || conn_keep_alive);
 
     head.raw.clear();
@@ -877,11 +1059,79 @@ mod tests {
     #[test]
     fn host_characters() {
         for b in 0..=255u8 {
-            let want = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b);
-            assert_eq!(valid_host(&[b]), want, "byte {b:#x}");
+            let want = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            assert_eq!(valid_host(&[b]), want || b == b':', "byte {b:#x}");
+            assert_eq!(REG_NAME[b as usize], want, "byte {b:#x}");
         }
         assert!(valid_host(b"[::1]:8080") && valid_host(b""));
         assert!(!valid_host(b"a b") && !valid_host(b"a/b") && !valid_host(b"a@b"));
+    }
+
+    #[test]
+    fn authority_structure() {
+        let split = |v: &'static str| {
+            split_authority(v.as_bytes()).map(|(h, p)| {
+                (
+                    std::str::from_utf8(h).unwrap(),
+                    p.map(|p| std::str::from_utf8(p).unwrap()),
+                )
+            })
+        };
+        assert_eq!(split("example.com"), Some(("example.com", None)));
+        assert_eq!(
+            split("example.com:8080"),
+            Some(("example.com", Some("8080")))
+        );
+        assert_eq!(split("example.com:"), Some(("example.com", Some(""))));
+        assert_eq!(split("[::1]:80"), Some(("[::1]", Some("80"))));
+        assert_eq!(split("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split(":80"), Some(("", Some("80"))));
+        assert_eq!(split(""), Some(("", None)));
+        for bad in [
+            "example.com:abc",
+            "example.com:80:80",
+            "example.com:8a",
+            "example.com:-1",
+            "[::1",
+            "::1",
+            "a]b",
+            "a[b",
+            "[::1]x",
+            "[::1]:x",
+            "[::1]]",
+            "[[::1]]",
+            "x[::1]",
+            "[]",
+            "[1]",
+            "[::g]",
+            "[1:2:3:4:5:6:7:8:9]",
+            "[12345::]",
+            "[1::2::3]",
+            "[::1%eth0]",
+            "[::1%25]",
+            "[::1%25a b]",
+            "[::1%25%zz]",
+            "[v1]",
+            "[v.x]",
+            "[vg.x]",
+            "[v1.]",
+            "[v1.a/b]",
+            "[v1.a%20]",
+            "[example.com]",
+        ] {
+            assert_eq!(split(bad), None, "{bad:?}");
+        }
+        for good in [
+            "[::]",
+            "[::ffff:1.2.3.4]",
+            "[2001:db8::8:800:200c:417a]:443",
+            "[FE80::1%25eth0]",
+            "[fe80::1%25en%30]",
+            "[v1.x:y]",
+            "[VaF.a-b_c~!$&'()*+,;=]:1",
+        ] {
+            assert!(split(good).is_some(), "{good:?}");
+        }
     }
 
     #[test]
@@ -984,8 +1234,50 @@ mod tests {
     fn expect_continue() {
         assert!(ok(&post_with("Expect: 100-continue\r\nContent-Length: 1\r\n")).expect_continue);
         assert!(ok(&post_with("Expect: 100-Continue\r\n")).expect_continue);
-        assert!(!ok(&post_with("Expect: something-else\r\n")).expect_continue);
+        assert!(ok(&post_with("Expect: 100-CONTINUE, \r\n")).expect_continue);
+        assert!(ok(&post_with("Expect: ,100-continue\r\n")).expect_continue);
         assert!(!ok(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        // No member at all: nothing is expected.
+        assert!(!ok(&post_with("Expect:\r\n")).expect_continue);
+        assert!(!ok(&post_with("Expect: , \r\n")).expect_continue);
+    }
+
+    #[test]
+    fn other_expectations_are_417() {
+        for v in [
+            "something-else",
+            "100-continue, foo",
+            "foo, 100-continue",
+            "100-continue;x=1",
+            "100-continue=1",
+            "101-continue",
+            "\"100-continue\"",
+        ] {
+            let req = post_with(&format!("Expect: {v}\r\nContent-Length: 1\r\n"));
+            assert_eq!(
+                parse(&req).unwrap_err(),
+                HttpError::ExpectationFailed,
+                "{v}"
+            );
+            assert_eq!(status(&req), 417, "{v}");
+        }
+        // In HTTP/1.0 too: 100-continue is ignored there, not the others.
+        assert_eq!(status(b"POST / HTTP/1.0\r\nExpect: foo\r\n\r\n"), 417);
+        // Across field lines.
+        assert_eq!(
+            status(&post_with("Expect: 100-continue\r\nExpect: foo\r\n")),
+            417
+        );
+        // A malformed request is a 400 whatever it expects.
+        assert_eq!(
+            status(&post_with("Expect: foo\r\nContent-Length: x\r\n")),
+            400
+        );
+        assert_eq!(
+            status(b"GET noslash HTTP/1.1\r\nHost: h\r\nExpect: foo\r\n\r\n"),
+            400
+        );
+        assert_eq!(status(b"GET / HTTP/1.1\r\nExpect: foo\r\n\r\n"), 400);
     }
 
     // ---- request line -----------------------------------------------------
@@ -994,7 +1286,7 @@ mod tests {
     fn methods() {
         assert_eq!(ok(b"PURGE / HTTP/1.1\r\nHost: h\r\n\r\n").method(), "PURGE");
         assert_eq!(
-            ok(b"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n").method(),
+            ok(b"M-SEARCH / HTTP/1.1\r\nHost: h\r\n\r\n").method(),
             "M-SEARCH"
         );
         assert_eq!(status(b"GE(T / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
@@ -1033,6 +1325,100 @@ mod tests {
         assert_eq!(status(b"GET /  HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         assert_eq!(status(b"GET  HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         assert_eq!(status(b"GET /\r\n\r\n"), 400); // HTTP/0.9
+    }
+
+    fn target_status(method: &str, target: &str) -> Result<(), u16> {
+        let req = format!("{method} {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        match parse(req.as_bytes()) {
+            Ok(Some((h, _))) => {
+                assert_eq!(h.target(), target);
+                Ok(())
+            }
+            Ok(None) => panic!("incomplete"),
+            Err(e) => Err(e.status()),
+        }
+    }
+
+    #[test]
+    fn target_forms() {
+        for (m, t) in [
+            ("GET", "/"),
+            ("GET", "//x"),
+            ("GET", "/a?b#frag"),
+            ("POST", "/?"),
+            ("OPTIONS", "*"),
+            ("OPTIONS", "*#frag"),
+            ("OPTIONS", "/"),
+            ("OPTIONS", "http://h"),
+            ("GET", "http://h"),
+            ("GET", "http://h/"),
+            ("GET", "HTTP://H:80/x?y"),
+            ("GET", "https://h?q"),
+            ("GET", "HtTpS://h:/x"),
+            ("GET", "http://h#frag"),
+            ("GET", "http://[::1]:8080/x"),
+            ("GET", "http://127.0.0.1/"),
+            ("GET", "http://h/a@b"),
+            ("GET", "http://h/?u=a@b"),
+            ("CONNECT", "h:443"),
+            ("CONNECT", "127.0.0.1:1"),
+            ("CONNECT", "[::1]:443"),
+        ] {
+            assert_eq!(target_status(m, t), Ok(()), "{m} {t}");
+        }
+        for (m, t) in [
+            // origin-form must start with '/'
+            ("GET", "noslash"),
+            ("GET", "a/b"),
+            ("GET", "?x"),
+            ("GET", "#x"),
+            // asterisk-form: OPTIONS only, and exactly '*'
+            ("GET", "*"),
+            ("M-SEARCH", "*"),
+            ("options", "*"),
+            ("OPTIONS", "*?x"),
+            ("OPTIONS", "**"),
+            ("OPTIONS", "*/"),
+            // authority-form: CONNECT only
+            ("GET", "h:80"),
+            ("OPTIONS", "h:80"),
+            // CONNECT: authority-form only, with a host and a port
+            ("CONNECT", "/"),
+            ("CONNECT", "*"),
+            ("CONNECT", "h"),
+            ("CONNECT", "h:"),
+            ("CONNECT", ":443"),
+            ("CONNECT", "h:x"),
+            ("CONNECT", "h:443/"),
+            ("CONNECT", "http://h:443"),
+            ("CONNECT", "u@h:443"),
+            ("CONNECT", "[::1]"),
+            ("CONNECT", "h:443#f"),
+            // absolute-form: http(s) with a valid, non-empty authority
+            ("GET", "http:x"),
+            ("GET", "http:/x"),
+            ("GET", "http:///x"),
+            ("GET", "http://"),
+            ("GET", "http://?x"),
+            ("GET", "http://#x"),
+            ("GET", "http://:80/x"),
+            ("GET", "http://h:x/"),
+            ("GET", "http://h:80:80/"),
+            ("GET", "http://[::1/x"),
+            ("GET", "http://a]b/x"),
+            ("GET", "http://ev\"il<>/x"),
+            ("GET", "http://h\\x/"),
+            ("GET", "http://user@h/"),
+            ("GET", "http://user:pw@h/"),
+            ("GET", "http://@h/"),
+            ("GET", "ftp://h/"),
+            ("GET", "httpx://h/"),
+            ("GET", "urn:x"),
+            ("GET", "mailto:a@b"),
+            ("GET", "h/x"),
+        ] {
+            assert_eq!(target_status(m, t), Err(400), "{m} {t}");
+        }
     }
 
     #[test]
@@ -1213,11 +1599,40 @@ mod tests {
             "[fe80::1%25eth0]",
             "xn--bcher-kva.example",
             "under_score.example",
+            "example.com:",
+            "[::1]:",
+            "[v7.fe:ed]",
+            "EXAMPLE.com:00080",
+            // An empty uri-host is in the grammar (the environ falls back to
+            // the listener's name).
+            ":8080",
+            ":",
         ] {
             ok(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes());
         }
         for h in [
-            "a b", "a/b", "a@b", "a?b", "a#b", "a\"b", "<a>", "a\\b", "h\u{e9}", "a\tb",
+            "a b",
+            "a/b",
+            "a@b",
+            "a?b",
+            "a#b",
+            "a\"b",
+            "<a>",
+            "a\\b",
+            "h\u{e9}",
+            "a\tb",
+            "example.com:abc",
+            "example.com:80:81",
+            "example.com:8o",
+            "[::1",
+            "a]b",
+            "[::1]x",
+            "[::1]:x",
+            "[]",
+            "[zz]",
+            "::1",
+            ":x",
+            "[::1%eth0]",
         ] {
             let req = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
             assert_eq!(status(req.as_bytes()), 400, "{h:?}");
@@ -1312,10 +1727,17 @@ mod tests {
         assert_eq!(te("identity, chunked"), Err(501));
         assert_eq!(te("foo, chunked"), Err(501));
         assert_eq!(te("chunked, chunked"), Err(400));
-        assert_eq!(te("chunked,"), Err(400));
-        assert_eq!(te(", chunked"), Err(400));
+        // RFC 9110 §5.6.1: empty list elements are ignored.
+        assert_eq!(te("chunked,"), Ok(BodyKind::Chunked));
+        assert_eq!(te(", chunked"), Ok(BodyKind::Chunked));
+        assert_eq!(te(" ,\t, chunked , ,"), Ok(BodyKind::Chunked));
+        assert_eq!(te("gzip,, chunked"), Err(501));
         assert_eq!(te("chunked,,chunked"), Err(400));
+        assert_eq!(te("chunked, ,gzip"), Err(400));
+        // ... but a field line naming no coding at all is refused.
         assert_eq!(te(""), Err(400));
+        assert_eq!(te(","), Err(400));
+        assert_eq!(te(" , , "), Err(400));
         assert_eq!(te("chunked;q=1"), Err(400));
         assert_eq!(te("chun ked"), Err(400));
         assert_eq!(te("\"chunked\""), Err(400));
@@ -1334,6 +1756,9 @@ mod tests {
         assert_eq!(two("chunked", "gzip"), Err(400));
         assert_eq!(two("chunked", "chunked"), Err(400));
         assert_eq!(two("chunked", ""), Err(400));
+        assert_eq!(two("chunked", ","), Err(400));
+        assert_eq!(two("gzip,", ", chunked"), Err(501));
+        assert_eq!(two(",", "chunked"), Err(400));
     }
 
     #[test]
@@ -1612,5 +2037,10 @@ mod tests {
         assert_eq!(HttpError::BadRequest("x").detail(), "x");
         assert_eq!(HttpError::VersionNotSupported.status(), 505);
         assert_eq!(HttpError::NotImplemented("x").status(), 501);
+        assert_eq!(HttpError::ExpectationFailed.status(), 417);
+        assert_eq!(
+            HttpError::ExpectationFailed.to_string(),
+            "417 unsupported expectation"
+        );
     }
 }
