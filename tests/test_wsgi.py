@@ -587,6 +587,25 @@ def test_forwarded_proto_from_untrusted_peer(start_server):
     assert json.loads(body)["HTTP_X_FORWARDED_PROTO"] == "https"
 
 
+def test_script_name_header_from_trusted_proxy(start_server):
+    # Gunicorn's forwarder_headers (SCRIPT_NAME, PATH_INFO): a trusted proxy
+    # may mount the app under a prefix per request; from anyone else these
+    # names (with "_") are dropped like every other underscore header.
+    s = start_server("basic:app")
+    st, _, body = s.request("GET", "/app/environ", headers={"SCRIPT_NAME": "/app", "X_Other": "1"})
+    env = json.loads(body)
+    assert st == 200 and (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/environ")
+    assert env["HTTP_SCRIPT_NAME"] == "/app" and "HTTP_X_OTHER" not in env
+    # the next request on a fresh environ is back to the default
+    env = json.loads(s.request("GET", "/environ")[2])
+    assert env["SCRIPT_NAME"] == "" and "HTTP_SCRIPT_NAME" not in env
+    t = start_server("basic:app", "--forwarded-allow-ips", "10.9.9.9")
+    st, _, body = t.request("GET", "/environ", headers={"SCRIPT_NAME": "/app", "PATH_INFO": "/x"})
+    env = json.loads(body)
+    assert st == 200 and (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/environ")
+    assert "HTTP_SCRIPT_NAME" not in env and "HTTP_PATH_INFO" not in env
+
+
 def test_conflicting_scheme_headers_are_400(start_server):
     # Gunicorn's InvalidSchemeHeaders: a trusted proxy must not say both.
     s = start_server("basic:app")

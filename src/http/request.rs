@@ -192,6 +192,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent (HTTP/1.1 only).
     pub expect_continue: bool,
+    /// A SCRIPT_NAME or PATH_INFO field is among `fields` (the only names
+    /// with `_` kept; see `is_forwarder_header`).
+    pub forwarder_fields: bool,
 }
 
 impl RequestHead {
@@ -206,7 +209,8 @@ impl RequestHead {
         unsafe { std::str::from_utf8_unchecked(self.target.get(&self.raw)) }
     }
 
-    /// The header fields, in order (names with `_` already dropped).
+    /// The header fields, in order (names with `_` dropped, except
+    /// SCRIPT_NAME and PATH_INFO: see `forwarder_fields`).
     pub fn headers(&self) -> Headers<'_> {
         Headers {
             raw: &self.raw,
@@ -900,12 +904,23 @@ fn build_head(
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
     let mut expect_other = false;
+    let mut forwarder = false;
     for f in fields {
         let name = f.name;
         // `X_Forwarded_For` would become HTTP_X_FORWARDED_FOR in WSGI, the
         // same key as `X-Forwarded-For`; drop it so it cannot impersonate
         // a header the proxy vouches for (and so it cannot frame anything).
+        // Gunicorn's forwarder_headers are the exception: SCRIPT_NAME and
+        // PATH_INFO are kept, for the environ to use or drop by the
+        // sender's trust (they frame nothing).
         if name.bytes().any(|b| b == b'_') {
+            if is_forwarder_header(name) {
+                forwarder = true;
+                head.fields.push(Field {
+                    name: Span::of(rest, name.as_bytes()),
+                    value: Span::of(rest, trim_ows(f.value)),
+                });
+            }
             continue;
         }
         let value = trim_ows(f.value);
@@ -988,7 +1003,14 @@ fn build_head(
     head.body = body;
     head.keep_alive = keep_alive;
     head.expect_continue = expect_continue;
+    head.forwarder_fields = forwarder;
     Ok(())
+}
+
+/// Gunicorn's default `forwarder_headers`: names with `_` that a trusted
+/// proxy may send (the environ ignores them from anyone else).
+pub fn is_forwarder_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("script_name") || name.eq_ignore_ascii_case("path_info")
 }
 
 #[cfg(test)]

@@ -523,8 +523,21 @@ fn collect<'py, 'a>(
     let (path, query) = split_target(target);
     let decoded = percent_decode(path.as_bytes());
     let mut path_info: &[u8] = &decoded;
-    if !c.root_path.is_empty() {
-        let rp = c.root_path.as_bytes();
+    // A trusted proxy's SCRIPT_NAME header (Gunicorn's forwarder_headers)
+    // stands in for --root-path.
+    let mut root_path = c.root_path.as_bytes();
+    if head.forwarder_fields && c.peer.trusted {
+        let sent = head
+            .headers()
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("script_name"));
+        if let Some(h) = sent {
+            root_path = h.value;
+            set_bytes(out, intern!(py, "SCRIPT_NAME"), h.value)?;
+        }
+    }
+    if !root_path.is_empty() {
+        let rp = root_path;
         if path_info.starts_with(rp) && (path_info.len() == rp.len() || path_info[rp.len()] == b'/')
         {
             path_info = &path_info[rp.len()..];
@@ -582,6 +595,12 @@ fn collect<'py, 'a>(
                 scheme = Some(secure);
             }
         }
+        if head.forwarder_fields
+            && !c.peer.trusted
+            && crate::http::request::is_forwarder_header(h.name)
+        {
+            continue; // SCRIPT_NAME / PATH_INFO from an untrusted peer
+        }
         // Repeated fields are combined into the first occurrence.
         if hs
             .before(i)
@@ -601,7 +620,9 @@ fn collect<'py, 'a>(
             }
             // PEP 3333: SERVER_NAME is never empty. An empty Host (or
             // one with no name before the port) leaves the listener's.
-            if split_host(h.value).0.is_empty() {
+            // (The parser checked the structure: an empty name is an empty
+            // value or one that starts with the port's ':'.)
+            if h.value.first().is_none_or(|&b| b == b':') {
                 host = None;
             } else {
                 host = Some(h.value);
