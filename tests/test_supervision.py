@@ -908,6 +908,19 @@ def test_term_finishes_in_flight_and_refuses_new(start_server):
     assert time.monotonic() - t0 < 3
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
+def test_stop_logs_no_errors(start_server, sig):
+    # Stopping is routine: the master shuts its sockets down first, and the
+    # workers must not report that as a failure (it once logged `accept:
+    # Invalid argument` hundreds of times per stop).
+    for _ in range(3):
+        s = start_server("basic:app", "-w", "4")
+        assert get(s.port, "/")[0] == 200
+        s.kill(sig)
+        assert s.proc.wait(10) == 0
+        assert "[ERROR]" not in s.log() and "[WARNING]" not in s.log(), s.log()[-2000:]
+
+
 def test_response_finished_after_term_says_close(start_server):
     # A keep-alive request in flight when TERM comes is answered, with
     # `Connection: close`: the worker is closing the connection after it.

@@ -75,6 +75,9 @@ struct Shared {
     /// `accepting_lock`, so the epoll registrations match the flag.
     accepting: AtomicBool,
     accepting_lock: Mutex<()>,
+    /// Per listener: the master shut it down (stop), so accept(2) fails
+    /// with EINVAL; it stays out of the epoll set from then on.
+    shut: Vec<AtomicBool>,
     conns: Table,
     /// When a loop last swept idle connections (one loop per second does).
     last_sweep_ms: AtomicU64,
@@ -205,6 +208,7 @@ pub fn run(
         }
     };
     let capacity = settings.worker_connections.max(1);
+    let nlisteners = lst.len();
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         settings,
         listeners: lst,
@@ -218,6 +222,7 @@ pub fn run(
         ep,
         accepting: AtomicBool::new(false),
         accepting_lock: Mutex::new(()),
+        shut: (0..nlisteners).map(|_| AtomicBool::new(false)).collect(),
         conns: Table::new(capacity),
         last_sweep_ms: AtomicU64::new(now_ms()),
     }));
@@ -355,6 +360,9 @@ fn set_accepting(sh: &Shared, on: bool) {
         return;
     }
     for li in 0..sh.listeners.len() {
+        if sh.shut[li].load(Ordering::Relaxed) {
+            continue; // already out of the set
+        }
         let op = if on {
             libc::EPOLL_CTL_ADD
         } else {
@@ -555,6 +563,18 @@ impl Loop {
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
+                    Some(libc::EINVAL) => {
+                        // The master shut the socket down (it is stopping;
+                        // our TERM follows). It would stay readable: take
+                        // it out of the set instead of spinning on it.
+                        let _guard = sh.accepting_lock.lock().unwrap_or_else(|e| e.into_inner());
+                        if !sh.shut[li].swap(true, Ordering::Relaxed)
+                            && sh.accepting.load(Ordering::Relaxed)
+                        {
+                            let _ = listener_ctl(sh, li, libc::EPOLL_CTL_DEL);
+                        }
+                        crate::log::debug("accept: listener shut down (stopping)");
+                    }
                     Some(libc::EMFILE) | Some(libc::ENFILE) => {
                         crate::log::error(&format!(
                             "accept: {e} (raise LimitNOFILE or lower --worker-connections)"
