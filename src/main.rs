@@ -6,6 +6,7 @@ mod config;
 mod http;
 mod log;
 mod master;
+mod pidfile;
 mod preload;
 mod privileges;
 mod proctitle;
@@ -187,12 +188,9 @@ fn serve(opts: config::Options) -> i32 {
         if settings.threads == 1 { "" } else { "s" }
     ));
     if let Some(p) = &settings.pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            log::critical(&format!(
-                "invalid setting `pidfile`: cannot write {}: {e}",
-                p.display()
-            ));
-            return EXIT_CONFIG_ERROR;
+        if let Err(e) = pidfile::create(p) {
+            log::critical(&e);
+            return 1;
         }
     }
     proctitle::set(&format!("ferricorn: master [{}]", settings.proc_name));

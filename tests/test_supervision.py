@@ -815,6 +815,26 @@ def test_pidfile_and_process_titles(start_server, tmp_path):
     assert not pidfile.exists()
 
 
+def test_pidfile_of_a_live_process_is_refused_and_not_removed(start_server, tmp_path):
+    # As Gunicorn's: a pid file naming a live process means another
+    # instance owns it (two sharing one would remove each other's file).
+    pidfile = tmp_path / "app.pid"
+    s = start_server("basic:app", "-p", str(pidfile))
+    t = start_server("basic:app", "-p", str(pidfile), ready=False)
+    assert t.proc.wait(10) == 1
+    assert re.search(r"Already running on PID %d" % s.pid, t.log()), t.log()
+    assert pidfile.read_text().strip() == str(s.pid)
+    # A stale one (no such process) is replaced.
+    assert s.stop() == 0 and not pidfile.exists()
+    pidfile.write_text("999999999\n")
+    u = start_server("basic:app", "-p", str(pidfile))
+    assert pidfile.read_text().strip() == str(u.pid)
+    # On exit the file goes only if it still names us.
+    pidfile.write_text("%d\n" % os.getpid())
+    assert u.stop() == 0
+    assert pidfile.read_text().strip() == str(os.getpid())
+
+
 def test_process_title_longer_than_the_command_line(start_server, tmp_path):
     # The name comes from the config file, so the title is longer than the
     # command line: it takes the environment's space, and the environment

@@ -653,6 +653,7 @@ impl Master {
                 }
                 _ => {}
             }
+            let deaths_before = self.quick_deaths;
             if code == Some(EXIT_APP_LOAD_ERROR) && w.state == WorkerState::Booting {
                 match self.mode {
                     Mode::Reloading { generation }
@@ -688,7 +689,10 @@ impl Master {
                     self.quick_deaths = 0;
                 }
             }
-            if let Some(backoff) = self.backoff() {
+            // Only a death that counted (not a planned exit, nor one while
+            // stopping) delays the next spawn and says so.
+            let counted = self.quick_deaths > deaths_before;
+            if let Some(backoff) = self.backoff().filter(|_| counted) {
                 self.next_spawn_at = Instant::now() + backoff;
                 log::warning(&format!(
                     "Workers keep dying right after start ({} in a row); waiting {} ms before the next one",
@@ -1060,7 +1064,7 @@ impl Master {
             }
         }
         if let Some(p) = &self.settings.pidfile {
-            let _ = std::fs::remove_file(p);
+            crate::pidfile::remove(p);
         }
     }
 }
