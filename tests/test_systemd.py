@@ -226,6 +226,26 @@ def test_notify_boot_reload_upgrade_stop_in_order(notify_socket):
         s.close()
 
 
+def test_slow_import_extends_the_start_timeout(notify_socket, tmp_path):
+    # docs/SYSTEMD.md: while the app imports, EXTEND_TIMEOUT_USEC keeps
+    # TimeoutStartSec= counting from the last sign of progress.
+    (tmp_path / "slowapp.py").write_text(
+        "import time\ntime.sleep(6.5)\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n    return [b'ok']\n")
+    s = Server(["-b", "127.0.0.1:0", "--chdir", str(tmp_path), "slowapp:app"], APPS,
+               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+    try:
+        ready = notify_socket.wait_for("READY=1", timeout=30)
+        before = [(t, m) for t, m in notify_socket.messages[:ready]]
+        extends = [(t, m) for t, m in before if m.startswith("EXTEND_TIMEOUT_USEC=")]
+        assert extends, [m for _, m in before]
+        usec = int(extends[0][1].split("=", 1)[1])
+        assert usec >= 10_000_000  # more than the 5 s between two of them
+    finally:
+        s.close()
+
+
 def test_watchdog_cadence_and_silence_without_live_workers(notify_socket):
     # WATCHDOG_USEC=1s: pings every ~0.5 s while a worker beats.
     s = start(["basic:app"], {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"})

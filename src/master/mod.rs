@@ -99,6 +99,8 @@ pub struct Master {
     ready_sent: bool,
     last_status: String,
     last_status_at: Instant,
+    /// When EXTEND_TIMEOUT_USEC was last sent while the workers boot.
+    last_extend_at: Instant,
     /// Consecutive workers that died soon after starting (crash loop).
     quick_deaths: u32,
     next_spawn_at: Instant,
@@ -214,6 +216,7 @@ impl Master {
             ready_sent: false,
             last_status: String::new(),
             last_status_at: Instant::now(),
+            last_extend_at: Instant::now(),
             quick_deaths: 0,
             next_spawn_at: Instant::now(),
             exit_code: 0,
@@ -943,8 +946,10 @@ impl Master {
             self.update_status(true);
             self.notify(|n| n.ready());
         } else if self.notifier.is_some() {
-            // Slow imports: keep systemd's start timeout from firing.
-            if self.last_status_at.elapsed() > Duration::from_secs(5) {
+            // Slow imports: keep systemd's start timeout from firing. Each
+            // message grants 15 s from now; one every 5 s while booting.
+            if self.last_extend_at.elapsed() >= Duration::from_secs(5) {
+                self.last_extend_at = Instant::now();
                 self.notify(|n| n.extend_timeout(Duration::from_secs(15)));
                 self.update_status(true);
             }
