@@ -606,6 +606,26 @@ def test_script_name_header_from_trusted_proxy(start_server):
     assert "HTTP_SCRIPT_NAME" not in env and "HTTP_PATH_INFO" not in env
 
 
+def test_access_log_atoms_env_escaping_unknown(start_server, tmp_path):
+    # Gunicorn's access_log_format: %({key}e)s is the environ (after the app
+    # ran, keys matched case-insensitively), a '"' in a value is escaped,
+    # an undefined atom prints '-', %(U)s is the decoded PATH_INFO.
+    (tmp_path / "envapp.py").write_text(
+        "def app(environ, start_response):\n"
+        "    environ['x.user'] = 'alice'\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n")
+    log = tmp_path / "access.log"
+    fmt = '%(h)s "%(a)s" %({REMOTE_ADDR}e)s %({wsgi.url_scheme}e)s %({X.USER}e)s %({none}e)s %(U)s %(zz)s %(x)s'
+    s = start_server("envapp:app", "--chdir", str(tmp_path), "--access-logfile", str(log),
+                     "--access-logformat", fmt)
+    st, _, _ = s.request("GET", "/caf%C3%A9/x", headers={"User-Agent": 'evil" 200 0 "forged'})
+    assert st == 200
+    wait_for(lambda: log.exists() and log.read_text().strip(), what="access line")
+    line = log.read_text().strip()
+    assert line == '127.0.0.1 "evil\\" 200 0 \\"forged" 127.0.0.1 http alice - /caf\u00e9/x - -', line
+
+
 def test_conflicting_scheme_headers_are_400(start_server):
     # Gunicorn's InvalidSchemeHeaders: a trusted proxy must not say both.
     s = start_server("basic:app")

@@ -17,12 +17,19 @@ enum Atom {
     Code(char),
     RequestHeader(String),
     ResponseHeader(String),
-    Env(String),
+    /// `%({key}e)s`: index into `AccessFormat::env_keys`.
+    Env(usize),
+    /// An atom Gunicorn does not define: `-`, as Gunicorn prints it.
+    Unknown,
 }
 
 #[derive(Debug, Clone)]
 pub struct AccessFormat {
     atoms: Vec<Atom>,
+    /// The environ keys `%({key}e)s` atoms ask for, lower-cased (Gunicorn
+    /// matches them case-insensitively). The worker reads them from the
+    /// request's environ after the app ran; empty (no cost) usually.
+    env_keys: Vec<String>,
 }
 
 /// What one finished request looked like.
@@ -39,6 +46,8 @@ pub struct Record<'a> {
     /// The app's response headers as serialized: `Name: value\r\n`...
     pub response_headers: &'a [u8],
     pub request_id: u64,
+    /// Values for `env_keys`, in order (None: not in the environ).
+    pub env: &'a [Option<String>],
 }
 
 impl<'a> Record<'a> {
@@ -62,8 +71,13 @@ impl<'a> Record<'a> {
 }
 
 impl AccessFormat {
+    pub fn env_keys(&self) -> &[String] {
+        &self.env_keys
+    }
+
     pub fn compile(fmt: &str) -> AccessFormat {
         let mut atoms = Vec::new();
+        let mut env_keys: Vec<String> = Vec::new();
         let mut lit = String::new();
         let mut rest = fmt;
         while let Some(i) = rest.find('%') {
@@ -77,20 +91,35 @@ impl AccessFormat {
             if let Some(inner) = after.strip_prefix('(') {
                 if let Some(close) = inner.find(")s") {
                     let name = &inner[..close];
-                    let atom = if name.len() == 1 {
-                        Some(Atom::Code(name.chars().next().unwrap()))
+                    let atom = if name.chars().count() == 1 {
+                        let c = name.chars().next().unwrap();
+                        if "hlutrmUqHsBbfaTMDLp".contains(c) {
+                            Atom::Code(c)
+                        } else {
+                            Atom::Unknown
+                        }
                     } else if let Some(h) = name.strip_prefix('{') {
                         let (key, kind) = h.split_at(h.len().saturating_sub(2));
                         match kind {
-                            "}i" => Some(Atom::RequestHeader(key.to_string())),
-                            "}o" => Some(Atom::ResponseHeader(key.to_string())),
-                            "}e" => Some(Atom::Env(key.to_string())),
-                            _ => None,
+                            "}i" => Atom::RequestHeader(key.to_string()),
+                            "}o" => Atom::ResponseHeader(key.to_string()),
+                            "}e" => {
+                                let key = key.to_ascii_lowercase();
+                                let i = match env_keys.iter().position(|k| *k == key) {
+                                    Some(i) => i,
+                                    None => {
+                                        env_keys.push(key);
+                                        env_keys.len() - 1
+                                    }
+                                };
+                                Atom::Env(i)
+                            }
+                            _ => Atom::Unknown,
                         }
                     } else {
-                        None
+                        Atom::Unknown
                     };
-                    if let Some(atom) = atom {
+                    {
                         if !lit.is_empty() {
                             atoms.push(Atom::Lit(std::mem::take(&mut lit)));
                         }
@@ -107,7 +136,7 @@ impl AccessFormat {
         if !lit.is_empty() {
             atoms.push(Atom::Lit(lit));
         }
-        AccessFormat { atoms }
+        AccessFormat { atoms, env_keys }
     }
 
     pub fn format(&self, r: &Record<'_>, out: &mut String) {
@@ -116,8 +145,12 @@ impl AccessFormat {
             _ => out.push('-'),
         };
         for a in &self.atoms {
+            let start = out.len();
             match a {
-                Atom::Lit(s) => out.push_str(s),
+                Atom::Lit(s) => {
+                    out.push_str(s);
+                    continue; // the operator's own text: kept as written
+                }
                 Atom::Code(c) => match c {
                     'h' => out.push_str(if r.remote_addr.is_empty() {
                         "-"
@@ -138,7 +171,10 @@ impl AccessFormat {
                         let _ = write!(out, "{} {} HTTP/1.{}", r.method, r.target, r.minor_version);
                     }
                     'm' => out.push_str(r.method),
-                    'U' => out.push_str(r.path_query().0),
+                    // PATH_INFO, as Gunicorn: percent-decoded.
+                    'U' => out.push_str(&String::from_utf8_lossy(
+                        &crate::wsgi::environ::percent_decode(r.path_query().0.as_bytes()),
+                    )),
                     'q' => out.push_str(r.path_query().1),
                     'H' => {
                         let _ = write!(out, "HTTP/1.{}", r.minor_version);
@@ -173,14 +209,22 @@ impl AccessFormat {
                     'p' => {
                         let _ = write!(out, "<{}>", std::process::id());
                     }
-                    other => {
-                        out.push('%');
-                        out.push(*other);
-                    }
+                    _ => out.push('-'),
                 },
                 Atom::RequestHeader(h) => dash(r.req_header(h), out),
                 Atom::ResponseHeader(h) => dash(r.resp_header(h), out),
-                Atom::Env(_) => out.push('-'),
+                Atom::Env(i) => dash(
+                    r.env.get(*i).and_then(|v| v.as_deref()).map(str::as_bytes),
+                    out,
+                ),
+                Atom::Unknown => out.push('-'),
+            }
+            // As Gunicorn's SafeAtoms: a `"` in a value is escaped, so a
+            // client cannot close a quoted field and forge the next ones.
+            if out[start..].contains('"') {
+                let escaped = out[start..].replace('"', "\\\"");
+                out.truncate(start);
+                out.push_str(&escaped);
             }
         }
     }
@@ -276,6 +320,27 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// A GET answered 200 with no body, for `head`.
+    fn record<'a>(
+        head: &'a crate::http::RequestHead,
+        target: &'a str,
+        env: &'a [Option<String>],
+    ) -> Record<'a> {
+        Record {
+            remote_addr: "127.0.0.1",
+            method: "GET",
+            target,
+            minor_version: 1,
+            status: 200,
+            body_bytes: 0,
+            duration: Duration::ZERO,
+            request_headers: head.headers(),
+            response_headers: b"",
+            request_id: 1,
+            env,
+        }
+    }
+
     #[test]
     fn gunicorn_default_format() {
         let f = AccessFormat::compile(crate::config::DEFAULT_ACCESS_LOG_FORMAT);
@@ -286,17 +351,12 @@ mod tests {
         )
         .unwrap()
         .unwrap();
+        let env = [Some("https".into()), None];
         let r = Record {
-            remote_addr: "127.0.0.1",
-            method: "GET",
-            target: "/a?b=1",
-            minor_version: 1,
-            status: 200,
             body_bytes: 13,
             duration: Duration::from_micros(1500),
-            request_headers: head.headers(),
             response_headers: b"Content-Type: text/plain\r\nX-A: b\r\n",
-            request_id: 1,
+            ..record(&head, "/a?b=1", &env)
         };
         let mut s = String::new();
         f.format(&r, &mut s);
@@ -309,5 +369,25 @@ mod tests {
         AccessFormat::compile("%(m)s %(U)s %(q)s %(D)s %({content-type}o)s %({x-missing}i)s 100%%")
             .format(&r, &mut s);
         assert_eq!(s, "GET /a b=1 1500 text/plain - 100%");
+        // env atoms by (case-insensitive) key, unknown atoms as '-'
+        let f = AccessFormat::compile("%({wsgi.url_scheme}e)s %({NOPE}e)s %(zz)s %(x)s %({a}q)s");
+        assert_eq!(f.env_keys(), ["wsgi.url_scheme", "nope"]);
+        let mut s = String::new();
+        f.format(&r, &mut s);
+        assert_eq!(s, "https - - - -");
+    }
+
+    #[test]
+    fn quotes_in_values_are_escaped() {
+        let (head, _) = crate::http::parse_head(
+            b"GET /x%20y HTTP/1.1\r\nHost: h\r\nUser-Agent: evil\" 200 0 \"injected\r\n\r\n",
+            &Default::default(),
+        )
+        .unwrap()
+        .unwrap();
+        let r = record(&head, "/x%20y", &[]);
+        let mut s = String::new();
+        AccessFormat::compile("\"%(a)s\" %(U)s %(b)s").format(&r, &mut s);
+        assert_eq!(s, r#""evil\" 200 0 \"injected" /x y -"#);
     }
 }

@@ -45,6 +45,8 @@ pub struct AccessInfo {
     pub started: std::time::Instant,
     pub headers: Vec<u8>,
     pub request_id: u64,
+    /// Environ values the access log format asks for (`%({key}e)s`).
+    pub env: Vec<Option<String>>,
 }
 
 pub enum Phase {

@@ -1042,14 +1042,18 @@ impl Loop {
                     crate::log::debug("conflicting X-Forwarded scheme headers");
                     Err(400)
                 }
-                Ok(env) => Ok(response::run_app(
-                    py,
-                    sh.app.bind(py),
-                    env,
-                    req,
-                    &mut c.wbuf,
-                    spare,
-                )),
+                Ok(env) => {
+                    // `%({key}e)s` in the access log: read after the app ran
+                    // (it may have added keys), as Gunicorn.
+                    let keys = sh.access.as_ref().map_or(&[][..], |f| f.env_keys());
+                    let kept = (!keys.is_empty()).then(|| env.clone());
+                    let out = response::run_app(py, sh.app.bind(py), env, req, &mut c.wbuf, spare);
+                    let values = match kept {
+                        Some(env) => environ::values_for_log(&env, keys),
+                        None => Vec::new(),
+                    };
+                    Ok((out, values))
+                }
                 Err(e) => {
                     response::log_py_error(py, &e, "Error building the WSGI environ");
                     Err(500)
@@ -1067,7 +1071,7 @@ impl Loop {
             ));
             signals::wake();
         }
-        let out = match out {
+        let (out, env_values) = match out {
             Ok(out) => out,
             Err(status) => {
                 self.answer_head_error(c, status, &head);
@@ -1081,6 +1085,7 @@ impl Loop {
                 started,
                 headers: out.headers,
                 request_id: sh.seq.fetch_add(1, Ordering::Relaxed),
+                env: env_values,
             })),
             None => {
                 // Give the head's buffers back for the next request.
@@ -1113,6 +1118,7 @@ impl Loop {
             request_headers: info.head.headers(),
             response_headers: &info.headers,
             request_id: info.request_id,
+            env: &info.env,
         });
     }
 }

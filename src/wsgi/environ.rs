@@ -450,6 +450,27 @@ impl EnvCache {
     }
 }
 
+/// For the access log's `%({key}e)s`: the environ's values for `keys`
+/// (lower-case), matched case-insensitively as Gunicorn, as str().
+pub fn values_for_log(env: &Bound<'_, PyAny>, keys: &[String]) -> Vec<Option<String>> {
+    let mut out = vec![None; keys.len()];
+    let Ok(d) = env.cast::<PyDict>() else {
+        return out;
+    };
+    for (k, v) in d.iter() {
+        let Ok(k) = k.cast::<PyString>() else {
+            continue;
+        };
+        let Ok(k) = k.to_str() else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|want| k.eq_ignore_ascii_case(want)) {
+            out[i] = v.str().ok().map(|s| s.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 /// What `build` needs to know besides the request head.
 pub struct Ctx<'a> {
     pub head: &'a RequestHead,
