@@ -484,14 +484,40 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        // toml's message names the offending key ("unknown field `wokers`")
-        // and the line; keep it whole, it is the most useful part.
-        err(
+    toml::from_str(&text).map_err(|e| file_error(path, &text, &e))
+}
+
+/// A TOML error as a ConfigError that names the setting: the key on the
+/// line the error points at (`workers = "two"`), else `config` with
+/// toml's whole report (a syntax error: the line and a caret).
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let located = e.span().and_then(|span| {
+        let start = text[..span.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line_no = text[..start].matches('\n').count() + 1;
+        let line = text[start..].lines().next().unwrap_or("");
+        let key = line.split_once('=')?.0.trim();
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        bare.then(|| (key.to_string(), line_no))
+    });
+    match located {
+        Some((key, line_no)) => err(
+            &key,
+            format!(
+                "{} line {line_no}: {}",
+                path.display(),
+                e.message().trim_end()
+            ),
+        ),
+        None => err(
             "config",
             format!("{}: {}", path.display(), e.to_string().trim_end()),
-        )
-    })
+        ),
+    }
 }
 
 impl Settings {
@@ -1032,6 +1058,22 @@ mod tests {
         assert_eq!(e.key, "wsgi_app");
         let e = toml::from_str::<FileOptions>("wokers = 2").unwrap_err();
         assert!(e.to_string().contains("wokers"), "{e}");
+        let p = Path::new("app.toml");
+        let text = "bind = [\"x\"]\nworkers = \"two\"\n";
+        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err());
+        assert_eq!(e.key, "workers");
+        assert!(
+            e.reason.starts_with("app.toml line 2: invalid type"),
+            "{}",
+            e.reason
+        );
+        let text = "workerz = 2\n";
+        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err());
+        assert_eq!(e.key, "workerz");
+        assert!(e.reason.contains("unknown field `workerz`"), "{}", e.reason);
+        let text = "[[[\n";
+        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err());
+        assert_eq!(e.key, "config");
     }
 
     #[test]

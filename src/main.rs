@@ -96,6 +96,14 @@ fn check_config(opts: &config::Options, settings: &Settings) -> i32 {
     }
 }
 
+/// A fatal configuration error under systemd: STATUS= and ERRNO= say why
+/// (`systemctl status` shows it), as for every other startup failure.
+fn config_failed(why: &str) {
+    if let Some(n) = Notifier::from_env() {
+        let _ = n.errno_status(libc::EINVAL, &format!("configuration error: {why}"));
+    }
+}
+
 fn serve(opts: config::Options) -> i32 {
     let handoff = match master::take_handoff() {
         Ok(h) => h,
@@ -109,8 +117,12 @@ fn serve(opts: config::Options) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("Error: {e}");
-            // Gunicorn's --check-config reports any problem as status 1.
-            return if checking { 1 } else { EXIT_CONFIG_ERROR };
+            if checking {
+                // Gunicorn's --check-config reports any problem as status 1.
+                return 1;
+            }
+            config_failed(&e.to_string());
+            return EXIT_CONFIG_ERROR;
         }
     };
     if checking {
@@ -118,10 +130,13 @@ fn serve(opts: config::Options) -> i32 {
     }
     if let Err(e) = log::init(&settings) {
         eprintln!("Error: {e}");
+        config_failed(&e.to_string());
         return EXIT_CONFIG_ERROR;
     }
     if let Err(e) = privileges::check(&settings) {
-        log::critical(&format!("invalid setting `user`/`group`: {e}"));
+        let msg = format!("invalid setting `user`/`group`: {e}");
+        log::critical(&msg);
+        config_failed(&msg);
         return EXIT_CONFIG_ERROR;
     }
     // SAFETY: umask(2) cannot fail.
@@ -145,9 +160,9 @@ fn serve(opts: config::Options) -> i32 {
             let activated = match systemd::activation::take_from_env() {
                 Ok(a) => a,
                 Err(e) => {
-                    log::critical(&format!("socket activation: {e}"));
+                    log::critical(&e.to_string());
                     if let Some(n) = &notifier {
-                        let _ = n.errno_status(libc::EBADF, &format!("socket activation: {e}"));
+                        let _ = n.errno_status(libc::EBADF, &e.to_string());
                     }
                     return 1;
                 }

@@ -77,16 +77,16 @@ pub fn check(s: &Settings) -> Result<(), String> {
             .is_some_and(|u| u.uid != nix::unistd::getuid());
         let gid_change = gid.is_some_and(|g| g != nix::unistd::getgid());
         if uid_change || gid_change {
+            let target: Vec<String> = [
+                s.user.as_deref().map(|u| format!("user {u}")),
+                s.group.as_deref().map(|g| format!("group {g}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             return Err(format!(
-                "switching the workers to {}{} needs root, and ferricorn runs as uid {}",
-                s.user
-                    .as_deref()
-                    .map(|u| format!("user {u}"))
-                    .unwrap_or_default(),
-                s.group
-                    .as_deref()
-                    .map(|g| format!(" group {g}"))
-                    .unwrap_or_default(),
+                "switching the workers to {} needs root, and ferricorn runs as uid {}",
+                target.join(" "),
                 nix::unistd::getuid()
             ));
         }

@@ -281,6 +281,17 @@ pub fn open_listeners(
             }
         }
     }
+    for a in &activated {
+        // Closed when dropped: systemd keeps its own copy and queues the
+        // connections, which then wait for nothing. Say so.
+        crate::log::warning(&format!(
+            "socket activation: systemd passed fd {} (name {:?}) but no --bind selects it \
+             (add -b fd://{}); not listening on it",
+            a.fd.as_raw_fd(),
+            a.name,
+            a.name
+        ));
+    }
     Ok(out)
 }
 

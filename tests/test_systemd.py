@@ -3,6 +3,7 @@ socket activation (systemd-socket-activate), sd_notify messages in order,
 the watchdog cadence, and native journald entries."""
 import http.client
 import os
+import re
 import signal
 import socket
 import struct
@@ -91,6 +92,8 @@ def test_socket_activation_selects_by_name(activate, tmp_path):
     out = p.communicate(timeout=15)[0].decode()
     assert f"Listening at: http://127.0.0.1:{admin}" in out
     assert f"Listening at: http://127.0.0.1:{web}" not in out
+    # The socket no --bind selected is not silently dropped: the log says so.
+    assert re.search(r"WARNING.*systemd passed fd \d+ \(name \"web\"\) but no --bind selects it", out), out
 
 
 def test_socket_activation_unknown_name_is_an_error(activate):
@@ -222,6 +225,18 @@ def test_notify_boot_reload_upgrade_stop_in_order(notify_socket):
         s.kill(signal.SIGTERM)
         assert s.proc.wait(timeout=30) == 0
         notify_socket.wait_for("STOPPING=1", after=rel2 + 1)
+    finally:
+        s.close()
+
+
+def test_config_error_reports_status_and_errno(notify_socket):
+    s = Server(["-b", "127.0.0.1:0", "--workers", "0", "basic:app"], APPS,
+               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+    try:
+        assert s.proc.wait(10) == 2
+        i = notify_socket.wait_for("ERRNO=22", timeout=5)
+        msg = notify_socket.messages[i][1]
+        assert re.search(r"^STATUS=configuration error: .*workers", msg, re.M), msg
     finally:
         s.close()
 

@@ -350,8 +350,17 @@ impl Master {
     fn handle_signal(&mut self, sig: Signal) {
         match sig {
             Signal::SIGCHLD => {} // reaped every turn anyway
-            Signal::SIGTERM => self.begin_stop(true),
-            Signal::SIGINT | Signal::SIGQUIT => self.begin_stop(false),
+            Signal::SIGTERM => {
+                log::info("Handling signal: term; graceful stop");
+                self.begin_stop(true);
+            }
+            Signal::SIGINT | Signal::SIGQUIT => {
+                log::info(&format!(
+                    "Handling signal: {}; fast stop",
+                    if sig == Signal::SIGINT { "int" } else { "quit" }
+                ));
+                self.begin_stop(false);
+            }
             Signal::SIGHUP => self.begin_reload(),
             Signal::SIGTTIN => {
                 self.target += 1;
@@ -412,11 +421,6 @@ impl Master {
             }
             return;
         }
-        log::info(&format!(
-            "Handling signal: {}; {} stop",
-            if graceful { "term" } else { "int/quit" },
-            if graceful { "graceful" } else { "fast" }
-        ));
         self.notify(|n| n.stopping());
         self.mode = Mode::Stopping { graceful };
         self.stop_listening();
@@ -720,12 +724,14 @@ impl Master {
         let now = now_ms();
         let timeout_ms = self.settings.timeout * 1000;
         let graceful = Duration::from_secs(self.settings.graceful_timeout);
+        let mut changed = false;
         for (pid, w) in self.workers.iter_mut() {
             let slot = self.scoreboard.slot(w.slot);
             let st = slot.state();
             if w.state == WorkerState::Booting && (st == STATE_READY || st == STATE_LEAVING) {
                 w.state = WorkerState::Serving;
                 w.spawned = Instant::now();
+                changed = true;
             }
             if w.state == WorkerState::Serving && st == STATE_LEAVING {
                 // The worker is recycling itself (max_requests, --reload):
@@ -778,6 +784,11 @@ impl Master {
                 let _ = kill(*pid, Signal::SIGABRT);
                 w.aborted = Some(Instant::now());
             }
+        }
+        if changed {
+            // A worker started serving: STATUS= says so now, not at the
+            // next periodic refresh.
+            self.update_status(true);
         }
     }
 
@@ -865,6 +876,7 @@ impl Master {
                 self.next_spawn_at = Instant::now() + backoff;
             }
             missing -= 1;
+            self.update_status(true);
         }
     }
 
