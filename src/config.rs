@@ -36,7 +36,10 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
 process and pre-forked worker processes that embed CPython.\n\nExit status: 0 after a clean \
 stop, 1 on a runtime error, 2 for a configuration or usage error, 3 when the application \
 cannot be imported.",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    args_override_self = true,
+    after_help = "FERRICORN_CMD_ARGS in the environment adds arguments (as Gunicorn's \
+GUNICORN_CMD_ARGS); those on the command line win."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map.
 
 mod config;
+mod env_args;
 mod http;
 mod log;
 mod master;
@@ -27,7 +28,13 @@ use systemd::notify::{self, Notifier};
 
 fn main() {
     master::remember_exe();
-    let cli = Cli::parse();
+    let cli = match env_args::argv() {
+        Ok(argv) => Cli::parse_from(argv),
+        Err(e) => {
+            eprintln!("Error: invalid setting `FERRICORN_CMD_ARGS`: {e}");
+            std::process::exit(EXIT_CONFIG_ERROR);
+        }
+    };
     match cli.command {
         Some(Command::Generate { what }) => std::process::exit(generate(&what)),
         Some(Command::SystemdUnits(args)) => std::process::exit(units::write(&args)),

@@ -85,6 +85,28 @@ def test_check_config_exits_0_or_1_as_gunicorn():
     assert nouser.returncode == 1 and "no-such-user-here" in nouser.stderr
 
 
+def test_cmd_args_from_the_environment(tmp_path, start_server):
+    # FERRICORN_CMD_ARGS, as Gunicorn's GUNICORN_CMD_ARGS: shell-quoted
+    # arguments that beat the config file and lose to the command line.
+    import os
+    conf = tmp_path / "c.toml"
+    conf.write_text("workers = 5\ntimeout = 9\n")
+    env = dict(os.environ, FERRICORN_CMD_ARGS="-w 3 -b 10.0.0.1:1 --access-logformat '%(h)s \"%(r)s\"'")
+    p = subprocess.run([BIN, "--print-config", "-c", str(conf), "--timeout", "4", "-b", "127.0.0.1:0",
+                        "basic:app"], cwd=APPS, capture_output=True, text=True, timeout=30, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for want in ["workers = 3", "timeout = 4", 'bind = ["127.0.0.1:0"]',
+                 'access_log_format = \'%(h)s "%(r)s"\'']:
+        assert want in lines, p.stdout
+    # and a real start with it
+    s = start_server("basic:app", env={"FERRICORN_CMD_ARGS": "--workers 2"})
+    assert len(s.worker_pids()) == 2
+    bad = subprocess.run([BIN, "basic:app"], cwd=APPS, capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, FERRICORN_CMD_ARGS="-w 'oops"))
+    assert bad.returncode == 2 and "FERRICORN_CMD_ARGS" in bad.stderr, bad.stderr
+
+
 def test_print_config_is_a_config_file_that_reproduces_the_settings(tmp_path):
     p = subprocess.run([BIN, "--print-config", "-b", "127.0.0.1:0", "-w", "3", "--threads", "2",
                         "--reuse-port", "-e", "A=1", "--max-requests", "7", "basic:app"],
