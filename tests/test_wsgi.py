@@ -510,6 +510,41 @@ def test_server_name_and_port_never_empty(srv, host, name, port):
     assert env["SERVER_PORT"] == (port or str(srv.port))
 
 
+@pytest.mark.parametrize("close", [False, True])
+def test_write_then_list_chunked_body_is_terminated(srv, close):
+    # write() committed a chunked head; the returned list's items follow
+    # and the last-chunk ends the body, also when the connection closes.
+    headers = [("Connection", "close")] if close else []
+    reqs = request_bytes("GET", "/write-then-list", headers)
+    if not close:
+        reqs += request_bytes("GET", "/types", [("Connection", "close")])
+    ex = exchange(srv.port, reqs)
+    rs, rest = parse_responses(ex.data, ["GET"] if close else ["GET", "GET"])
+    assert rs[0].chunked and rs[0].body == b"w1 w2 l1" and rest == b"", ex
+    if close:
+        assert ex.data.endswith(b"0\r\n\r\n"), ex
+
+
+def test_spooled_bodies_are_freed_after_each_request(start_server):
+    import os
+    s = start_server("wsgicases:app", "-w", "1", "--body-buffer-size", "65536")
+    body = b"x" * 300_000
+    for _ in range(5):
+        st, _, got = s.request("POST", "/keep-input", body=body)
+        assert st == 200 and got == b"300000"
+    (pid,) = s.worker_pids()
+    spools = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        # O_TMPFILE spools show as "/tmp/#<inode> (deleted)"
+        if target.startswith("/tmp/#") or "ferricorn-body" in target:
+            spools.append(target)
+    assert spools == [], spools
+
+
 def test_yield_before_start_response_is_500(srv):
     st, _, body = srv.request("GET", "/yield-before-start")
     assert st == 500 and b"early" not in body

@@ -38,6 +38,10 @@ pub struct Responding {
     pub log: Option<Box<AccessInfo>>,
     pub sent: u64,
     pub status: u16,
+    /// Frees the request body when the response is over (dropped with
+    /// this state: finished, cut off, or the connection closed), after the
+    /// stream, which may still read `wsgi.input`, was released.
+    pub _body: Option<crate::wsgi::input::BodyRelease>,
 }
 
 pub struct AccessInfo {

@@ -973,6 +973,7 @@ impl Loop {
             log: None,
             sent: 0,
             status,
+            _body: None,
         });
     }
 
@@ -1014,11 +1015,16 @@ impl Loop {
         let body_len = body.len();
         let spare = &mut self.responder;
         let cache = &mut self.env_cache;
+        let mut body_release = None;
         let out = Python::attach(|py| {
             let built = (|| -> PyResult<Bound<'_, PyAny>> {
                 let input = match body_len {
                     0 => None, // the base dict's shared empty input
-                    _ => Some(Bound::new(py, Input::new(body))?.into_any()),
+                    _ => {
+                        let (input, release) = Input::new(body);
+                        body_release = Some(release);
+                        Some(Bound::new(py, input)?.into_any())
+                    }
                 };
                 let env = environ::build(
                     py,
@@ -1100,6 +1106,7 @@ impl Loop {
             log,
             sent: out.body_bytes,
             status: out.status,
+            _body: body_release,
         });
     }
 

@@ -140,7 +140,7 @@ pub fn base_environ<'py>(
         intern!(py, "wsgi.input"),
         Bound::new(
             py,
-            super::input::Input::new(super::input::Body::Mem(Vec::new())),
+            super::input::Input::new(super::input::Body::Mem(Vec::new())).0,
         )?,
     )?;
     d.set_item(intern!(py, "wsgi.version"), (1, 0))?;

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
@@ -177,14 +177,35 @@ impl State {
 
 #[pyclass(module = "ferricorn", name = "Input", frozen)]
 pub struct Input {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl Input {
-    pub fn new(body: Body) -> Input {
-        Input {
-            state: Mutex::new(State { body, pos: 0 }),
-        }
+    /// The `wsgi.input` object, and the handle that frees its body when
+    /// the worker is done with the request.
+    pub fn new(body: Body) -> (Input, BodyRelease) {
+        let state = Arc::new(Mutex::new(State { body, pos: 0 }));
+        (
+            Input {
+                state: state.clone(),
+            },
+            BodyRelease(state),
+        )
+    }
+}
+
+/// Held by the worker for the life of a response; dropping it frees the
+/// request body (closes a spool file) even if the app kept `wsgi.input`
+/// alive, in a reference cycle the collector has not reached yet (Django
+/// and Flask requests are such cycles). Until then a spooled body would
+/// keep its deleted temp file, and its disk space, per request.
+pub struct BodyRelease(Arc<Mutex<State>>);
+
+impl Drop for BodyRelease {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.body = Body::Mem(Vec::new());
+        s.pos = 0;
     }
 }
 
@@ -256,5 +277,10 @@ impl Input {
         true
     }
 
-    fn close(&self) {}
+    /// Frees the body now (it reads as empty afterwards).
+    fn close(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.body = Body::Mem(Vec::new());
+        s.pos = 0;
+    }
 }

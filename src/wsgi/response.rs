@@ -1182,7 +1182,9 @@ fn frame_result(
                 sent += framing.frame(b, out);
             }
         }
-        let keep_alive = st.keep_alive && framing.finish(out);
+        // finish() first: it writes the last chunk even when we close.
+        let complete = framing.finish(out);
+        let keep_alive = st.keep_alive && complete;
         return Outcome {
             status: st.code,
             keep_alive,

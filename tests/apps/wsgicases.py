@@ -263,6 +263,22 @@ def app(environ, start_response):
             write(b"%d" % i * 100_000)
         return [b"end"]
 
+    if path == "/write-then-list":
+        write = start_response("200 OK", TEXT)
+        write(b"w1 ")
+        write(b"w2 ")
+        return [b"l1"]
+
+    if path == "/keep-input":
+        # Keeps wsgi.input alive in a cycle (as framework request objects
+        # do) with the collector off: only the server can free the body.
+        import gc
+        gc.disable()
+        environ["self"] = environ
+        n = len(environ["wsgi.input"].read())
+        start_response("200 OK", TEXT)
+        return [b"%d" % n]
+
     if path == "/write-then-iter":
         write = start_response("200 OK", TEXT)
         write(b"w1 ")
