@@ -218,6 +218,10 @@ pub struct Options {
     /// Request bodies larger than this many bytes are spooled to a temp file [default: 1048576]
     #[arg(long = "body-buffer-size")]
     pub body_buffer_size: Option<usize>,
+    /// Largest request body accepted, in bytes; larger ones get 413 before
+    /// they are read; 0 = no limit [default: 0]
+    #[arg(long = "limit-request-body")]
+    pub limit_request_body: Option<u64>,
 }
 
 /// The TOML file: the same keys as the long options, in snake_case.
@@ -263,6 +267,7 @@ struct FileOptions {
     pidfile: Option<PathBuf>,
     proc_name: Option<String>,
     body_buffer_size: Option<usize>,
+    limit_request_body: Option<u64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -461,6 +466,8 @@ pub struct Settings {
     pub pidfile: Option<PathBuf>,
     pub proc_name: String,
     pub body_buffer_size: usize,
+    /// 0: no limit.
+    pub limit_request_body: u64,
 }
 
 /// A configuration error: which key, and why.
@@ -809,6 +816,10 @@ impl Settings {
                 .body_buffer_size
                 .or(file.body_buffer_size)
                 .unwrap_or(1 << 20),
+            limit_request_body: cli
+                .limit_request_body
+                .or(file.limit_request_body)
+                .unwrap_or(0),
         })
     }
 }
@@ -896,6 +907,10 @@ impl Settings {
             ("pidfile", path(&self.pidfile)),
             ("proc_name", Some(q(&self.proc_name))),
             ("body_buffer_size", Some(self.body_buffer_size.to_string())),
+            (
+                "limit_request_body",
+                Some(self.limit_request_body.to_string()),
+            ),
         ];
         let mut out = String::new();
         for (k, v) in rows {

@@ -1050,3 +1050,22 @@ def test_curl_clients(srv):
     # --data-binary with a Content-Length.
     p = curl("--data-binary", "@-", f"{base}/echo", input=b"\x00\x01binary\xff")
     assert p.stdout == b"\x00\x01binary\xff"
+
+
+def test_limit_request_body(start_server):
+    # --limit-request-body: a declared length over it is refused from the
+    # head (413, no 100 Continue, nothing read); a chunked body when it
+    # goes over; smaller bodies pass.
+    s = start_server("wsgicases:app", "--limit-request-body", "1000")
+    c = connect(s.port)
+    try:
+        c.sendall(post(["Content-Length: 5000000", "Expect: 100-continue"], path="/read"))
+        head = recv_until(c, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and b"100 Continue" not in head, head
+    finally:
+        c.close()
+    chunks = b"".join(b"258\r\n" + b"x" * 600 + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
+    ex = exchange(s.port, post(["Transfer-Encoding: chunked"], chunks, path="/read"))
+    assert ex.status == 413 and ex.closed, ex
+    ex = exchange(s.port, post(["Content-Length: 1000", "Connection: close"], b"y" * 1000, path="/read"))
+    assert ex.status == 200, ex

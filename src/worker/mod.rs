@@ -836,6 +836,16 @@ impl Loop {
                             let mut out = Vec::new();
                             match dec.decode(data, &mut out) {
                                 Ok(p) => {
+                                    let limit = self.sh.settings.limit_request_body;
+                                    if limit > 0 && b.sink.len() + out.len() as u64 > limit {
+                                        crate::log::debug(&format!(
+                                            "chunked body over limit_request_body ({limit})"
+                                        ));
+                                        let minor = b.head.minor_version;
+                                        c.consume(data.len());
+                                        self.answer_error(c, 413, minor);
+                                        continue;
+                                    }
                                     if let Err(e) = b.sink.push(&out) {
                                         failed = Some(e.to_string());
                                     }
@@ -947,6 +957,15 @@ impl Loop {
             BodyKind::Length(n) => BodyReader::Length(n),
             BodyKind::Chunked => BodyReader::Chunked(ChunkedDecoder::new()),
         };
+        let limit = self.sh.settings.limit_request_body;
+        if limit > 0 && matches!(head.body, BodyKind::Length(n) if n > limit) {
+            // Refused from the head alone, before any of it is read (and
+            // without a 100 Continue).
+            crate::log::debug(&format!("request body over limit_request_body ({limit})"));
+            self.answer_head_error(c, 413, &head);
+            self.head = head;
+            return;
+        }
         if head.expect_continue && c.buffered().is_empty() {
             // RFC 9110 §10.1.1: tell the client to go ahead with the body.
             c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");

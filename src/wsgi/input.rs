@@ -39,6 +39,11 @@ pub struct BodySink {
 }
 
 impl BodySink {
+    /// Bytes taken so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     pub fn new(limit: usize, expected: Option<u64>) -> BodySink {
         let cap = expected.map(|e| e.min(limit as u64) as usize).unwrap_or(0);
         BodySink {
