@@ -574,11 +574,12 @@ def test_08_purge(c, app, installed):
         assert c.run(f"test -e {path}", check=False).returncode != 0, f"{path} left after purge"
     # the administrator's own config stays
     assert c.run("test -f /etc/ferricorn/app.toml", check=False).returncode == 0
-    assert c.run("getent passwd ferricorn", check=False).returncode != 0, "user left after purge"
-    assert c.run("getent group ferricorn", check=False).returncode != 0, "group left after purge"
+    # Debian keeps system users on purge (files may still carry the uid)
+    assert c.run("id -u ferricorn").stdout.strip() == uid, "user removed or renumbered by purge"
+    assert c.run("getent group ferricorn", check=False).returncode == 0, "group removed by purge"
     links = c.run("find /etc/systemd/system -lname '*ferricorn@*'").stdout.strip()
     assert links == "", f"dangling enablement links: {links}"
     left = c.run("systemctl list-units --all --plain --no-legend 'ferricorn@*'").stdout.strip()
     assert left == "", f"units left loaded: {left}"
     procs = [p for p, i in processes(c).items() if str(i["uid"]) == uid]
-    assert procs == [], f"processes of the removed user still run: {procs}"
+    assert procs == [], f"processes of the ferricorn user still run: {procs}"
