@@ -66,7 +66,7 @@ fn for_systemd(service: &str, version: u32) -> String {
     for line in service.lines() {
         match line {
             "Type=notify" => out.push_str("Type=notify-reload"),
-            "ExecReload=/bin/kill -s HUP $MAINPID" => continue,
+            "ExecReload=/bin/kill -s HUP $MAINPID" | "ExecReload=/bin/sleep 1" => continue,
             l if l.starts_with("# systemd 252 (bookworm) has no Type=notify-reload") => continue,
             l => out.push_str(&l.replace(
                 "# a reload (SIGHUP), STATUS= lines",
@@ -191,6 +191,6 @@ mod tests {
         assert!(!new.contains("ExecReload="), "{new}");
         assert!(!new.contains("has no Type=notify-reload"), "{new}");
         // nothing else changes
-        assert_eq!(new.lines().count(), SERVICE_IN.lines().count() - 2);
+        assert_eq!(new.lines().count(), SERVICE_IN.lines().count() - 3);
     }
 }
