@@ -148,18 +148,20 @@ def _deb_file(deb: Path, member: str) -> str:
 
 
 def test_deb_units_use_the_releases_reload_protocol(deb, suite):
-    """systemd >= 253 (Debian 13): Type=notify-reload; 252 (Debian 12): Type=notify + ExecReload."""
+    """systemd >= 253 (Debian 13): Type=notify-reload; 252 (Debian 12): Type=notify + ExecReload
+    (kill -HUP, then sleep 1 so RELOADING=1 arrives before the reload command ends)."""
     service = _deb_file(deb, "/usr/lib/systemd/system/ferricorn@.service")
     types = re.findall(r"^Type=(\S+)$", service, re.M)
     reloads = re.findall(r"^ExecReload=(.*)$", service, re.M)
     if suite.systemd >= 253:
         assert types == ["notify-reload"] and reloads == [], service
     else:
-        assert types == ["notify"] and reloads == ["/bin/kill -s HUP $MAINPID"], service
+        assert types == ["notify"] and reloads == ["/bin/kill -s HUP $MAINPID", "/bin/sleep 1"], service
     # apart from that, the shipped template is systemd/ferricorn@.service
     source = _service_body((SYSTEMD / "ferricorn@.service").read_text())
     shipped = _service_body(service)
-    drop = {"Type=notify", "Type=notify-reload", "ExecReload=/bin/kill -s HUP $MAINPID"}
+    drop = {"Type=notify", "Type=notify-reload", "ExecReload=/bin/kill -s HUP $MAINPID",
+            "ExecReload=/bin/sleep 1"}
     assert [ln for ln in shipped if ln not in drop] == [ln for ln in source if ln not in drop]
     assert _deb_file(deb, "/usr/lib/systemd/system/ferricorn@.socket") == (SYSTEMD / "ferricorn@.socket").read_text()
 
