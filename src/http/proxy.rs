@@ -91,24 +91,16 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, Invalid> {
     let [proto, src, dst, sport, dport] = fields[..] else {
         return Err(Invalid("v1 line needs 6 space-separated fields"));
     };
-    let (protocol, client_addr, proxy_addr): (_, IpAddr, IpAddr) = match proto {
+    let (protocol, client_addr, proxy_addr) = match proto {
         "TCP4" => (
             "TCP4",
-            src.parse::<Ipv4Addr>()
-                .map_err(|_| Invalid("bad IPv4 source"))?
-                .into(),
-            dst.parse::<Ipv4Addr>()
-                .map_err(|_| Invalid("bad IPv4 destination"))?
-                .into(),
+            v1_addr::<Ipv4Addr>(src, "bad IPv4 source")?,
+            v1_addr::<Ipv4Addr>(dst, "bad IPv4 destination")?,
         ),
         "TCP6" => (
             "TCP6",
-            src.parse::<Ipv6Addr>()
-                .map_err(|_| Invalid("bad IPv6 source"))?
-                .into(),
-            dst.parse::<Ipv6Addr>()
-                .map_err(|_| Invalid("bad IPv6 destination"))?
-                .into(),
+            v1_addr::<Ipv6Addr>(src, "bad IPv6 source")?,
+            v1_addr::<Ipv6Addr>(dst, "bad IPv6 destination")?,
         ),
         _ => return Err(Invalid("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
     };
@@ -122,6 +114,14 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, Invalid> {
         }),
         used,
     ))
+}
+
+/// A v1 address of the family its protocol names (A: Ipv4Addr or Ipv6Addr).
+fn v1_addr<A: std::str::FromStr + Into<IpAddr>>(
+    s: &str,
+    why: &'static str,
+) -> Result<IpAddr, Invalid> {
+    s.parse::<A>().map(Into::into).map_err(|_| Invalid(why))
 }
 
 /// A v1 port: 1-5 decimal digits, no sign, no leading zero, <= 65535.

@@ -593,7 +593,7 @@ fn valid_host(v: &[u8]) -> bool {
 /// possibly empty after it, as `port = *DIGIT` allows). `None` if `v` does
 /// not have that structure. One table lookup per byte of a reg-name.
 #[inline]
-fn split_authority(v: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+pub fn split_authority(v: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     let host_end = if v.first() == Some(&b'[') {
         let close = v.iter().position(|&b| b == b']')?;
         if !valid_ip_literal(&v[1..close]) {

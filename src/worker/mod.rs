@@ -47,16 +47,6 @@ const TOK_LISTEN: u64 = u64::MAX - 1024; // listener i has TOK_LISTEN + i
 const PENDING: u32 = 1 << 31;
 
 /// What all loops of one worker share.
-/// Where reading a PROXY header left the connection.
-enum ProxyStep {
-    /// No header (or it was taken off): go on to the request.
-    Done,
-    /// A header has begun: read more.
-    Read,
-    /// Refused: an error answer is queued.
-    Answered,
-}
-
 struct Shared {
     settings: Settings,
     listeners: Vec<(RawFd, ListenAddr)>,
@@ -1147,6 +1137,16 @@ impl Loop {
             env: &info.env,
         });
     }
+}
+
+/// Where reading a PROXY header left the connection.
+enum ProxyStep {
+    /// No header (or it was taken off): go on to the request.
+    Done,
+    /// A header has begun: read more.
+    Read,
+    /// Refused: an error answer is queued.
+    Answered,
 }
 
 enum Pump {

@@ -558,10 +558,10 @@ fn collect<'py, 'a>(
         }
     }
     if !root_path.is_empty() {
-        let rp = root_path;
-        if path_info.starts_with(rp) && (path_info.len() == rp.len() || path_info[rp.len()] == b'/')
+        if path_info.starts_with(root_path)
+            && (path_info.len() == root_path.len() || path_info[root_path.len()] == b'/')
         {
-            path_info = &path_info[rp.len()..];
+            path_info = &path_info[root_path.len()..];
         }
     }
     match decoded {
@@ -854,15 +854,11 @@ fn absolute_authority(target: &str) -> Option<&[u8]> {
     (!auth.is_empty()).then_some(auth.as_bytes())
 }
 
+/// Host (or an absolute target's authority) as (name, port), an empty port
+/// as none. The parser already checked the value with the same function.
 fn split_host(h: &[u8]) -> (&[u8], Option<&[u8]>) {
-    if h.first() == Some(&b'[') {
-        if let Some(end) = h.iter().position(|&b| b == b']') {
-            let port = h.get(end + 1..).and_then(|r| r.strip_prefix(b":"));
-            return (&h[..=end], port.filter(|p| !p.is_empty()));
-        }
-    }
-    match h.iter().rposition(|&b| b == b':') {
-        Some(i) => (&h[..i], Some(&h[i + 1..]).filter(|p| !p.is_empty())),
+    match crate::http::request::split_authority(h) {
+        Some((name, port)) => (name, port.filter(|p| !p.is_empty())),
         None => (h, None),
     }
 }

@@ -124,6 +124,12 @@ struct State {
 }
 
 impl State {
+    /// Drop the body (closing a spool file); it reads as empty afterwards.
+    fn release(&mut self) {
+        self.body = Body::Mem(Vec::new());
+        self.pos = 0;
+    }
+
     fn remaining(&self) -> u64 {
         self.body.len() - self.pos
     }
@@ -208,9 +214,7 @@ pub struct BodyRelease(Arc<Mutex<State>>);
 
 impl Drop for BodyRelease {
     fn drop(&mut self) {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.body = Body::Mem(Vec::new());
-        s.pos = 0;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).release();
     }
 }
 
@@ -284,8 +288,6 @@ impl Input {
 
     /// Frees the body now (it reads as empty afterwards).
     fn close(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.body = Body::Mem(Vec::new());
-        s.pos = 0;
+        self.state.lock().unwrap().release();
     }
 }

@@ -755,9 +755,6 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}")))
 }
 
-/// Hand a callback's result to CPython: the new reference, or NULL with
-/// the exception set. A panic becomes a RuntimeError (it must not unwind
-/// into C).
 /// What both C entry points share: CPython called us with the GIL held and
 /// `slf` bound to our StartResponse. Run `f` on it; an error becomes the
 /// raised exception, a panic a RuntimeError (never an unwind into C).
