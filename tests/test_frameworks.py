@@ -123,6 +123,51 @@ def test_flask_keepalive_and_head(flask_server):
     assert rs[2].body == b"user x"
 
 
+# ---- the interpreter around the app ------------------------------------------
+
+EXTENSIONS_APP = textwrap.dedent('''
+    import json, os, subprocess, sys
+    import multiprocessing
+
+    def app(environ, start_response):
+        out = {"executable": sys.executable}
+        # C extension modules: the stdlib's lib-dynload ones, and one from a
+        # wheel (MarkupSafe, installed with Flask). Neither links libpython:
+        # they take the C API from the process, however ferricorn links it.
+        import _ssl, _sqlite3, _ctypes, _decimal, _bz2, _lzma
+        import markupsafe._speedups
+        import ctypes, sqlite3
+        out["sqlite"] = sqlite3.connect(":memory:").execute("select 6*7").fetchone()[0]
+        out["ctypes"] = ctypes.pythonapi.Py_IsInitialized()
+        out["speedups"] = markupsafe._speedups.__file__.endswith(".so")
+        # what multiprocessing's spawn and subprocess start is a Python
+        out["child"] = subprocess.run([sys.executable, "-c", "import sys; print(sys.prefix)"],
+                                      capture_output=True, text=True, timeout=30).stdout.strip()
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            out["spawned"] = pool.apply(os.getpid) != os.getpid()
+        body = json.dumps(out).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+''')
+
+
+def test_c_extensions_and_sys_executable(tmp_path):
+    """Extension modules import in a worker, and sys.executable is the venv's
+    python (as under Gunicorn), so subprocess and multiprocessing's spawn work."""
+    (tmp_path / "extapp.py").write_text(EXTENSIONS_APP)
+    s = Server(["-b", "127.0.0.1:0", "--virtualenv", VENV, "-w", "1", "extapp:app"], tmp_path, {})
+    try:
+        st, _, body = s.request("GET", "/", timeout=60)
+        assert st == 200, s.log()
+        j = json.loads(body)
+        assert Path(j["executable"]).parent == Path(VENV, "bin"), j
+        assert j["child"] == str(VENV), j
+        assert j["spawned"] is True
+        assert (j["sqlite"], j["ctypes"], j["speedups"]) == (42, 1, True), j
+    finally:
+        s.close()
+
+
 # ---- Django -------------------------------------------------------------------
 
 VIEWS = '''

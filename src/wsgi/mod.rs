@@ -106,12 +106,40 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
             sys.setattr("exec_prefix", venv.display().to_string())?;
         }
         sys.setattr("argv", vec!["ferricorn".to_string()])?;
+        // sys.executable is what multiprocessing's spawn and `subprocess.run(
+        // [sys.executable, ...])` start. Embedded, CPython guesses it from
+        // PATH ("python3": whatever comes first, a pyenv shim, another
+        // version). Say what Gunicorn's users get: the venv's python, else
+        // the interpreter of the Python ferricorn embeds.
+        if let Some(exe) = python_executable(py, s.virtualenv.as_deref())? {
+            sys.setattr("executable", &exe)?;
+            sys.setattr("_base_executable", &exe)?;
+        }
         // A worker killed for a timeout gets SIGABRT first: faulthandler
         // then prints every thread's Python stack to stderr (the error log).
         py.import("faulthandler")?.call_method0("enable")?;
         Ok(())
     })
     .map_err(|e| Python::attach(|py| format_py_err(py, &e)))
+}
+
+/// The venv's `bin/python` when there is one, else `{base_prefix}/bin/python3.X`
+/// (Debian's /usr/bin/python3.11 for ferricorn built against it); None if
+/// neither exists, leaving CPython's guess.
+fn python_executable(py: Python<'_>, venv: Option<&Path>) -> PyResult<Option<String>> {
+    if let Some(v) = venv {
+        for name in ["bin/python", "bin/python3"] {
+            let p = v.join(name);
+            if p.exists() {
+                return Ok(Some(p.display().to_string()));
+            }
+        }
+    }
+    let sys = py.import("sys")?;
+    let base: String = sys.getattr("base_prefix")?.extract()?;
+    let (major, minor) = linked_version();
+    let p = Path::new(&base).join(format!("bin/python{major}.{minor}"));
+    Ok(p.exists().then(|| p.display().to_string()))
 }
 
 pub fn format_py_err(py: Python<'_>, e: &PyErr) -> String {

@@ -132,13 +132,17 @@ def test_deb_contents(deb):
 
 
 def test_deb_depends_on_debian_libpython(deb, suite):
-    """Built with PYO3_PYTHON=/usr/bin/python3, the binary links the release's own libpython3.X."""
+    """Built with PYO3_PYTHON=/usr/bin/python3, the binary has the release's own CPython 3.X
+    linked in (from libpython3.X.a): the package depends on that release's standard library,
+    libpython3.X-stdlib, and names the embedded source in Static-Built-Using."""
     depends = dpkg_field(deb, "Depends")
-    lib = f"libpython{suite.python}"
-    assert re.search(rf"\b{re.escape(lib)}\b", depends), \
-        f"Depends lacks {lib} (binary not linked to {suite.name}'s Python?): {depends}"
-    others = set(re.findall(r"\blibpython3\.\d+\b", depends)) - {lib}
+    lib = f"libpython{suite.python}-stdlib"
+    assert re.search(rf"\b{re.escape(lib)} \(>= ", depends), \
+        f"Depends lacks {lib} (binary not built against {suite.name}'s Python?): {depends}"
+    others = set(re.findall(r"\blibpython3\.\d+\b", depends)) - {f"libpython{suite.python}"}
     assert not others, f"{suite.name}'s package depends on {others}: {depends}"
+    static = dpkg_field(deb, "Static-Built-Using")
+    assert re.fullmatch(rf"python{re.escape(suite.python)} \(= \S+\)", static), static
 
 
 def _deb_file(deb: Path, member: str) -> str:
