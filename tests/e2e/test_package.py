@@ -131,18 +131,31 @@ def test_deb_contents(deb):
     assert "/etc/ferricorn/example.toml" in control
 
 
-def test_deb_depends_on_debian_libpython(deb, suite):
-    """Built with PYO3_PYTHON=/usr/bin/python3, the binary has the release's own CPython 3.X
-    linked in (from libpython3.X.a): the package depends on that release's standard library,
-    libpython3.X-stdlib, and names the embedded source in Static-Built-Using."""
+def test_deb_depends_on_debian_libpython(deb, suite, tmp_path):
+    """Built with PYO3_PYTHON=/usr/bin/python3, the binary runs the release's own CPython 3.X.
+    Linked in from libpython3.X.a (tools/pyo3-config; Debian 12), the package depends on that
+    release's standard library, libpython3.X-stdlib, and names the embedded source in
+    Static-Built-Using. Linked to libpython3.X.so (Debian 13, whose archive lacks objects),
+    it depends on libpython3.X and has no Static-Built-Using."""
     depends = dpkg_field(deb, "Depends")
-    lib = f"libpython{suite.python}-stdlib"
-    assert re.search(rf"\b{re.escape(lib)} \(>= ", depends), \
-        f"Depends lacks {lib} (binary not built against {suite.name}'s Python?): {depends}"
+    static = dpkg_field(deb, "Static-Built-Using")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    needed = subprocess.run(["readelf", "-d", str(tmp_path / "usr/bin/ferricorn")],
+                            stdout=subprocess.PIPE, text=True, check=True).stdout
+    shared = re.findall(r"\[(libpython3\.\d+)\.so[^\]]*\]", needed)
+    if suite.name == "bookworm":
+        assert not shared, f"bookworm's binary should have CPython linked in: {needed}"
+    if shared:
+        assert shared == [f"libpython{suite.python}"], needed
+        assert re.search(rf"\blibpython{re.escape(suite.python)} \(>= ", depends), depends
+        assert static == "", static
+    else:
+        lib = f"libpython{suite.python}-stdlib"
+        assert re.search(rf"\b{re.escape(lib)} \(>= ", depends), \
+            f"Depends lacks {lib} (binary not built against {suite.name}'s Python?): {depends}"
+        assert re.fullmatch(rf"python{re.escape(suite.python)} \(= \S+\)", static), static
     others = set(re.findall(r"\blibpython3\.\d+\b", depends)) - {f"libpython{suite.python}"}
     assert not others, f"{suite.name}'s package depends on {others}: {depends}"
-    static = dpkg_field(deb, "Static-Built-Using")
-    assert re.fullmatch(rf"python{re.escape(suite.python)} \(= \S+\)", static), static
 
 
 def _deb_file(deb: Path, member: str) -> str:
