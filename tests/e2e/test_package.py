@@ -131,6 +131,22 @@ def test_deb_contents(deb):
     assert "/etc/ferricorn/example.toml" in control
 
 
+def test_deb_version_names_its_release(deb, suite, tmp_path):
+    """Each release's package has its own version, 0.1.0-1~debN (N = 12, 13): the two embed
+    different CPythons, so they must not share one; ~debN sorts below the plain revision and
+    12 below 13, so a release upgrade replaces the package. The changelog's top entry says so."""
+    version = dpkg_field(deb, "Version")
+    assert re.fullmatch(rf"\d+\.\d+\.\d+-1~deb{suite.version}", version), version
+    assert deb.name == f"ferricorn_{version}_amd64.deb", deb.name
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    import gzip
+    changelog = gzip.decompress((tmp_path / "usr/share/doc/ferricorn/changelog.Debian.gz")
+                                .read_bytes()).decode()
+    assert changelog.startswith(f"ferricorn ({version}) {suite.name}; "), changelog[:200]
+    for a, b in (("0.1.0-1~deb12", "0.1.0-1~deb13"), ("0.1.0-1~deb13", "0.1.0-1")):
+        assert subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0, (a, b)
+
+
 def test_deb_depends_on_debian_libpython(deb, suite, tmp_path):
     """Built with PYO3_PYTHON=/usr/bin/python3, the binary runs the release's own CPython 3.X.
     Linked in from libpython3.X.a (tools/pyo3-config; Debian 12), the package depends on that
