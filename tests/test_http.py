@@ -791,6 +791,29 @@ def test_keepalive_timeout_closes_idle_connection(start_server):
         sock.close()
 
 
+def test_keepalive_timeout_closes_many_idle_connections_and_keeps_serving(start_server):
+    """300 keep-alive connections that go idle together are all closed (the sweep closes
+    at most 64 per pass and goes on after serving), while a fresh connection is served."""
+    s = start_server("basic:app", "-w", "1", "--keep-alive", "1")
+    socks = []
+    try:
+        for _ in range(300):
+            sock = connect(s.port, timeout=10)
+            sock.sendall(request_bytes("GET", "/"))
+            recv_until(sock, b"Hello, World!")
+            socks.append(sock)
+        closed = 0
+        for sock in socks:
+            ex = read_until_close(sock, timeout=10)
+            closed += ex.closed and ex.data == b""
+        assert closed == 300
+        st, _, body = s.request("GET", "/")
+        assert (st, body) == (200, b"Hello, World!")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_keepalive_zero_closes_after_each_response(start_server):
     s = start_server("basic:app", "--keep-alive", "0")
     ex = exchange(s.port, request_bytes("GET", "/") + request_bytes("GET", "/"))
