@@ -99,7 +99,8 @@ pub struct Options {
     /// The WSGI application: MODULE:CALLABLE or MODULE:FACTORY() (default callable: application).
     #[arg(value_name = "APP_MODULE")]
     pub wsgi_app: Option<String>,
-    /// TOML config file; keys use Gunicorn's setting names (bind, workers, ...).
+    /// Config file: TOML with Gunicorn's setting names as keys (bind, workers, ...), or a
+    /// Gunicorn Python config (FILE.py, e.g. gunicorn.conf.py; hooks are ignored).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Socket to bind: HOST:PORT, [V6]:PORT, unix:PATH, fd://N or fd://NAME. Repeatable.
@@ -492,15 +493,40 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
+    if path.extension().is_some_and(|x| x == "py") {
+        return load_python_file(path);
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| file_error(path, &text, &e))
+    toml::from_str(&text).map_err(|e| file_error(path, &text, &e, true))
+}
+
+/// A Gunicorn-style `gunicorn.conf.py` (src/pyconfig.rs): run, then its
+/// settings checked as TOML. Errors name the key, without the line of the
+/// generated text.
+fn load_python_file(path: &Path) -> Result<FileOptions, ConfigError> {
+    if !path.is_file() {
+        return Err(err(
+            "config",
+            format!("cannot read {}: no such file", path.display()),
+        ));
+    }
+    let ev = crate::pyconfig::evaluate(path)
+        .map_err(|e| err("config", format!("{} failed:\n{e}", path.display())))?;
+    if !ev.ignored.is_empty() {
+        crate::log::warning(&format!(
+            "{}: ignoring Gunicorn settings and hooks ferricorn does not have: {}",
+            path.display(),
+            ev.ignored.join(", ")
+        ));
+    }
+    toml::from_str(&ev.toml).map_err(|e| file_error(path, &ev.toml, &e, false))
 }
 
 /// A TOML error as a ConfigError that names the setting: the key on the
 /// line the error points at (`workers = "two"`), else `config` with
 /// toml's whole report (a syntax error: the line and a caret).
-fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> ConfigError {
     let located = e.span().and_then(|span| {
         let start = text[..span.start.min(text.len())]
             .rfind('\n')
@@ -515,13 +541,17 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         bare.then(|| (key.to_string(), line_no))
     });
     match located {
-        Some((key, line_no)) => err(
+        Some((key, line_no)) if show_line => err(
             &key,
             format!(
                 "{} line {line_no}: {}",
                 path.display(),
                 e.message().trim_end()
             ),
+        ),
+        Some((key, _)) => err(
+            &key,
+            format!("{}: {}", path.display(), e.message().trim_end()),
         ),
         None => err(
             "config",
@@ -960,6 +990,25 @@ fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn python_config_names_are_the_toml_keys() {
+        // serde lists the expected fields in its unknown-field error
+        let e = toml::from_str::<FileOptions>("no_such_setting = 1")
+            .unwrap_err()
+            .to_string();
+        let listed = e.split("expected one of").nth(1).expect(&e);
+        let mut fields: Vec<&str> = listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        fields.sort();
+        let mut known = crate::pyconfig::KNOWN.to_vec();
+        known.sort();
+        assert_eq!(fields, known);
+    }
+
     use super::*;
 
     fn opts(args: &[&str]) -> Options {
@@ -1078,7 +1127,7 @@ mod tests {
         assert!(e.to_string().contains("wokers"), "{e}");
         let p = Path::new("app.toml");
         let text = "bind = [\"x\"]\nworkers = \"two\"\n";
-        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err());
+        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err(), true);
         assert_eq!(e.key, "workers");
         assert!(
             e.reason.starts_with("app.toml line 2: invalid type"),
@@ -1086,11 +1135,11 @@ mod tests {
             e.reason
         );
         let text = "workerz = 2\n";
-        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err());
+        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err(), true);
         assert_eq!(e.key, "workerz");
         assert!(e.reason.contains("unknown field `workerz`"), "{}", e.reason);
         let text = "[[[\n";
-        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err());
+        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err(), true);
         assert_eq!(e.key, "config");
     }
 

@@ -8,6 +8,7 @@ mod http;
 mod log;
 mod master;
 mod pidfile;
+mod pyconfig;
 mod preload;
 mod privileges;
 mod proctitle;

@@ -107,6 +107,50 @@ def test_cmd_args_from_the_environment(tmp_path, start_server):
     assert bad.returncode == 2 and "FERRICORN_CMD_ARGS" in bad.stderr, bad.stderr
 
 
+def test_gunicorn_python_config_file(tmp_path, start_server):
+    """-c gunicorn.conf.py: Gunicorn's config format, a Python module whose names are the
+    settings (computed values too). Hooks and Gunicorn-only settings are named in a warning
+    and ignored; other names (imports, helpers, _private) are ignored; errors name the key or
+    show the file's traceback."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import multiprocessing\n"
+        "bind = '127.0.0.1:0'\n"
+        "workers = min(2, multiprocessing.cpu_count() * 2 + 1)\n"
+        "keepalive = 7\n"
+        "umask = 0o027\n"
+        "raw_env = ['A=1', 'B=2']\n"
+        "preload_app = True\n"
+        "worker_class = 'sync'\n"
+        "def post_fork(server, worker):\n"
+        "    pass\n"
+        "_helper = 3\n")
+    p = subprocess.run([BIN, "--print-config", "-c", str(conf), "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for want in ['bind = ["127.0.0.1:0"]', "workers = 2", "keepalive = 7", 'umask = "0027"',
+                 'raw_env = ["A=1", "B=2"]', "preload_app = true"]:
+        assert want in lines, p.stdout
+    assert "worker_class, post_fork" in p.stderr and "WARNING" in p.stderr, p.stderr
+    assert "_helper" not in p.stderr and "multiprocessing" not in p.stderr
+    # it serves with those settings; the command line still beats the file
+    s = start_server("basic:app", "-c", str(conf), "-w", "1")
+    assert len(s.worker_pids()) == 1
+    st, _, body = s.request("GET", "/")
+    assert st == 200
+    # errors: a bad value names its key; a file that raises shows its traceback
+    bad = tmp_path / "bad.conf.py"
+    bad.write_text("workers = 'two'\n")
+    r = subprocess.run([BIN, "-c", str(bad), "basic:app"], cwd=APPS, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "`workers`" in r.stderr, r.stderr
+    bad.write_text("import no_such_module_here\n")
+    r = subprocess.run([BIN, "-c", str(bad), "basic:app"], cwd=APPS, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "ModuleNotFoundError" in r.stderr and "no_such_module_here" in r.stderr
+
+
 def test_print_config_is_a_config_file_that_reproduces_the_settings(tmp_path):
     p = subprocess.run([BIN, "--print-config", "-b", "127.0.0.1:0", "-w", "3", "--threads", "2",
                         "--reuse-port", "-e", "A=1", "--max-requests", "7", "basic:app"],
