@@ -100,7 +100,7 @@ pub struct Options {
     #[arg(value_name = "APP_MODULE")]
     pub wsgi_app: Option<String>,
     /// Config file: TOML with Gunicorn's setting names as keys (bind, workers, ...), or a
-    /// Gunicorn Python config (FILE.py, e.g. gunicorn.conf.py; hooks are ignored).
+    /// Gunicorn Python config (FILE.py, file:FILE.py or python:MODULE; hooks are ignored).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Socket to bind: HOST:PORT, [V6]:PORT, unix:PATH, fd://N or fd://NAME. Repeatable.
@@ -493,25 +493,31 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
+    // Gunicorn's forms: PATH, file:PATH, python:MODULE_NAME
+    let spec = path.to_string_lossy();
+    if let Some(module) = spec.strip_prefix("python:") {
+        return load_python(&crate::pyconfig::Source::Module(module.to_string()), path);
+    }
+    let path = spec.strip_prefix("file:").map_or(path, Path::new);
     if path.extension().is_some_and(|x| x == "py") {
-        return load_python_file(path);
+        if !path.is_file() {
+            return Err(err(
+                "config",
+                format!("cannot read {}: no such file", path.display()),
+            ));
+        }
+        return load_python(&crate::pyconfig::Source::File(path.to_path_buf()), path);
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| file_error(path, &text, &e, true))
 }
 
-/// A Gunicorn-style `gunicorn.conf.py` (src/pyconfig.rs): run, then its
-/// settings checked as TOML. Errors name the key, without the line of the
-/// generated text.
-fn load_python_file(path: &Path) -> Result<FileOptions, ConfigError> {
-    if !path.is_file() {
-        return Err(err(
-            "config",
-            format!("cannot read {}: no such file", path.display()),
-        ));
-    }
-    let ev = crate::pyconfig::evaluate(path)
+/// A Gunicorn-style `gunicorn.conf.py` or `python:MODULE` (src/pyconfig.rs):
+/// run, then its settings checked as TOML. Errors name the key, without the
+/// line of the generated text.
+fn load_python(source: &crate::pyconfig::Source, path: &Path) -> Result<FileOptions, ConfigError> {
+    let ev = crate::pyconfig::evaluate(source)
         .map_err(|e| err("config", format!("{} failed:\n{e}", path.display())))?;
     if !ev.ignored.is_empty() {
         crate::log::warning(&format!(

@@ -14,7 +14,6 @@
 //! Gunicorn ignores it.
 
 use std::io::Read;
-use std::path::Path;
 
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork, pipe};
@@ -149,8 +148,13 @@ def _toml(key, v):
                                for k, x in v.items()) + "}"
     raise TypeError("setting %r: a %s has no config file form" % (key, type(v).__name__))
 
-def evaluate(path, known, gunicorn_only):
-    ns = runpy.run_path(path, run_name="__config__")
+def evaluate(location, known, gunicorn_only):
+    if location.startswith("python:"):
+        import os, sys
+        sys.path.insert(0, os.getcwd())
+        ns = runpy.run_module(location[len("python:"):], run_name="__config__")
+    else:
+        ns = runpy.run_path(location, run_name="__config__")
     lines, ignored = [], []
     for k, v in ns.items():
         if k in known:
@@ -161,6 +165,13 @@ def evaluate(path, known, gunicorn_only):
     return "\n".join(lines) + "\n", ignored
 "#;
 
+/// Where the config comes from: `-c PATH.py` (or `file:PATH.py`), or
+/// `-c python:MODULE`, imported from the working directory or sys.path.
+pub enum Source {
+    File(std::path::PathBuf),
+    Module(String),
+}
+
 /// What a Python config file set: TOML text of the known settings, and the
 /// Gunicorn-only names it set (ignored).
 pub struct Evaluated {
@@ -168,9 +179,9 @@ pub struct Evaluated {
     pub ignored: Vec<String>,
 }
 
-/// Run `path` in a forked child. Err is the reason (the Python traceback
+/// Run the config in a forked child. Err is the reason (the Python traceback
 /// when the file raised).
-pub fn evaluate(path: &Path) -> Result<Evaluated, String> {
+pub fn evaluate(source: &Source) -> Result<Evaluated, String> {
     let (rd, wr) = pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: Py_IsInitialized may be called at any time.
     let python_up = unsafe { pyo3::ffi::Py_IsInitialized() } != 0;
@@ -187,7 +198,7 @@ pub fn evaluate(path: &Path) -> Result<Evaluated, String> {
     match forked.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(rd);
-            let (code, out) = match run_in_child(path) {
+            let (code, out) = match run_in_child(source) {
                 Ok(text) => (0, text),
                 Err(e) => (1, e),
             };
@@ -221,7 +232,7 @@ pub fn evaluate(path: &Path) -> Result<Evaluated, String> {
 
 /// In the child: the first line of the result lists the ignored names, the
 /// rest is the TOML.
-fn run_in_child(path: &Path) -> Result<String, String> {
+fn run_in_child(source: &Source) -> Result<String, String> {
     Python::initialize();
     Python::attach(|py| {
         let run = || -> PyResult<String> {
@@ -233,7 +244,14 @@ fn run_in_child(path: &Path) -> Result<String, String> {
             )?;
             let (toml, ignored): (String, Vec<String>) = module
                 .getattr("evaluate")?
-                .call1((path.display().to_string(), KNOWN.to_vec(), GUNICORN_ONLY.to_vec()))?
+                .call1((
+                    match source {
+                        Source::File(p) => p.display().to_string(),
+                        Source::Module(m) => format!("python:{m}"),
+                    },
+                    KNOWN.to_vec(),
+                    GUNICORN_ONLY.to_vec(),
+                ))?
                 .extract()?;
             Ok(format!("{}\n{toml}", ignored.join(" ")))
         };

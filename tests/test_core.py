@@ -139,6 +139,12 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
     assert len(s.worker_pids()) == 1
     st, _, body = s.request("GET", "/")
     assert st == 200
+    # Gunicorn's other two forms: file:PATH, and python:MODULE from the working directory
+    (tmp_path / "confmod.py").write_text("workers = 3\nbind = '127.0.0.1:0'\n")
+    for spec in ("python:confmod", f"file:{tmp_path / 'confmod.py'}"):
+        r = subprocess.run([BIN, "--print-config", "-c", spec, "--chdir", str(APPS), "basic:app"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and "workers = 3" in r.stdout.splitlines(), (spec, r.stderr)
     # errors: a bad value names its key; a file that raises shows its traceback
     bad = tmp_path / "bad.conf.py"
     bad.write_text("workers = 'two'\n")
