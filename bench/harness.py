@@ -370,8 +370,7 @@ def server_env():
 def cmd_ferricorn(app, cwd, port, workers, preload, valgrind):
     if not FERRICORN.exists():
         shown = FERRICORN.relative_to(ROOT) if FERRICORN.is_relative_to(ROOT) else FERRICORN
-        raise Skip("skipped: %s missing (build: PYO3_PYTHON=/usr/bin/python3 cargo build --release)"
-                   % shown)
+        raise Skip("skipped: %s missing (build it: bench/run --build)" % shown)
     cmd = [FERRICORN]
     if preload:
         # first, so that an optional-value flag cannot swallow the app argument
@@ -1226,8 +1225,8 @@ def main():
     t0 = time.monotonic()
     load_start = os.getloadavg()[0]
     if not FERRICORN.exists():
-        log("NOTE: %s is missing: ferricorn is skipped (build it with "
-            "`PYO3_PYTHON=/usr/bin/python3 cargo build --release`)" % FERRICORN)
+        log("NOTE: %s is missing: ferricorn is skipped (build it: `bench/run --build`, which "
+            "links CPython as the package does)" % FERRICORN)
     rows = []
 
     def add(r):
