@@ -101,6 +101,7 @@ pub struct Options {
     pub wsgi_app: Option<String>,
     /// Config file: TOML with Gunicorn's setting names as keys (bind, workers, ...), or a
     /// Gunicorn Python config (FILE.py, file:FILE.py or python:MODULE; hooks are ignored).
+    /// Without it, ./gunicorn.conf.py is read if it exists, as Gunicorn does.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Socket to bind: HOST:PORT, [V6]:PORT, unix:PATH, fd://N or fd://NAME. Repeatable.
@@ -492,6 +493,9 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The config file Gunicorn reads from the working directory when no -c is given.
+const DEFAULT_PY_CONFIG: &str = "gunicorn.conf.py";
+
 fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
     // Gunicorn's forms: PATH, file:PATH, python:MODULE_NAME
     let spec = path.to_string_lossy();
@@ -571,6 +575,15 @@ impl Settings {
     pub fn load(cli: &Options) -> Result<Settings, ConfigError> {
         let file = match &cli.config {
             Some(p) => load_file(p)?,
+            // As Gunicorn: without -c, ./gunicorn.conf.py (where the server
+            // is started, before --chdir) is read when it exists.
+            None if Path::new(DEFAULT_PY_CONFIG).is_file() => {
+                crate::log::info(&format!(
+                    "Reading {DEFAULT_PY_CONFIG} from {} (Gunicorn's default config file; -c picks another)",
+                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                ));
+                load_file(Path::new(DEFAULT_PY_CONFIG))?
+            }
             None => FileOptions::default(),
         };
         Self::merge(cli, file, &|k| std::env::var(k).ok())

@@ -145,6 +145,14 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
         r = subprocess.run([BIN, "--print-config", "-c", spec, "--chdir", str(APPS), "basic:app"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
         assert r.returncode == 0 and "workers = 3" in r.stdout.splitlines(), (spec, r.stderr)
+    # without -c, ./gunicorn.conf.py is read, as Gunicorn reads it (and -c replaces it)
+    r = subprocess.run([BIN, "--print-config", "--chdir", str(APPS), "basic:app"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "keepalive = 7" in r.stdout.splitlines(), r.stderr
+    assert "gunicorn.conf.py" in r.stderr, r.stderr
+    r = subprocess.run([BIN, "--print-config", "-c", str(tmp_path / "confmod.py"), "--chdir", str(APPS),
+                        "basic:app"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert "keepalive = 2" in r.stdout.splitlines() and "workers = 3" in r.stdout.splitlines()
     # errors: a bad value names its key; a file that raises shows its traceback
     bad = tmp_path / "bad.conf.py"
     bad.write_text("workers = 'two'\n")
