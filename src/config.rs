@@ -496,11 +496,17 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 /// The config file Gunicorn reads from the working directory when no -c is given.
 const DEFAULT_PY_CONFIG: &str = "gunicorn.conf.py";
 
-fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
+/// `venv`: the virtualenv a Python config may import from (the command
+/// line's, else VIRTUAL_ENV's), as Gunicorn runs its config in its venv.
+fn load_file(path: &Path, venv: Option<&Path>) -> Result<FileOptions, ConfigError> {
     // Gunicorn's forms: PATH, file:PATH, python:MODULE_NAME
     let spec = path.to_string_lossy();
     if let Some(module) = spec.strip_prefix("python:") {
-        return load_python(&crate::pyconfig::Source::Module(module.to_string()), path);
+        return load_python(
+            &crate::pyconfig::Source::Module(module.to_string()),
+            path,
+            venv,
+        );
     }
     let path = spec.strip_prefix("file:").map_or(path, Path::new);
     if path.extension().is_some_and(|x| x == "py") {
@@ -510,7 +516,11 @@ fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
                 format!("cannot read {}: no such file", path.display()),
             ));
         }
-        return load_python(&crate::pyconfig::Source::File(path.to_path_buf()), path);
+        return load_python(
+            &crate::pyconfig::Source::File(path.to_path_buf()),
+            path,
+            venv,
+        );
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
@@ -520,8 +530,16 @@ fn load_file(path: &Path) -> Result<FileOptions, ConfigError> {
 /// A Gunicorn-style `gunicorn.conf.py` or `python:MODULE` (src/pyconfig.rs):
 /// run, then its settings checked as TOML. Errors name the key, without the
 /// line of the generated text.
-fn load_python(source: &crate::pyconfig::Source, path: &Path) -> Result<FileOptions, ConfigError> {
-    let ev = crate::pyconfig::evaluate(source)
+fn load_python(
+    source: &crate::pyconfig::Source,
+    path: &Path,
+    venv: Option<&Path>,
+) -> Result<FileOptions, ConfigError> {
+    let site_packages = match venv {
+        Some(v) if v.join("pyvenv.cfg").is_file() => crate::wsgi::venv_site_packages(v).ok(),
+        _ => None,
+    };
+    let ev = crate::pyconfig::evaluate(source, site_packages.as_deref())
         .map_err(|e| err("config", format!("{} failed:\n{e}", path.display())))?;
     if !ev.ignored.is_empty() {
         crate::log::warning(&format!(
@@ -573,16 +591,23 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> 
 impl Settings {
     /// Merge CLI > config file > environment > defaults, and validate.
     pub fn load(cli: &Options) -> Result<Settings, ConfigError> {
+        let venv = cli.virtualenv.clone().or_else(|| {
+            std::env::var_os("VIRTUAL_ENV")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         let file = match &cli.config {
-            Some(p) => load_file(p)?,
+            Some(p) => load_file(p, venv.as_deref())?,
             // As Gunicorn: without -c, ./gunicorn.conf.py (where the server
             // is started, before --chdir) is read when it exists.
             None if Path::new(DEFAULT_PY_CONFIG).is_file() => {
                 crate::log::info(&format!(
                     "Reading {DEFAULT_PY_CONFIG} from {} (Gunicorn's default config file; -c picks another)",
-                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                    std::env::current_dir()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default()
                 ));
-                load_file(Path::new(DEFAULT_PY_CONFIG))?
+                load_file(Path::new(DEFAULT_PY_CONFIG), venv.as_deref())?
             }
             None => FileOptions::default(),
         };
@@ -1017,11 +1042,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         let listed = e.split("expected one of").nth(1).expect(&e);
-        let mut fields: Vec<&str> = listed
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .collect();
+        let mut fields: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
         fields.sort();
         let mut known = crate::pyconfig::KNOWN.to_vec();
         known.sort();
@@ -1146,7 +1167,12 @@ mod tests {
         assert!(e.to_string().contains("wokers"), "{e}");
         let p = Path::new("app.toml");
         let text = "bind = [\"x\"]\nworkers = \"two\"\n";
-        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err(), true);
+        let e = file_error(
+            p,
+            text,
+            &toml::from_str::<FileOptions>(text).unwrap_err(),
+            true,
+        );
         assert_eq!(e.key, "workers");
         assert!(
             e.reason.starts_with("app.toml line 2: invalid type"),
@@ -1154,11 +1180,21 @@ mod tests {
             e.reason
         );
         let text = "workerz = 2\n";
-        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err(), true);
+        let e = file_error(
+            p,
+            text,
+            &toml::from_str::<FileOptions>(text).unwrap_err(),
+            true,
+        );
         assert_eq!(e.key, "workerz");
         assert!(e.reason.contains("unknown field `workerz`"), "{}", e.reason);
         let text = "[[[\n";
-        let e = file_error(p, text, &toml::from_str::<FileOptions>(text).unwrap_err(), true);
+        let e = file_error(
+            p,
+            text,
+            &toml::from_str::<FileOptions>(text).unwrap_err(),
+            true,
+        );
         assert_eq!(e.key, "config");
     }
 

@@ -8,10 +8,10 @@ mod http;
 mod log;
 mod master;
 mod pidfile;
-mod pyconfig;
 mod preload;
 mod privileges;
 mod proctitle;
+mod pyconfig;
 mod scoreboard;
 mod sock;
 // The protocol modules offer the whole of each protocol (some of it used

@@ -181,7 +181,10 @@ pub struct Evaluated {
 
 /// Run the config in a forked child. Err is the reason (the Python traceback
 /// when the file raised).
-pub fn evaluate(source: &Source) -> Result<Evaluated, String> {
+pub fn evaluate(
+    source: &Source,
+    site_packages: Option<&std::path::Path>,
+) -> Result<Evaluated, String> {
     let (rd, wr) = pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: Py_IsInitialized may be called at any time.
     let python_up = unsafe { pyo3::ffi::Py_IsInitialized() } != 0;
@@ -198,7 +201,7 @@ pub fn evaluate(source: &Source) -> Result<Evaluated, String> {
     match forked.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(rd);
-            let (code, out) = match run_in_child(source) {
+            let (code, out) = match run_in_child(source, site_packages) {
                 Ok(text) => (0, text),
                 Err(e) => (1, e),
             };
@@ -232,10 +235,18 @@ pub fn evaluate(source: &Source) -> Result<Evaluated, String> {
 
 /// In the child: the first line of the result lists the ignored names, the
 /// rest is the TOML.
-fn run_in_child(source: &Source) -> Result<String, String> {
+fn run_in_child(
+    source: &Source,
+    site_packages: Option<&std::path::Path>,
+) -> Result<String, String> {
     Python::initialize();
     Python::attach(|py| {
         let run = || -> PyResult<String> {
+            if let Some(sp) = site_packages {
+                // the app's venv, as the venv Gunicorn runs from
+                py.import("site")?
+                    .call_method1("addsitedir", (sp.display().to_string(),))?;
+            }
             let module = PyModule::from_code(
                 py,
                 &std::ffi::CString::new(EVALUATE).expect("no NUL in the evaluator"),

@@ -4,7 +4,7 @@ import signal
 import subprocess
 import time
 
-from conftest import APPS, BIN
+from conftest import APPS, BIN, VENV
 
 
 def test_hello_keepalive_and_headers(start_server):
@@ -153,6 +153,13 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
     r = subprocess.run([BIN, "--print-config", "-c", str(tmp_path / "confmod.py"), "--chdir", str(APPS),
                         "basic:app"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert "keepalive = 2" in r.stdout.splitlines() and "workers = 3" in r.stdout.splitlines()
+    # the config imports from the app's virtualenv (--virtualenv or VIRTUAL_ENV), as from
+    # Gunicorn's own venv
+    (tmp_path / "venvconf.py").write_text("import flask\nworkers = 4\n")
+    r = subprocess.run([BIN, "--print-config", "-c", str(tmp_path / "venvconf.py"), "--virtualenv",
+                        VENV, "--chdir", str(APPS), "basic:app"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and "workers = 4" in r.stdout.splitlines(), r.stderr
     # errors: a bad value names its key; a file that raises shows its traceback
     bad = tmp_path / "bad.conf.py"
     bad.write_text("workers = 'two'\n")
