@@ -493,6 +493,13 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `VIRTUAL_ENV`, honoured (when not empty) where --virtualenv is not given.
+fn virtualenv_from_env(getenv: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    getenv("VIRTUAL_ENV")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The config file Gunicorn reads from the working directory when no -c is given.
 const DEFAULT_PY_CONFIG: &str = "gunicorn.conf.py";
 
@@ -535,10 +542,8 @@ fn load_python(
     path: &Path,
     venv: Option<&Path>,
 ) -> Result<FileOptions, ConfigError> {
-    let site_packages = match venv {
-        Some(v) if v.join("pyvenv.cfg").is_file() => crate::wsgi::venv_site_packages(v).ok(),
-        _ => None,
-    };
+    // not a venv, or another Python's: the app's own check reports it later
+    let site_packages = venv.and_then(|v| crate::wsgi::venv_site_packages(v).ok());
     let ev = crate::pyconfig::evaluate(source, site_packages.as_deref())
         .map_err(|e| err("config", format!("{} failed:\n{e}", path.display())))?;
     if !ev.ignored.is_empty() {
@@ -591,11 +596,12 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> 
 impl Settings {
     /// Merge CLI > config file > environment > defaults, and validate.
     pub fn load(cli: &Options) -> Result<Settings, ConfigError> {
-        let venv = cli.virtualenv.clone().or_else(|| {
-            std::env::var_os("VIRTUAL_ENV")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
+        let getenv = |k: &str| std::env::var(k).ok();
+        // the file's own `virtualenv` cannot serve: it is not read yet
+        let venv = cli
+            .virtualenv
+            .clone()
+            .or_else(|| virtualenv_from_env(&getenv));
         let file = match &cli.config {
             Some(p) => load_file(p, venv.as_deref())?,
             // As Gunicorn: without -c, ./gunicorn.conf.py (where the server
@@ -611,7 +617,7 @@ impl Settings {
             }
             None => FileOptions::default(),
         };
-        Self::merge(cli, file, &|k| std::env::var(k).ok())
+        Self::merge(cli, file, &getenv)
     }
 
     fn merge(
@@ -693,11 +699,11 @@ impl Settings {
             env.extend(map);
         }
 
-        let virtualenv = cli.virtualenv.clone().or(file.virtualenv).or_else(|| {
-            getenv("VIRTUAL_ENV")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
+        let virtualenv = cli
+            .virtualenv
+            .clone()
+            .or(file.virtualenv)
+            .or_else(|| virtualenv_from_env(getenv));
         if let Some(v) = &virtualenv {
             if !v.join("pyvenv.cfg").is_file() {
                 return Err(err(
@@ -1057,6 +1063,16 @@ mod tests {
         Cli::try_parse_from(v).unwrap().opts
     }
 
+    /// file_error for TEXT as a TOML file named P (line numbers shown).
+    fn toml_file_error(p: &Path, text: &str) -> ConfigError {
+        file_error(
+            p,
+            text,
+            &toml::from_str::<FileOptions>(text).unwrap_err(),
+            true,
+        )
+    }
+
     fn merge(o: &Options, file: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let f: FileOptions = toml::from_str(file).unwrap();
         let env: Vec<(String, String)> = env
@@ -1167,12 +1183,7 @@ mod tests {
         assert!(e.to_string().contains("wokers"), "{e}");
         let p = Path::new("app.toml");
         let text = "bind = [\"x\"]\nworkers = \"two\"\n";
-        let e = file_error(
-            p,
-            text,
-            &toml::from_str::<FileOptions>(text).unwrap_err(),
-            true,
-        );
+        let e = toml_file_error(p, text);
         assert_eq!(e.key, "workers");
         assert!(
             e.reason.starts_with("app.toml line 2: invalid type"),
@@ -1180,21 +1191,11 @@ mod tests {
             e.reason
         );
         let text = "workerz = 2\n";
-        let e = file_error(
-            p,
-            text,
-            &toml::from_str::<FileOptions>(text).unwrap_err(),
-            true,
-        );
+        let e = toml_file_error(p, text);
         assert_eq!(e.key, "workerz");
         assert!(e.reason.contains("unknown field `workerz`"), "{}", e.reason);
         let text = "[[[\n";
-        let e = file_error(
-            p,
-            text,
-            &toml::from_str::<FileOptions>(text).unwrap_err(),
-            true,
-        );
+        let e = toml_file_error(p, text);
         assert_eq!(e.key, "config");
     }
 
