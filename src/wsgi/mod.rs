@@ -111,7 +111,7 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
         // PATH ("python3": whatever comes first, a pyenv shim, another
         // version). Say what Gunicorn's users get: the venv's python, else
         // the interpreter of the Python ferricorn embeds.
-        if let Some(exe) = python_executable(py, s.virtualenv.as_deref())? {
+        if let Some(exe) = python_executable(&sys, s.virtualenv.as_deref())? {
             sys.setattr("executable", &exe)?;
             sys.setattr("_base_executable", &exe)?;
         }
@@ -126,7 +126,7 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
 /// The venv's `bin/python` when there is one, else `{base_prefix}/bin/python3.X`
 /// (Debian's /usr/bin/python3.11 for ferricorn built against it); None if
 /// neither exists, leaving CPython's guess.
-fn python_executable(py: Python<'_>, venv: Option<&Path>) -> PyResult<Option<String>> {
+fn python_executable(sys: &Bound<'_, PyModule>, venv: Option<&Path>) -> PyResult<Option<String>> {
     if let Some(v) = venv {
         for name in ["bin/python", "bin/python3"] {
             let p = v.join(name);
@@ -135,7 +135,6 @@ fn python_executable(py: Python<'_>, venv: Option<&Path>) -> PyResult<Option<Str
             }
         }
     }
-    let sys = py.import("sys")?;
     let base: String = sys.getattr("base_prefix")?.extract()?;
     let (major, minor) = linked_version();
     let p = Path::new(&base).join(format!("bin/python{major}.{minor}"));
