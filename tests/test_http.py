@@ -298,7 +298,19 @@ def test_malformed_request_line_is_400(srv, line):
     srv.rejected(line + b"\r\nHost: localhost\r\n\r\n", 400)
 
 
-@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/2.0", b"HTTP/3.0", b"HTTP/9.9"])
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_higher_http1_minor_version_is_served_as_1_1(srv, version):
+    # RFC 9110 section 2.5: process it as the highest minor version we implement,
+    # and answer with that version; it keeps the connection open as 1.1 does.
+    req = b"GET /environ HTTP/1.1\r\nHost: localhost\r\n\r\n".replace(b"HTTP/1.1", version)
+    ex = exchange(srv.port, req + req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    responses, rest = parse_responses(ex.data, ["GET", "GET"])
+    assert [r.status for r in responses] == [200, 200] and rest == b"", ex
+    assert all(r.version == "HTTP/1.1" for r in responses), ex
+    assert json.loads(responses[0].body)["SERVER_PROTOCOL"] == "HTTP/1.1"
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0", b"HTTP/9.9", b"HTTP/0.9"])
 def test_unsupported_http_version_is_505(srv, version):
     srv.rejected(b"GET / " + version + b"\r\nHost: localhost\r\n\r\n", 505)
 

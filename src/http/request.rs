@@ -38,10 +38,13 @@
 //!   no coding at all is a 400.
 //! - `Content-Length: 0` is reported as `BodyKind::Length(0)`; `Empty` means
 //!   the request carried no framing header at all.
-//! - Versions: `HTTP/1.0` and `HTTP/1.1` are served; a well-formed but other
-//!   version (`HTTP/1.2`, `HTTP/2.0`, and the bare-major forms `HTTP/2`,
-//!   `HTTP/3`) is a 505; anything else (`HTTP/1`, `http/1.1`, `HTTP/1.1x`)
-//!   is a 400.
+//! - Versions: `HTTP/1.0` and `HTTP/1.1` are served, and a higher minor
+//!   version of HTTP/1 (`HTTP/1.2` to `HTTP/1.9`) is served as `HTTP/1.1`
+//!   (RFC 9110 §2.5: "process the message as if it were in the highest minor
+//!   version within that major version"; Gunicorn serves them too). Another
+//!   well-formed version (`HTTP/2.0`, `HTTP/0.9`, and the bare-major forms
+//!   `HTTP/2`, `HTTP/3`) is a 505; anything else (`HTTP/1`, `http/1.1`,
+//!   `HTTP/1.1x`) is a 400.
 //! - Line limits count the line without its CRLF (Gunicorn counts the CRLF
 //!   for header fields, so our field limit is 2 bytes more lenient there).
 
@@ -343,16 +346,47 @@ pub fn parse_head_into(
     let Some(start) = skip_empty_lines(buf)? else {
         return Ok(None);
     };
+    match parse_with_slots(buf, start, &bounds, head) {
+        Err(HttpError::VersionNotSupported) => match newer_http1_minor(&buf[start..]) {
+            // httparse knows only 1.0 and 1.1: parse a copy that says 1.1.
+            // Rare, so the copy costs nothing that matters.
+            Some(digit) => {
+                let mut copy = buf.to_vec();
+                copy[start + digit] = b'1';
+                parse_with_slots(&copy, start, &bounds, head)
+            }
+            None => Err(HttpError::VersionNotSupported),
+        },
+        parsed => parsed,
+    }
+}
+
+/// Where the minor digit is, if the request line ends in `HTTP/1.2` to
+/// `HTTP/1.9`.
+fn newer_http1_minor(rest: &[u8]) -> Option<usize> {
+    let end = rest.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    match &rest[..end] {
+        [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(end - 1),
+        _ => None,
+    }
+}
+
+fn parse_with_slots(
+    buf: &[u8],
+    start: usize,
+    bounds: &Bounds,
+    head: &mut RequestHead,
+) -> Result<Option<usize>, HttpError> {
     // One httparse slot per allowed field: httparse then reports
     // `TooManyHeaders` exactly when the count limit is exceeded. The slots
     // are uninitialised, so the stack array costs nothing per call.
     if bounds.fields <= STACK_FIELDS {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
-        parse_after_empty_lines(buf, start, &bounds, &mut slots[..bounds.fields], head)
+        parse_after_empty_lines(buf, start, bounds, &mut slots[..bounds.fields], head)
     } else {
         let mut slots = Vec::with_capacity(bounds.fields);
         slots.resize_with(bounds.fields, MaybeUninit::uninit);
-        parse_after_empty_lines(buf, start, &bounds, &mut slots, head)
+        parse_after_empty_lines(buf, start, bounds, &mut slots, head)
     }
 }
 
@@ -1445,9 +1479,19 @@ mod tests {
 
     #[test]
     fn versions() {
-        for v in [
-            "HTTP/1.2", "HTTP/1.9", "HTTP/2.0", "HTTP/3.0", "HTTP/2", "HTTP/3", "HTTP/0.9",
-        ] {
+        for v in ["HTTP/1.2", "HTTP/1.9"] {
+            let req = format!("\r\nGET /a?b {v}\r\nHost: h\r\nConnection: close\r\n\r\n");
+            let head = ok(req.as_bytes());
+            assert_eq!(head.minor_version, 1, "{v} is served as HTTP/1.1");
+            assert_eq!(head.target(), "/a?b");
+            assert!(!head.keep_alive);
+        }
+        // Keep-alive by default, as HTTP/1.1; incomplete stays incomplete.
+        assert!(ok(b"GET / HTTP/1.5\r\nHost: h\r\n\r\n").keep_alive);
+        assert!(matches!(parse(b"GET / HTTP/1.5\r\nHost: h\r\n"), Ok(None)));
+        // The same rules as for 1.1 apply to the rest of the head.
+        assert_eq!(status(b"GET / HTTP/1.2\r\n\r\n"), 400, "no Host");
+        for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/2", "HTTP/3", "HTTP/0.9"] {
             let req = format!("GET / {v}\r\nHost: h\r\n\r\n");
             assert_eq!(status(req.as_bytes()), 505, "{v}");
         }
