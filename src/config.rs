@@ -9,6 +9,7 @@
 //! with a message naming the key and the reason.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -161,9 +162,15 @@ pub struct Options {
     /// Addresses or networks (10.0.0.0/8) trusted to set X-Forwarded-Proto & co; '*' trusts all [default: 127.0.0.1,::1]
     #[arg(long = "forwarded-allow-ips")]
     pub forwarded_allow_ips: Option<String>,
-    /// Accept a PROXY protocol header (v1 or v2) before a connection's first request
-    #[arg(long = "proxy-protocol")]
-    pub proxy_protocol: bool,
+    /// Accept a PROXY protocol header before a connection's first request: v1, v2, auto (either;
+    /// the flag alone means auto) or off [default: off]
+    #[arg(
+        long = "proxy-protocol",
+        value_name = "MODE",
+        num_args = 0..=1,
+        default_missing_value = "auto"
+    )]
+    pub proxy_protocol: Option<String>,
     /// Addresses or networks allowed to send a PROXY header; '*' allows all [default: 127.0.0.1,::1]
     #[arg(long = "proxy-allow-from")]
     pub proxy_allow_ips: Option<String>,
@@ -251,7 +258,7 @@ struct FileOptions {
     limit_request_fields: Option<usize>,
     limit_request_field_size: Option<usize>,
     forwarded_allow_ips: Option<OneOrMany>,
-    proxy_protocol: Option<bool>,
+    proxy_protocol: Option<Switch>,
     proxy_allow_ips: Option<OneOrMany>,
     errorlog: Option<String>,
     loglevel: Option<String>,
@@ -270,6 +277,95 @@ struct FileOptions {
     proc_name: Option<String>,
     body_buffer_size: Option<usize>,
     limit_request_body: Option<u64>,
+}
+
+/// `--proxy-protocol` takes an optional value, so `--proxy-protocol
+/// app:app` would take the app for its value (argparse does that to
+/// Gunicorn). Only a mode word is its value: anything else after it is
+/// left alone, and the flag alone means `auto`.
+pub fn pin_optional_values(argv: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut it = argv.into_iter().peekable();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(it);
+            break;
+        }
+        if a == "--proxy-protocol" {
+            let next_is_mode = it
+                .peek()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| ProxyProtocol::parse(n).is_some());
+            if !next_is_mode {
+                out.push(OsString::from("--proxy-protocol=auto"));
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// A setting Gunicorn once took as a boolean and now as a word
+/// (`proxy_protocol = true` or `"v2"`).
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Switch {
+    Bool(bool),
+    Word(String),
+}
+
+impl Switch {
+    fn into_word(self) -> String {
+        match self {
+            Switch::Bool(b) => b.to_string(),
+            Switch::Word(w) => w,
+        }
+    }
+}
+
+/// `proxy_protocol`: which versions of the PROXY header a connection may
+/// start with (Gunicorn's values since 24.1; `true` is `auto`, `false` off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+    Auto,
+}
+
+impl ProxyProtocol {
+    fn parse(word: &str) -> Option<ProxyProtocol> {
+        Some(match word.trim().to_ascii_lowercase().as_str() {
+            "off" | "false" => ProxyProtocol::Off,
+            "v1" => ProxyProtocol::V1,
+            "v2" => ProxyProtocol::V2,
+            "auto" | "true" => ProxyProtocol::Auto,
+            _ => return None,
+        })
+    }
+
+    pub fn on(self) -> bool {
+        self != ProxyProtocol::Off
+    }
+
+    pub fn accepts_v1(self) -> bool {
+        matches!(self, ProxyProtocol::V1 | ProxyProtocol::Auto)
+    }
+
+    pub fn accepts_v2(self) -> bool {
+        matches!(self, ProxyProtocol::V2 | ProxyProtocol::Auto)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+            ProxyProtocol::Auto => "auto",
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -450,7 +546,7 @@ pub struct Settings {
     pub root_path: String,
     pub limits: Limits,
     pub forwarded_allow_ips: AllowIps,
-    pub proxy_protocol: bool,
+    pub proxy_protocol: ProxyProtocol,
     pub proxy_allow_ips: AllowIps,
     pub errorlog: String,
     pub loglevel: LogLevel,
@@ -531,7 +627,57 @@ fn load_file(path: &Path, venv: Option<&Path>) -> Result<FileOptions, ConfigErro
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| file_error(path, &text, &e, true))
+    match without_gunicorn_only(path, &text)? {
+        // their lines are gone, so errors cannot point at a line of the file
+        Some(rest) => toml::from_str(&rest).map_err(|e| file_error(path, &rest, &e, false)),
+        None => toml::from_str(&text).map_err(|e| file_error(path, &text, &e, true)),
+    }
+}
+
+/// A TOML config may set Gunicorn's settings that ferricorn lacks, as a
+/// Python config may (src/gunicorn_only.rs). If it does: warn or refuse,
+/// and the text without them.
+fn without_gunicorn_only(path: &Path, text: &str) -> Result<Option<String>, ConfigError> {
+    // A file that does not parse gets its error from the typed parse.
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        return Ok(None);
+    };
+    let given: Vec<(String, String)> = table
+        .iter()
+        .filter(|(k, _)| crate::gunicorn_only::find(k).is_some())
+        .map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    if given.is_empty() {
+        return Ok(None);
+    }
+    judge_gunicorn_only(path, &given)?;
+    for (k, _) in &given {
+        table.remove(k);
+    }
+    Ok(Some(table.to_string()))
+}
+
+/// Gunicorn-only settings a config file set, by name and value: warn about
+/// them, or refuse the first that cannot be ignored (src/gunicorn_only.rs).
+fn judge_gunicorn_only(path: &Path, given: &[(String, String)]) -> Result<(), ConfigError> {
+    match crate::gunicorn_only::sort_out(given.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(ignored) if ignored.is_empty() => Ok(()),
+        Ok(ignored) => {
+            crate::log::warning(&format!(
+                "{}: ignoring Gunicorn settings and hooks ferricorn does not have: {}",
+                path.display(),
+                ignored.join(", ")
+            ));
+            Ok(())
+        }
+        Err((name, why)) => Err(err(&name, format!("{}: {why}", path.display()))),
+    }
 }
 
 /// A Gunicorn-style `gunicorn.conf.py` or `python:MODULE` (src/pyconfig.rs):
@@ -546,13 +692,7 @@ fn load_python(
     let site_packages = venv.and_then(|v| crate::wsgi::venv_site_packages(v).ok());
     let ev = crate::pyconfig::evaluate(source, site_packages.as_deref())
         .map_err(|e| err("config", format!("{} failed:\n{e}", path.display())))?;
-    if !ev.ignored.is_empty() {
-        crate::log::warning(&format!(
-            "{}: ignoring Gunicorn settings and hooks ferricorn does not have: {}",
-            path.display(),
-            ev.ignored.join(", ")
-        ));
-    }
+    judge_gunicorn_only(path, &ev.gunicorn_only)?;
     toml::from_str(&ev.toml).map_err(|e| file_error(path, &ev.toml, &e, false))
 }
 
@@ -847,6 +987,20 @@ impl Settings {
             .or(file.proc_name)
             .unwrap_or_else(|| wsgi_app.clone());
 
+        let proxy_protocol = match cli
+            .proxy_protocol
+            .clone()
+            .or(file.proxy_protocol.map(Switch::into_word))
+        {
+            None => ProxyProtocol::Off,
+            Some(w) => ProxyProtocol::parse(&w).ok_or_else(|| {
+                err(
+                    "proxy_protocol",
+                    format!("{w:?} is not one of off, v1, v2, auto (or true, false)"),
+                )
+            })?,
+        };
+
         Ok(Settings {
             wsgi_app,
             bind,
@@ -870,7 +1024,7 @@ impl Settings {
             root_path,
             limits,
             forwarded_allow_ips,
-            proxy_protocol: cli.proxy_protocol || file.proxy_protocol.unwrap_or(false),
+            proxy_protocol,
             proxy_allow_ips,
             errorlog: cli
                 .errorlog
@@ -960,7 +1114,7 @@ impl Settings {
                 "forwarded_allow_ips",
                 Some(self.forwarded_allow_ips.describe()),
             ),
-            ("proxy_protocol", Some(self.proxy_protocol.to_string())),
+            ("proxy_protocol", Some(q(self.proxy_protocol.name()))),
             ("proxy_allow_ips", Some(self.proxy_allow_ips.describe())),
             ("errorlog", Some(q(&self.errorlog))),
             ("capture_output", Some(self.capture_output.to_string())),

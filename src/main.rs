@@ -4,6 +4,7 @@
 
 mod config;
 mod env_args;
+mod gunicorn_only;
 mod http;
 mod log;
 mod master;
@@ -29,19 +30,74 @@ use systemd::notify::{self, Notifier};
 
 fn main() {
     master::remember_exe();
-    let cli = match env_args::argv() {
-        Ok(argv) => Cli::parse_from(argv),
+    let argv = match env_args::argv() {
+        Ok(argv) => argv,
         Err(e) => {
             eprintln!("Error: invalid setting `FERRICORN_CMD_ARGS`: {e}");
             std::process::exit(EXIT_CONFIG_ERROR);
         }
     };
+    let argv = config::pin_optional_values(without_gunicorn_only_flags(argv));
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Some(Command::Generate { what }) => std::process::exit(generate(&what)),
         Some(Command::SystemdUnits(args)) => std::process::exit(units::write(&args)),
         None => {}
     }
     std::process::exit(serve(cli.opts));
+}
+
+/// A Gunicorn command line runs as it is: Gunicorn's flags that ferricorn
+/// does not have are named in a warning and dropped, or stop the start
+/// when honouring them matters (src/gunicorn_only.rs).
+fn without_gunicorn_only_flags(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let sub = argv
+        .get(1)
+        .is_some_and(|a| a == "generate" || a == "systemd-units");
+    if sub {
+        return argv;
+    }
+    let cmd = Cli::command();
+    let mut with_value: Vec<String> = Vec::new();
+    for arg in cmd.get_arguments() {
+        if arg.get_action().takes_values() {
+            with_value.extend(
+                arg.get_long_and_visible_aliases()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| format!("--{l}")),
+            );
+            with_value.extend(
+                arg.get_all_aliases()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| format!("--{l}")),
+            );
+            with_value.extend(arg.get_short().map(|c| format!("-{c}")));
+        }
+    }
+    let taken = gunicorn_only::take_from_argv(argv, &|a: &str| with_value.iter().any(|f| f == a));
+    let (argv, given) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(EXIT_CONFIG_ERROR);
+        }
+    };
+    match gunicorn_only::sort_out(given.iter().map(|g| (g.name, g.value.as_str()))) {
+        Ok(ignored) if ignored.is_empty() => {}
+        Ok(ignored) => log::warning(&format!(
+            "ignoring Gunicorn options ferricorn does not have: {}",
+            ignored.join(", ")
+        )),
+        Err((name, why)) => {
+            let msg = format!("invalid setting `{name}`: {why}");
+            eprintln!("Error: {msg}");
+            config_failed(&msg);
+            std::process::exit(EXIT_CONFIG_ERROR);
+        }
+    }
+    argv
 }
 
 fn generate(what: &str) -> i32 {

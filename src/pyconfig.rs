@@ -9,9 +9,10 @@
 //! writes the names ferricorn knows back as TOML text; the config module
 //! then checks that text like any TOML config file, so a bad value gets the
 //! same error naming its key. Names Gunicorn knows but ferricorn does not
-//! (server hooks such as `post_fork`, `worker_class`, TLS, statsd, ...) are
-//! reported and ignored; any other name (imports, helpers) is ignored, as
-//! Gunicorn ignores it.
+//! (server hooks such as `post_fork`, `worker_class`, TLS, statsd, ...) go
+//! back with their values to src/gunicorn_only.rs, which warns about most
+//! and refuses a few (TLS, daemon, an ASGI worker class); any other name
+//! (imports, helpers) is ignored, as Gunicorn ignores it.
 
 use std::io::Read;
 
@@ -64,70 +65,6 @@ pub const KNOWN: &[&str] = &[
     "limit_request_body",
 ];
 
-/// Gunicorn settings and server hooks that ferricorn does not have: named
-/// in a warning when a config sets them.
-const GUNICORN_ONLY: &[&str] = &[
-    // server hooks (Python callables run by Gunicorn's arbiter and workers)
-    "on_starting",
-    "on_reload",
-    "when_ready",
-    "pre_fork",
-    "post_fork",
-    "post_worker_init",
-    "worker_int",
-    "worker_abort",
-    "pre_exec",
-    "pre_request",
-    "post_request",
-    "child_exit",
-    "worker_exit",
-    "nworkers_changed",
-    "on_exit",
-    "ssl_context",
-    // settings
-    "worker_class",
-    "worker_tmp_dir",
-    "daemon",
-    "sendfile",
-    "spew",
-    "initgroups",
-    "tmp_upload_dir",
-    "secure_scheme_headers",
-    "forwarder_headers",
-    "header_map",
-    "strip_header_spaces",
-    "permit_unconventional_http_method",
-    "permit_unconventional_http_version",
-    "casefold_http_method",
-    "permit_obsolete_folding",
-    "reload_engine",
-    "reload_extra_files",
-    "logger_class",
-    "logconfig",
-    "logconfig_dict",
-    "logconfig_json",
-    "syslog",
-    "syslog_addr",
-    "syslog_prefix",
-    "syslog_facility",
-    "enable_stdio_inheritance",
-    "disable_redirect_access_to_syslog",
-    "statsd_host",
-    "statsd_prefix",
-    "dogstatsd_tags",
-    "keyfile",
-    "certfile",
-    "ssl_version",
-    "cert_reqs",
-    "ca_certs",
-    "suppress_ragged_eofs",
-    "do_handshake_on_connect",
-    "ciphers",
-    "paste",
-    "raw_paste_global_conf",
-    "default_proc_name",
-];
-
 /// Runs the file and turns its settings into TOML. Python values map to
 /// TOML ones: str, int, float, bool, list/tuple, dict (inline table); None
 /// means "not set".
@@ -160,8 +97,12 @@ def evaluate(location, known, gunicorn_only):
         if k in known:
             if v is not None:
                 lines.append("%s = %s" % (k, _toml(k, v)))
-        elif k in gunicorn_only:
-            ignored.append(k)
+        elif k in gunicorn_only and v is not None:
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif callable(v):
+                v = "<%s>" % getattr(v, "__name__", "callable")
+            ignored.append((k, " ".join(str(v).split())))
     return "\n".join(lines) + "\n", ignored
 "#;
 
@@ -173,10 +114,11 @@ pub enum Source {
 }
 
 /// What a Python config file set: TOML text of the known settings, and the
-/// Gunicorn-only names it set (ignored).
+/// Gunicorn-only ones it set, by name and value (src/gunicorn_only.rs judges
+/// them).
 pub struct Evaluated {
     pub toml: String,
-    pub ignored: Vec<String>,
+    pub gunicorn_only: Vec<(String, String)>,
 }
 
 /// Run the config in a forked child. Err is the reason (the Python traceback
@@ -220,10 +162,14 @@ pub fn evaluate(
             read.map_err(|e| format!("reading the evaluated config: {e}"))?;
             match status {
                 WaitStatus::Exited(_, 0) => {
-                    let (ignored, toml) = out.split_once('\n').unwrap_or(("", ""));
+                    let (first, toml) = out.split_once('\n').unwrap_or(("", ""));
+                    let fields: Vec<&str> = first.split('\t').collect();
                     Ok(Evaluated {
                         toml: toml.to_string(),
-                        ignored: ignored.split_whitespace().map(str::to_string).collect(),
+                        gunicorn_only: fields
+                            .chunks_exact(2)
+                            .map(|nv| (nv[0].to_string(), nv[1].to_string()))
+                            .collect(),
                     })
                 }
                 WaitStatus::Exited(..) => Err(out.trim_end().to_string()),
@@ -233,8 +179,9 @@ pub fn evaluate(
     }
 }
 
-/// In the child: the first line of the result lists the ignored names, the
-/// rest is the TOML.
+/// In the child: the first line of the result holds the Gunicorn-only
+/// settings (name, tab, value, tab, ...: the values have no tab nor
+/// newline), the rest is the TOML.
 fn run_in_child(
     source: &Source,
     site_packages: Option<&std::path::Path>,
@@ -253,7 +200,11 @@ fn run_in_child(
                 c"ferricorn_pyconfig.py",
                 c"ferricorn_pyconfig",
             )?;
-            let (toml, ignored): (String, Vec<String>) = module
+            let gunicorn_only: Vec<&str> = crate::gunicorn_only::SETTINGS
+                .iter()
+                .map(|s| s.name)
+                .collect();
+            let (toml, given): (String, Vec<(String, String)>) = module
                 .getattr("evaluate")?
                 .call1((
                     match source {
@@ -261,10 +212,11 @@ fn run_in_child(
                         Source::Module(m) => format!("python:{m}"),
                     },
                     KNOWN.to_vec(),
-                    GUNICORN_ONLY.to_vec(),
+                    gunicorn_only,
                 ))?
                 .extract()?;
-            Ok(format!("{}\n{toml}", ignored.join(" ")))
+            let first: Vec<String> = given.into_iter().flat_map(|(n, v)| [n, v]).collect();
+            Ok(format!("{}\n{toml}", first.join("\t")))
         };
         run().map_err(|e| crate::wsgi::format_py_err(py, &e))
     })

@@ -1,5 +1,6 @@
 """The basics a Gunicorn user relies on: start, serve, stop, errors."""
 import json
+import re
 import signal
 import subprocess
 import time
@@ -107,6 +108,39 @@ def test_cmd_args_from_the_environment(tmp_path, start_server):
     assert bad.returncode == 2 and "FERRICORN_CMD_ARGS" in bad.stderr, bad.stderr
 
 
+def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):
+    """A Gunicorn command line or config runs as it is: Gunicorn's options ferricorn does
+    not have are named in one warning and ignored (with their values taken off the command
+    line), unless honouring them matters: TLS, daemon, an ASGI worker class stop the start
+    with status 2 and the reason."""
+    s = start_server("basic:app", "-k", "gevent", "--worker-tmp-dir", "/dev/shm", "--statsd-host=x:8125",
+                     "--no-sendfile", "-w", "2", "--log-file", "-", "--spew")
+    log = s.wait_log("workers are serving")
+    assert re.search(r"WARNING.*ignoring Gunicorn options ferricorn does not have: "
+                     r"worker_class, worker_tmp_dir, statsd_host, sendfile, spew", log), log
+    assert len(s.worker_pids()) == 2 and s.request("GET", "/")[0] == 200
+    s = start_server("basic:app", "-k", "gthread", "--threads", "2")
+    assert "ignoring" not in s.log()
+    conf = tmp_path / "g.toml"
+    for args, key, why in ((["--certfile", "/etc/ssl/cert.pem", "--keyfile", "k.pem"], "certfile", "TLS"),
+                           (["-D"], "daemon", "foreground"),
+                           (["-k", "uvicorn.workers.UvicornWorker"], "worker_class", "ASGI"),
+                           (["--paste", "development.ini"], "paste", "PasteDeploy"),
+                           (["--protocol", "uwsgi"], "protocol", "HTTP only"),
+                           (["-c", str(conf)], "daemon", "foreground")):
+        conf.write_text("workers = 2\ndaemon = true\n")
+        r = subprocess.run([BIN, "-b", "127.0.0.1:0", *args, "basic:app"], cwd=APPS,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, (args, r.stderr)
+        assert re.search(r"invalid setting `%s`:.*%s" % (key, why), r.stderr), (args, r.stderr)
+    # a TOML config may carry them too (config keys, Gunicorn's names)
+    conf.write_text('workers = 2\nworker_class = "gthread"\nstatsd_host = "x:8125"\ndaemon = false\n')
+    r = subprocess.run([BIN, "--print-config", "-c", str(conf), "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "workers = 2" in r.stdout.splitlines(), r.stderr
+    assert re.search(r"does not have: statsd_host$", r.stderr, re.M), r.stderr
+
+
 def test_gunicorn_python_config_file(tmp_path, start_server):
     """-c gunicorn.conf.py: Gunicorn's config format, a Python module whose names are the
     settings (computed values too). Hooks and Gunicorn-only settings are named in a warning
@@ -132,7 +166,8 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
     for want in ['bind = ["127.0.0.1:0"]', "workers = 2", "keepalive = 7", 'umask = "0027"',
                  'raw_env = ["A=1", "B=2"]', "preload_app = true"]:
         assert want in lines, p.stdout
-    assert "worker_class, post_fork" in p.stderr and "WARNING" in p.stderr, p.stderr
+    assert "ferricorn does not have: post_fork" in p.stderr and "WARNING" in p.stderr, p.stderr
+    assert "worker_class" not in p.stderr, "sync is what ferricorn's workers are: nothing to warn of"
     assert "_helper" not in p.stderr and "multiprocessing" not in p.stderr
     # it serves with those settings; the command line still beats the file
     s = start_server("basic:app", "-c", str(conf), "-w", "1")

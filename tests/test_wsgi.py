@@ -778,6 +778,29 @@ def test_proxy_protocol_refusals(start_server):
     assert ex.status == 400
 
 
+def test_proxy_protocol_version_modes(start_server, tmp_path):
+    # Gunicorn 24.1's values: v1 or v2 accepts that version only (the other is not looked
+    # for, so its bytes are a bad request), auto (the flag alone) either, off neither.
+    v1 = b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n"
+    v2 = proxy_v2(1, 0x11, bytes([198, 51, 100, 9, 10, 0, 0, 1]) + bytes([0xEE, 0x48, 0, 80]))
+    conf = tmp_path / "pp.toml"
+    conf.write_text('proxy_protocol = "v2"\n')
+    for args, good, bad in ((["--proxy-protocol", "v1"], v1, v2),
+                            (["--proxy-protocol=v2"], v2, v1),
+                            (["-c", str(conf)], v2, v1)):
+        s = start_server("basic:app", *args)
+        env, _ = environ_over(s, good)
+        assert env["REMOTE_ADDR"] in ("203.0.113.7", "198.51.100.9"), args
+        ex = exchange(s.port, bad + request_bytes("GET", "/environ"))
+        assert ex.status == 400 and ex.closed, (args, ex)
+    # on the command line, off wins over the file's mode
+    s = start_server("basic:app", "-c", str(conf), "--proxy-protocol", "off")
+    assert exchange(s.port, v2 + request_bytes("GET", "/environ")).status == 400
+    t = start_server("basic:app", "--proxy-protocol=v3", ready=False)
+    assert t.proc.wait(10) == 2
+    assert re.search(r"proxy_protocol.*v3", t.log())
+
+
 def test_proxy_allow_from_bad_address_names_the_key(start_server):
     s = start_server("basic:app", "--proxy-protocol", "--proxy-allow-from", "10.0.0.1,nonsense", ready=False)
     assert s.proc.wait(10) == 2

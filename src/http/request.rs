@@ -366,7 +366,18 @@ pub fn parse_head_into(
 fn newer_http1_minor(rest: &[u8]) -> Option<usize> {
     let end = rest.iter().position(|&b| b == b'\r' || b == b'\n')?;
     match &rest[..end] {
-        [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(end - 1),
+        [
+            ..,
+            b' ',
+            b'H',
+            b'T',
+            b'T',
+            b'P',
+            b'/',
+            b'1',
+            b'.',
+            b'2'..=b'9',
+        ] => Some(end - 1),
         _ => None,
     }
 }

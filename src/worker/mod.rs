@@ -596,7 +596,7 @@ impl Loop {
                 let mut guard = slot.conn.lock().unwrap_or_else(|e| e.into_inner());
                 slot.pending.store(0, Ordering::SeqCst);
                 let mut conn = Box::new(Conn::new(fd, peer, li, now));
-                conn.proxy_pending = sh.settings.proxy_protocol;
+                conn.proxy_pending = sh.settings.proxy_protocol.on();
                 *guard = Some(conn);
             }
             sh.conns.live.fetch_add(1, Ordering::Relaxed);
@@ -918,6 +918,18 @@ impl Loop {
     /// `proxy_allow_ips` gets 403, a malformed header 400 (as Gunicorn).
     fn proxy_header(&mut self, c: &mut Conn) -> ProxyStep {
         use crate::http::proxy::{Parsed, parse};
+        // A version that is not accepted is not looked for: the bytes are
+        // then parsed as HTTP (and refused as such), as in Gunicorn.
+        let mode = self.sh.settings.proxy_protocol;
+        let accepted = match c.buffered().first() {
+            Some(b'P') => mode.accepts_v1(),
+            Some(_) => mode.accepts_v2(),
+            None => true,
+        };
+        if !accepted {
+            c.proxy_pending = false;
+            return ProxyStep::Done;
+        }
         let parsed = parse(c.buffered());
         if matches!(parsed, Ok(Parsed::Incomplete)) {
             return ProxyStep::Read;
