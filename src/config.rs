@@ -40,7 +40,8 @@ cannot be imported.",
     args_conflicts_with_subcommands = true,
     args_override_self = true,
     after_help = "FERRICORN_CMD_ARGS in the environment adds arguments (as Gunicorn's \
-GUNICORN_CMD_ARGS); those on the command line win."
+GUNICORN_CMD_ARGS, which is read where FERRICORN_CMD_ARGS is not set); those on the command \
+line win."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -3,29 +3,35 @@
 //! a container image's CMD, a packaged unit). They go before the real
 //! arguments, so those win (clap keeps the last value of an option); a
 //! `--bind` on the command line replaces the variable's binds rather than
-//! adding to them, as in Gunicorn.
+//! adding to them, as in Gunicorn. Where `FERRICORN_CMD_ARGS` is not set,
+//! `GUNICORN_CMD_ARGS` is read instead, so a Gunicorn deployment's
+//! environment keeps working (its Gunicorn-only options are then dealt with
+//! as on the command line: src/gunicorn_only.rs).
 
 use std::ffi::OsString;
 
-const VAR: &str = "FERRICORN_CMD_ARGS";
+const VARS: [&str; 2] = ["FERRICORN_CMD_ARGS", "GUNICORN_CMD_ARGS"];
 
 /// The process's argv with the variable's arguments spliced in after the
-/// program name (not for the `generate`/`systemd-units` subcommands).
+/// program name (not for the `generate`/`systemd-units` subcommands). Err
+/// names the variable and what is wrong with it.
 pub fn argv() -> Result<Vec<OsString>, String> {
     let mut real: Vec<OsString> = std::env::args_os().collect();
-    let Some(value) = std::env::var_os(VAR) else {
+    let Some((var, value)) = VARS
+        .iter()
+        .find_map(|v| std::env::var_os(v).map(|value| (*v, value)))
+    else {
         return Ok(real);
     };
-    let value = value
-        .into_string()
-        .map_err(|_| "not valid UTF-8".to_string())?;
+    let bad = |e: &str| format!("invalid setting `{var}`: {e}");
+    let value = value.into_string().map_err(|_| bad("not valid UTF-8"))?;
     let sub = real
         .get(1)
         .is_some_and(|a| a == "generate" || a == "systemd-units");
     if sub || real.is_empty() {
         return Ok(real);
     }
-    let mut extra = split(&value)?;
+    let mut extra = split(&value).map_err(|e| bad(&e))?;
     let binds_on_cli = real[1..]
         .iter()
         .any(|a| is_bind(&a.to_string_lossy()).is_some());

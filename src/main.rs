@@ -33,7 +33,7 @@ fn main() {
     let argv = match env_args::argv() {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("Error: invalid setting `FERRICORN_CMD_ARGS`: {e}");
+            eprintln!("Error: {e}");
             std::process::exit(EXIT_CONFIG_ERROR);
         }
     };

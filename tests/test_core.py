@@ -106,6 +106,14 @@ def test_cmd_args_from_the_environment(tmp_path, start_server):
     bad = subprocess.run([BIN, "basic:app"], cwd=APPS, capture_output=True, text=True, timeout=30,
                          env=dict(os.environ, FERRICORN_CMD_ARGS="-w 'oops"))
     assert bad.returncode == 2 and "FERRICORN_CMD_ARGS" in bad.stderr, bad.stderr
+    # Gunicorn's own variable, where ours is not set: a Gunicorn deployment's environment
+    # keeps working, its Gunicorn-only options handled as on the command line
+    s = start_server("basic:app", env={"GUNICORN_CMD_ARGS": "--workers 2 --worker-tmp-dir /dev/shm"})
+    assert len(s.worker_pids()) == 2 and "ignoring Gunicorn options" in s.log()
+    both = dict(os.environ, GUNICORN_CMD_ARGS="-w 4", FERRICORN_CMD_ARGS="-w 3")
+    p = subprocess.run([BIN, "--print-config", "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30, env=both)
+    assert "workers = 3" in p.stdout.splitlines(), p.stdout
 
 
 def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):
