@@ -93,6 +93,13 @@ fn without_gunicorn_only_flags(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::O
         Err((name, why)) => {
             let msg = format!("invalid setting `{name}`: {why}");
             eprintln!("Error: {msg}");
+            let checking = argv
+                .iter()
+                .any(|a| a == "--check-config" || a == "--print-config");
+            if checking {
+                // Gunicorn's --check-config reports any problem as status 1.
+                std::process::exit(1);
+            }
             config_failed(&msg);
             std::process::exit(EXIT_CONFIG_ERROR);
         }

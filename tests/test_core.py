@@ -141,6 +141,10 @@ def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 2, (args, r.stderr)
         assert re.search(r"invalid setting `%s`:.*%s" % (key, why), r.stderr), (args, r.stderr)
+    # --check-config reports a refused one as any other problem: status 1, as Gunicorn
+    r = subprocess.run([BIN, "--check-config", "--keyfile", "k.pem", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "`keyfile`" in r.stderr, r.stderr
     # a TOML config may carry them too (config keys, Gunicorn's names)
     conf.write_text('workers = 2\nworker_class = "gthread"\nstatsd_host = "x:8125"\ndaemon = false\n')
     r = subprocess.run([BIN, "--print-config", "-c", str(conf), "basic:app"], cwd=APPS,
