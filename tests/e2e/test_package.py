@@ -120,6 +120,8 @@ def test_deb_contents(deb):
                  "/usr/share/zsh/vendor-completions/_ferricorn",
                  "/usr/share/doc/ferricorn/copyright", "/usr/share/doc/ferricorn/changelog.Debian.gz",
                  "/usr/share/doc/ferricorn/README.md", "/usr/share/doc/ferricorn/DEPLOY.md",
+                 "/usr/share/doc/ferricorn/SIGNALS.md", "/usr/share/doc/ferricorn/SYSTEMD.md",
+                 "/usr/share/doc/ferricorn/TUNING.md", "/usr/share/doc/ferricorn/GUNICORN.md",
                  "/usr/share/doc/ferricorn/rust-crates-licenses.txt.gz"):
         assert path in files, f"{path} not in the package"
     assert re.fullmatch(r"ferricorn_[0-9][^_]*_amd64\.deb", deb.name), deb.name
