@@ -216,7 +216,7 @@ pub struct Options {
     /// Switch worker processes to this group after binding.
     #[arg(short = 'g', long)]
     pub group: Option<String>,
-    /// umask (octal) for the server's processes [default: 0]
+    /// umask for the server's processes: 0027 or 0o027 (octal), 0x17, 23 (decimal), as Gunicorn [default: 0]
     #[arg(short = 'm', long)]
     pub umask: Option<String>,
     /// Write the master's PID to this file.
@@ -1158,11 +1158,27 @@ impl Settings {
     }
 }
 
+/// Gunicorn's `auto_int`: `0o27`, `0x17`, `0b10111` by their prefix, a
+/// leading 0 (`0027`) octal, other digits (`23`) decimal.
 fn parse_umask(s: &str) -> Result<u32, ConfigError> {
-    let t = s.trim();
-    let digits = t.strip_prefix("0o").unwrap_or(t);
-    u32::from_str_radix(digits, 8)
-        .map_err(|_| err("umask", format!("{s:?} is not an octal number")))
+    let t = s.trim().to_ascii_lowercase();
+    let (digits, radix) = if let Some(d) = t.strip_prefix("0o") {
+        (d, 8)
+    } else if let Some(d) = t.strip_prefix("0x") {
+        (d, 16)
+    } else if let Some(d) = t.strip_prefix("0b") {
+        (d, 2)
+    } else if t.len() > 1 && t.starts_with('0') {
+        (&t[1..], 8)
+    } else {
+        (t.as_str(), 10)
+    };
+    u32::from_str_radix(digits, radix).map_err(|_| {
+        err(
+            "umask",
+            format!("{s:?} is not a number (0027 or 0o027 octal, 0x17 hex, 23 decimal)"),
+        )
+    })
 }
 
 /// `module:callable`, `module:factory()` or `module` (callable defaults to
@@ -1211,6 +1227,26 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn umask_reads_as_gunicorn_reads_it() {
+        for (text, want) in [
+            ("0027", 0o027),
+            ("0o027", 0o027),
+            ("0O77", 0o077),
+            ("0x17", 0x17),
+            ("0b111", 0b111),
+            ("23", 23),
+            ("0", 0),
+            (" 007 ", 0o007),
+        ] {
+            assert_eq!(parse_umask(text).unwrap(), want, "{text}");
+        }
+        for bad in ["", "0o8", "08", "0x", "-1", "abc"] {
+            let e = parse_umask(bad).unwrap_err();
+            assert_eq!(e.key, "umask", "{bad}");
+        }
+    }
 
     fn opts(args: &[&str]) -> Options {
         let mut v = vec!["ferricorn"];

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import APPS, BIN, VENV
 
 
@@ -114,6 +116,15 @@ def test_cmd_args_from_the_environment(tmp_path, start_server):
     p = subprocess.run([BIN, "--print-config", "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30, env=both)
     assert "workers = 3" in p.stdout.splitlines(), p.stdout
+
+
+@pytest.mark.parametrize("given,octal", [("0027", "0027"), ("0o027", "0027"), ("0x17", "0027"), ("23", "0027"),
+                                         ("7", "0007")])
+def test_umask_is_read_as_gunicorn_reads_it(given, octal):
+    # Gunicorn's auto_int: a leading 0 is octal, 0o/0x/0b by prefix, other digits decimal
+    p = subprocess.run([BIN, "--print-config", "-m", given, "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and f'umask = "{octal}"' in p.stdout.splitlines(), (p.stdout, p.stderr)
 
 
 def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):
