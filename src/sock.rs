@@ -64,9 +64,12 @@ impl BindSpec {
         let port: u16 = port
             .parse()
             .map_err(|_| format!("{port:?} is not a port number"))?;
-        if host.is_empty() {
-            return Err("missing host".into());
-        }
+        // `:8000`: Gunicorn binds the empty host, which is every IPv4 address.
+        let host = if host.is_empty() {
+            "0.0.0.0".to_string()
+        } else {
+            host
+        };
         if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!("{host:?} is not an IPv6 address"));
         }
@@ -351,6 +354,14 @@ mod tests {
         assert_eq!(
             BindSpec::parse("fd://web").unwrap(),
             BindSpec::Fd("web".into())
+        );
+        assert_eq!(
+            BindSpec::parse(":8080").unwrap(),
+            BindSpec::Tcp("0.0.0.0:8080".into())
+        );
+        assert_eq!(
+            BindSpec::parse("tcp://[::]:81").unwrap(),
+            BindSpec::Tcp("[::]:81".into())
         );
         assert!(BindSpec::parse("::1:80").is_err());
         assert!(BindSpec::parse("1.2.3.4:http").is_err());
