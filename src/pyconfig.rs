@@ -85,6 +85,28 @@ def _toml(key, v):
                                for k, x in v.items()) + "}"
     raise TypeError("setting %r: a %s has no config file form" % (key, type(v).__name__))
 
+# Gunicorn converts text for its number and boolean settings (int(v, 0);
+# "true"/"false"), so a value computed from the environment works:
+# workers = os.environ.get("WEB_CONCURRENCY", "2")
+_INTS = {"workers", "threads", "worker_connections", "backlog", "keepalive", "timeout",
+         "graceful_timeout", "max_requests", "max_requests_jitter", "limit_request_line",
+         "limit_request_fields", "limit_request_field_size", "body_buffer_size",
+         "limit_request_body"}
+_BOOLS = {"preload_app", "preload", "reuse_port", "capture_output", "reload"}
+
+def _coerce(key, v):
+    if not isinstance(v, str):
+        return v
+    t = v.strip()
+    if key in _INTS:
+        try:
+            return int(t, 0)
+        except ValueError:
+            return v  # the error names the key
+    if key in _BOOLS and t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    return v
+
 def evaluate(location, known, gunicorn_only):
     if location.startswith("python:"):
         import os, sys
@@ -96,7 +118,7 @@ def evaluate(location, known, gunicorn_only):
     for k, v in ns.items():
         if k in known:
             if v is not None:
-                lines.append("%s = %s" % (k, _toml(k, v)))
+                lines.append("%s = %s" % (k, _toml(k, _coerce(k, v))))
         elif k in gunicorn_only and v is not None:
             if isinstance(v, bool):
                 v = "true" if v else "false"

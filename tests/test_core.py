@@ -218,6 +218,15 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
                         VENV, "--chdir", str(APPS), "basic:app"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0 and "workers = 4" in r.stdout.splitlines(), r.stderr
+    # numbers and booleans given as text (read from the environment) convert as in Gunicorn
+    envconf = tmp_path / "envconf.py"
+    envconf.write_text("import os\nworkers = os.environ.get('NO_SUCH_VAR', '3')\ntimeout = ' 0x10 '\n"
+                       "preload_app = 'True'\n")
+    r = subprocess.run([BIN, "--print-config", "-c", str(envconf), "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for want in ("workers = 3", "timeout = 16", "preload_app = true"):
+        assert want in r.stdout.splitlines(), r.stdout
     # errors: a bad value names its key; a file that raises shows its traceback
     bad = tmp_path / "bad.conf.py"
     bad.write_text("workers = 'two'\n")
