@@ -389,6 +389,22 @@ mod tests {
     #[test]
     fn values_of_our_own_flags_and_args_after_double_dash_stay() {
         let (rest, given) = strip(&["-n", "-k", "app:app", "--", "--spew"]);
+        // the names of our flags with a value come from clap: check the real list
+        let ours = crate::flags_taking_a_value();
+        for f in [
+            "-n",
+            "--name",
+            "-b",
+            "--bind",
+            "--log-file",
+            "--error-logfile",
+            "-c",
+        ] {
+            assert!(ours.iter().any(|o| o == f), "{f} in {ours:?}");
+        }
+        for f in ["--proxy-protocol", "--preload", "--reload"] {
+            assert!(!ours.iter().any(|o| o == f), "{f}");
+        }
         assert_eq!(rest, ["-n", "-k", "app:app", "--", "--spew"]);
         assert!(given.is_empty());
         let argv = vec![OsString::from("ferricorn"), OsString::from("--statsd-host")];

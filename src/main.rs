@@ -57,25 +57,7 @@ fn without_gunicorn_only_flags(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::O
     if sub {
         return argv;
     }
-    let cmd = Cli::command();
-    let mut with_value: Vec<String> = Vec::new();
-    for arg in cmd.get_arguments() {
-        if arg.get_action().takes_values() {
-            with_value.extend(
-                arg.get_long_and_visible_aliases()
-                    .into_iter()
-                    .flatten()
-                    .map(|l| format!("--{l}")),
-            );
-            with_value.extend(
-                arg.get_all_aliases()
-                    .into_iter()
-                    .flatten()
-                    .map(|l| format!("--{l}")),
-            );
-            with_value.extend(arg.get_short().map(|c| format!("-{c}")));
-        }
-    }
+    let with_value = flags_taking_a_value();
     let taken = gunicorn_only::take_from_argv(argv, &|a: &str| with_value.iter().any(|f| f == a));
     let (argv, given) = match taken {
         Ok(t) => t,
@@ -105,6 +87,26 @@ fn without_gunicorn_only_flags(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::O
         }
     }
     argv
+}
+
+/// ferricorn's own flags that always take a value (`-n NAME`), so that
+/// the value is never read as a flag. `--proxy-protocol`'s value is
+/// optional: what follows it may be a flag.
+fn flags_taking_a_value() -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in Cli::command().get_arguments() {
+        let optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
+        if !arg.get_action().takes_values() || optional {
+            continue;
+        }
+        let longs = arg
+            .get_long()
+            .into_iter()
+            .chain(arg.get_all_aliases().into_iter().flatten());
+        out.extend(longs.map(|l| format!("--{l}")));
+        out.extend(arg.get_short().map(|c| format!("-{c}")));
+    }
+    out
 }
 
 fn generate(what: &str) -> i32 {
