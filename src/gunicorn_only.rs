@@ -116,7 +116,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     flag("casefold_http_method", &["--casefold-http-method"]),
     flag("permit_obsolete_folding", &["--permit-obsolete-folding"]),
-    // sendfile is always used for wsgi.file_wrapper
+    // ferricorn picks sendfile or a copy for wsgi.file_wrapper itself (docs/TUNING.md)
     flag("sendfile", &["--no-sendfile"]),
     // development
     value("reload_engine", &["--reload-engine"]),
