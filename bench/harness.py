@@ -1170,7 +1170,26 @@ def versions():
             out.append("wrk " + m.group(1))
     except OSError:
         pass
-    return "Versions: " + ", ".join(out) + "." if out else ""
+    out.append(ferricorn_python_link())
+    return "Versions: " + ", ".join(o for o in out if o) + "." if out else ""
+
+
+def ferricorn_python_link():
+    """How the ferricorn binary holds CPython. A plain `cargo build` links the shared
+    libpython3.X.so, whose Python code runs about 12% slower than the static link that
+    `bench/run --build` (tools/pyo3-config) makes: say which one was measured."""
+    if not FERRICORN.exists():
+        return ""
+    try:
+        p = subprocess.run(["ldd", str(FERRICORN)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    m = re.search(r"(libpython[0-9.]+\.so[0-9.]*)", p.stdout)
+    if m:
+        log("WARNING: %s links %s (shared); bench/run --build links CPython statically, "
+            "as Debian's python3 is" % (FERRICORN, m.group(1)))
+        return "ferricorn with %s (shared: not the --build link)" % m.group(1)
+    return "ferricorn with CPython linked in"
 
 
 # ---------------------------------------------------------------------------
