@@ -21,9 +21,18 @@ use crate::http::Limits;
 /// Exit status when the configuration is invalid (documented in README and
 /// `docs/SIGNALS.md`; units use it in `RestartPreventExitStatus=`).
 pub const EXIT_CONFIG_ERROR: i32 = 2;
-/// Exit status when the application cannot be imported (Gunicorn's
+/// Exit status when importing the application raised (Gunicorn's
 /// WORKER_BOOT_ERROR). systemd units list it in `RestartPreventExitStatus=`.
 pub const EXIT_APP_LOAD_ERROR: i32 = 3;
+/// Exit status when the module imported but the application object is not
+/// in it or not callable (Gunicorn's APP_LOAD_ERROR). Also in the units'
+/// `RestartPreventExitStatus=`.
+pub const EXIT_APP_NOT_FOUND: i32 = 4;
+
+/// Whether a worker's exit status says the app could not be loaded.
+pub fn is_app_load_failure(status: i32) -> bool {
+    status == EXIT_APP_LOAD_ERROR || status == EXIT_APP_NOT_FOUND
+}
 
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
     r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
@@ -35,8 +44,8 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
     about = "A pre-fork Python WSGI server in Rust, systemd-native, Gunicorn-compatible",
     long_about = "ferricorn serves a WSGI application (MODULE:CALLABLE) with a Rust master \
 process and pre-forked worker processes that embed CPython.\n\nExit status: 0 after a clean \
-stop, 1 on a runtime error, 2 for a configuration or usage error, 3 when the application \
-cannot be imported.",
+stop, 1 on a runtime error, 2 for a configuration or usage error, 3 when importing the \
+application raised, 4 when the application object is not found in its module (as Gunicorn).",
     args_conflicts_with_subcommands = true,
     args_override_self = true,
     after_help = "FERRICORN_CMD_ARGS in the environment adds arguments (as Gunicorn's \

@@ -154,7 +154,7 @@ fn check_config(opts: &config::Options, settings: &Settings) -> i32 {
     let loaded = pyo3::Python::attach(|py| {
         wsgi::load_app(py, &settings.wsgi_app)
             .map(drop)
-            .map_err(|e| wsgi::format_py_err(py, &e))
+            .map_err(|e| e.describe(py))
     });
     match loaded {
         Ok(()) => 0,

@@ -9,18 +9,22 @@
 use nix::unistd::{ForkResult, fork as raw_fork};
 use pyo3::prelude::*;
 
-use crate::config::Settings;
+use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
 
-/// Start CPython in the master and import the app. Err is the traceback.
-pub fn load(s: &Settings) -> Result<Py<PyAny>, String> {
-    crate::wsgi::prepare_process(s)?;
-    crate::wsgi::init_interpreter(s)?;
+/// Start CPython in the master and import the app. Err is the exit status
+/// that says why (config.rs) and the traceback or reason.
+pub fn load(s: &Settings) -> Result<Py<PyAny>, (i32, String)> {
+    let boot_error = |e: String| (EXIT_APP_LOAD_ERROR, e);
+    crate::wsgi::prepare_process(s).map_err(boot_error)?;
+    crate::wsgi::init_interpreter(s).map_err(boot_error)?;
     Python::attach(|py| {
         let app = crate::wsgi::load_app(py, &s.wsgi_app)
-            .map_err(|e| crate::wsgi::format_py_err(py, &e))?;
-        let gc = py.import("gc").map_err(|e| e.to_string())?;
-        gc.call_method0("collect").map_err(|e| e.to_string())?;
-        gc.call_method0("freeze").map_err(|e| e.to_string())?;
+            .map_err(|e| (e.exit_status(), e.describe(py)))?;
+        let gc = py.import("gc").map_err(|e| boot_error(e.to_string()))?;
+        gc.call_method0("collect")
+            .map_err(|e| boot_error(e.to_string()))?;
+        gc.call_method0("freeze")
+            .map_err(|e| boot_error(e.to_string()))?;
         Ok(app)
     })
 }

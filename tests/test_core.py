@@ -60,6 +60,19 @@ def test_import_error_exits_3_with_traceback():
     )
     assert p.returncode == 3, p.stderr
     assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
+
+
+@pytest.mark.parametrize("spec,why", [("basic:no_such_app", "Failed to find attribute"),
+                                      ("basic:no_such_factory()", "Failed to find attribute"),
+                                      ("basic:CALLS_FILE", "must be callable")])
+@pytest.mark.parametrize("preload", [False, True])
+def test_app_object_not_found_exits_4(spec, why, preload):
+    # Gunicorn's two statuses: 3 when importing raised (above), 4 (APP_LOAD_ERROR) when the
+    # module imported but the app object is not there or not callable: the reason, no traceback
+    args = [BIN, "-b", "127.0.0.1:0", "-w", "2"] + (["--preload"] if preload else []) + [spec]
+    p = subprocess.run(args, cwd=APPS, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 4, p.stderr
+    assert why in p.stderr and "Traceback" not in p.stderr, p.stderr
     # Not a respawn loop: each of the two workers failed once at most.
     assert p.stderr.count("Failed to load application") <= 2
 

@@ -33,7 +33,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::config::LogLevel;
-use crate::config::{EXIT_APP_LOAD_ERROR, Options, Settings};
+use crate::config::{Options, Settings, is_app_load_failure};
 use crate::log;
 use crate::scoreboard::{STATE_LEAVING, STATE_READY, Scoreboard, now_ms};
 use crate::sock::Listener;
@@ -240,7 +240,7 @@ impl Master {
         if self.settings.preload {
             match crate::preload::load(&self.settings) {
                 Ok(app) => self.preloaded = Some(app),
-                Err(tb) if !self.workers.is_empty() => {
+                Err((_, tb)) if !self.workers.is_empty() => {
                     // Re-exec'd by HUP/USR2 with --preload, and the code on
                     // disk is broken now: the adopted workers keep serving
                     // (as a failed HUP without --preload does). Replacements,
@@ -259,13 +259,13 @@ impl Master {
                     self.ready_sent = true;
                     self.notify(|n| n.ready());
                 }
-                Err(tb) => {
+                Err((status, tb)) => {
                     log::critical(&format!(
                         "Failed to load application {:?}:\n{}",
                         self.settings.wsgi_app, tb
                     ));
                     self.notify(|n| n.errno_status(libc::ENOEXEC, "application failed to load"));
-                    return EXIT_APP_LOAD_ERROR;
+                    return status;
                 }
             }
         }
@@ -661,7 +661,10 @@ impl Master {
                 _ => {}
             }
             let deaths_before = self.quick_deaths;
-            if code == Some(EXIT_APP_LOAD_ERROR) && w.state == WorkerState::Booting {
+            let load_failure = code.filter(|&c| is_app_load_failure(c));
+            if let Some(status) = load_failure
+                && w.state == WorkerState::Booting
+            {
                 match self.mode {
                     Mode::Reloading { generation }
                         if w.generation == generation
@@ -680,7 +683,7 @@ impl Master {
                         self.notify(|n| {
                             n.errno_status(libc::ENOEXEC, "application failed to load; see the log")
                         });
-                        self.exit_code = EXIT_APP_LOAD_ERROR;
+                        self.exit_code = status;
                         self.begin_stop(false);
                     }
                     _ => {

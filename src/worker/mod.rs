@@ -252,11 +252,10 @@ fn boot_python(settings: &Settings) -> Py<PyAny> {
         exit(EXIT_APP_LOAD_ERROR);
     }
     match Python::attach(|py| {
-        crate::wsgi::load_app(py, &settings.wsgi_app)
-            .map_err(|e| crate::wsgi::format_py_err(py, &e))
+        crate::wsgi::load_app(py, &settings.wsgi_app).map_err(|e| (e.exit_status(), e.describe(py)))
     }) {
         Ok(app) => app,
-        Err(tb) => {
+        Err((status, tb)) => {
             // To stderr, not the native journal socket: we exit right away,
             // and journald can attribute a dead sender's datagram to no unit,
             // while a stderr stream connection always belongs to the unit.
@@ -265,7 +264,7 @@ fn boot_python(settings: &Settings) -> Py<PyAny> {
                 settings.wsgi_app,
                 tb.trim_end()
             ));
-            exit(EXIT_APP_LOAD_ERROR);
+            exit(status);
         }
     }
 }

@@ -154,30 +154,60 @@ pub fn format_py_err(py: Python<'_>, e: &PyErr) -> String {
     r.unwrap_or_else(|_| e.to_string())
 }
 
+/// Why the app could not be loaded. Gunicorn tells the two apart by exit
+/// status, and so do we: a module (or factory) that raised is a boot error
+/// (3, with its traceback); a module that imported but has no such app
+/// object, or one that is not callable, is Gunicorn's AppImportError (4,
+/// with its one-line reason).
+pub enum LoadError {
+    Raised(PyErr),
+    NotFound(String),
+}
+
+impl LoadError {
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            LoadError::Raised(_) => crate::config::EXIT_APP_LOAD_ERROR,
+            LoadError::NotFound(_) => crate::config::EXIT_APP_NOT_FOUND,
+        }
+    }
+
+    /// The traceback, or the reason.
+    pub fn describe(&self, py: Python<'_>) -> String {
+        match self {
+            LoadError::Raised(e) => format_py_err(py, e),
+            LoadError::NotFound(why) => why.clone(),
+        }
+    }
+}
+
 /// Import `module:callable` (or call `module:factory(...)`).
-pub fn load_app(py: Python<'_>, spec: &str) -> PyResult<Py<PyAny>> {
+pub fn load_app(py: Python<'_>, spec: &str) -> Result<Py<PyAny>, LoadError> {
     let (module, obj) = spec.split_once(':').unwrap_or((spec, "application"));
-    let m = py.import(module)?;
-    let app = if obj.contains('(') {
+    let m = py.import(module).map_err(LoadError::Raised)?;
+    let not_found =
+        || LoadError::NotFound(format!("Failed to find attribute {obj:?} in {module:?}."));
+    let app = if let Some((factory, _)) = obj.split_once('(') {
         // A factory call: evaluated in the module's namespace, like
-        // Gunicorn's `module:create_app(arg)` form.
+        // Gunicorn's `module:create_app(arg)` form; a factory that is not
+        // there is not found, one that raises has raised.
+        if !m.hasattr(factory.trim()).unwrap_or(false) {
+            return Err(not_found());
+        }
         let code = std::ffi::CString::new(obj)
-            .map_err(|_| pyo3::exceptions::PyValueError::new_err("NUL in app spec"))?;
+            .map_err(|_| LoadError::NotFound(format!("NUL in the app spec {spec:?}")))?;
         let globals = m.dict();
-        py.eval(&code, Some(&globals), None)?
+        py.eval(&code, Some(&globals), None)
+            .map_err(LoadError::Raised)?
     } else {
         let mut cur = m.into_any();
         for part in obj.split('.') {
-            cur = cur.getattr(part).map_err(|_| {
-                pyo3::exceptions::PyAttributeError::new_err(format!(
-                    "Failed to find attribute {obj:?} in {module:?}."
-                ))
-            })?;
+            cur = cur.getattr(part).map_err(|_| not_found())?;
         }
         cur
     };
     if !app.is_callable() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        return Err(LoadError::NotFound(format!(
             "Application object {spec:?} must be callable."
         )));
     }
