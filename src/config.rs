@@ -219,6 +219,10 @@ pub struct Options {
     /// Restart workers when Python source files change (development only).
     #[arg(long)]
     pub reload: bool,
+    /// With --reload, also watch these files (templates, configs); glob patterns (*, ?, [..],
+    /// ** recursive) are expanded when a worker starts, relative to where ferricorn started. Repeatable
+    #[arg(long = "reload-extra-file", value_name = "FILE")]
+    pub reload_extra_files: Vec<String>,
     /// Switch worker processes to this user after binding.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
@@ -280,6 +284,7 @@ struct FileOptions {
     reuse_port: Option<bool>,
     capture_output: Option<bool>,
     reload: Option<bool>,
+    reload_extra_files: Option<OneOrMany>,
     user: Option<String>,
     group: Option<String>,
     umask: Option<TomlUmask>,
@@ -568,6 +573,9 @@ pub struct Settings {
     /// stdout goes to the error log file as well (only with a file).
     pub capture_output: bool,
     pub reload: bool,
+    /// Absolute paths or glob patterns (made absolute against the directory
+    /// ferricorn started in, as Gunicorn's are relative to it, not to chdir).
+    pub reload_extra_files: Vec<String>,
     pub user: Option<String>,
     pub group: Option<String>,
     pub umask: u32,
@@ -746,6 +754,7 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> 
 impl Settings {
     /// Merge CLI > config file > environment > defaults, and validate.
     pub fn load(cli: &Options) -> Result<Settings, ConfigError> {
+        start_dir(); // remembered before anything changes directory
         let getenv = |k: &str| std::env::var(k).ok();
         // the file's own `virtualenv` cannot serve: it is not read yet
         let venv = cli
@@ -1011,6 +1020,18 @@ impl Settings {
             })?,
         };
 
+        let reload_extra_files = if cli.reload_extra_files.is_empty() {
+            file.reload_extra_files
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default()
+        } else {
+            cli.reload_extra_files.clone()
+        };
+        let reload_extra_files = reload_extra_files
+            .into_iter()
+            .map(|p| from_start_dir(&p))
+            .collect();
+
         Ok(Settings {
             wsgi_app,
             bind,
@@ -1051,6 +1072,7 @@ impl Settings {
             reuse_port: cli.reuse_port || file.reuse_port.unwrap_or(false),
             capture_output: cli.capture_output || file.capture_output.unwrap_or(false),
             reload: cli.reload || file.reload.unwrap_or(false),
+            reload_extra_files,
             user: cli.user.clone().or(file.user),
             group: cli.group.clone().or(file.group),
             umask,
@@ -1145,6 +1167,10 @@ impl Settings {
             ("preload_app", Some(self.preload.to_string())),
             ("reuse_port", Some(self.reuse_port.to_string())),
             ("reload", Some(self.reload.to_string())),
+            (
+                "reload_extra_files",
+                Some(list(self.reload_extra_files.iter().map(String::as_str))),
+            ),
             ("user", self.user.as_deref().map(q)),
             ("group", self.group.as_deref().map(q)),
             ("umask", Some(q(&format!("{:04o}", self.umask)))),
@@ -1165,6 +1191,22 @@ impl Settings {
         }
         out
     }
+}
+
+/// `p` made absolute against the directory ferricorn was started in (read
+/// once: with --preload the master later changes to --chdir, and a HUP
+/// re-reads the settings there).
+fn from_start_dir(p: &str) -> String {
+    if Path::new(p).is_absolute() {
+        return p.to_string();
+    }
+    start_dir().join(p).display().to_string()
+}
+
+/// The working directory at the first settings load (the start).
+fn start_dir() -> &'static Path {
+    static START: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    START.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
 }
 
 /// Gunicorn's `auto_int`: `0o27`, `0x17`, `0b10111` by their prefix, a

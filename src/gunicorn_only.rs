@@ -120,7 +120,6 @@ pub const SETTINGS: &[Setting] = &[
     flag("sendfile", &["--no-sendfile"]),
     // development
     value("reload_engine", &["--reload-engine"]),
-    value("reload_extra_files", &["--reload-extra-file"]),
     flag("spew", &["--spew"]),
     // logging
     value("logger_class", &["--logger-class"]),

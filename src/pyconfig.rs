@@ -56,6 +56,7 @@ pub const KNOWN: &[&str] = &[
     "reuse_port",
     "capture_output",
     "reload",
+    "reload_extra_files",
     "user",
     "group",
     "umask",

@@ -433,6 +433,36 @@ def test_reload_restarts_workers_on_source_change(start_server, tmp_path):
     assert "reloadme.py modified" in s.log()
 
 
+def test_reload_extra_files_and_patterns(start_server, tmp_path):
+    # --reload-extra-file, as Gunicorn: files the app reads (templates, configs) restart the
+    # workers too; glob patterns (** recursive) are relative to where the server started.
+    (tmp_path / "tpl" / "sub").mkdir(parents=True)
+    page = tmp_path / "tpl" / "sub" / "page.html"
+    page.write_text("v1")
+    conf = tmp_path / "settings.ini"
+    conf.write_text("a=1")
+    (tmp_path / "readsfile.py").write_text(
+        "import pathlib\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [pathlib.Path(__file__).with_name('tpl').joinpath('sub', 'page.html').read_bytes()]\n")
+    s = start_server("readsfile:app", "--reload", "--reload-extra-file", "tpl/**/*.html",
+                     "--reload-extra-file", "settings.ini", "--reload-extra-file", "gone.txt",
+                     "--chdir", str(tmp_path), cwd=tmp_path)
+    assert s.request()[2] == b"v1"
+    assert "gone.txt: no such file" in s.log()
+    for n, (path, marker, new) in enumerate(((page, "page.html modified", "v2"),
+                                             (conf, "settings.ini modified", "a=2"))):
+        # the worker watches once it says it is booting (after its watches are set)
+        s.wait_log("Booting worker with pid", count=n + 1)
+        path.write_text(new)
+        s.wait_log(re.escape(marker))
+    assert s.request()[2] == b"v2"
+    p = subprocess.run([BIN, "--print-config", "--reload-extra-file", "tpl/*.html", "basic:app"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert f'reload_extra_files = ["{tmp_path}/tpl/*.html"]' in p.stdout.splitlines(), p.stdout
+
+
 def test_threads_run_app_calls_concurrently(start_server):
     import concurrent.futures
     s = start_server("basic:app", "-w", "1", "--threads", "4")

@@ -218,7 +218,7 @@ pub fn run(
     }));
     set_accepting(shared, true);
     if shared.settings.reload {
-        reload::spawn(move |path| {
+        reload::spawn(&shared.settings.reload_extra_files, move |path| {
             crate::log::info(&format!("Worker reloading: {path} modified"));
             shared.draining.store(true, Ordering::Relaxed);
             signals::wake();

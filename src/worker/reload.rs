@@ -13,21 +13,54 @@ files = sorted({getattr(m, '__file__', None) for m in list(sys.modules.values())
 files = [f for f in files if not f.startswith(_std) and f.endswith('.py')]
 ";
 
-fn module_files() -> Vec<String> {
+/// `reload_extra_files`, expanded as Gunicorn expands them: Python's
+/// `glob.glob(pattern, recursive=True)` for a pattern (`*`, `?`, `[`), the
+/// path itself otherwise. Expanded when the worker starts, so a file created
+/// later is watched from the next worker on.
+const EXPAND_EXTRA_FILES: &std::ffi::CStr = c"
+import glob, os
+files, missing = [], []
+for p in patterns:
+    if glob.has_magic(p):
+        files.extend(glob.glob(p, recursive=True))
+    elif os.path.exists(p):
+        files.append(p)
+    else:
+        missing.append(p)
+";
+
+fn module_files(extra: &[String]) -> Vec<String> {
     Python::attach(|py| -> PyResult<Vec<String>> {
         let globals = pyo3::types::PyDict::new(py);
         py.run(LIST_MODULE_FILES, Some(&globals), None)?;
-        globals
+        let mut files: Vec<String> = globals
             .get_item("files")?
             .map(|f| f.extract())
-            .unwrap_or(Ok(Vec::new()))
+            .unwrap_or(Ok(Vec::new()))?;
+        if !extra.is_empty() {
+            globals.set_item("patterns", extra.to_vec())?;
+            py.run(EXPAND_EXTRA_FILES, Some(&globals), None)?;
+            let more: Vec<String> = globals
+                .get_item("files")?
+                .map(|f| f.extract())
+                .unwrap_or(Ok(Vec::new()))?;
+            let missing: Vec<String> = globals
+                .get_item("missing")?
+                .map(|f| f.extract())
+                .unwrap_or(Ok(Vec::new()))?;
+            for m in missing {
+                crate::log::warning(&format!("--reload-extra-file: {m}: no such file"));
+            }
+            files.extend(more);
+        }
+        Ok(files)
     })
     .unwrap_or_default()
 }
 
 /// Watch in a background thread; call `on_change(path)` once, then stop.
-pub fn spawn(on_change: impl FnOnce(&str) + Send + 'static) {
-    let files = module_files();
+pub fn spawn(extra: &[String], on_change: impl FnOnce(&str) + Send + 'static) {
+    let files = module_files(extra);
     let ino = match Inotify::init(InitFlags::IN_CLOEXEC) {
         Ok(i) => i,
         Err(e) => {
