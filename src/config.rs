@@ -684,18 +684,13 @@ fn without_gunicorn_only(path: &Path, text: &str) -> Result<Option<String>, Conf
 /// Gunicorn-only settings a config file set, by name and value: warn about
 /// them, or refuse the first that cannot be ignored (src/gunicorn_only.rs).
 fn judge_gunicorn_only(path: &Path, given: &[(String, String)]) -> Result<(), ConfigError> {
-    match crate::gunicorn_only::sort_out(given.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        Ok(ignored) if ignored.is_empty() => Ok(()),
-        Ok(ignored) => {
-            crate::log::warning(&format!(
-                "{}: ignoring Gunicorn settings and hooks ferricorn does not have: {}",
-                path.display(),
-                ignored.join(", ")
-            ));
-            Ok(())
-        }
-        Err((name, why)) => Err(err(&name, format!("{}: {why}", path.display()))),
-    }
+    let lead = format!(
+        "{}: ignoring Gunicorn settings and hooks ferricorn does not have",
+        path.display()
+    );
+    let given = given.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    crate::gunicorn_only::warn_or_refuse(given, &lead)
+        .map_err(|(name, why)| err(&name, format!("{}: {why}", path.display())))
 }
 
 /// A Gunicorn-style `gunicorn.conf.py` or `python:MODULE` (src/pyconfig.rs):
@@ -1262,6 +1257,7 @@ fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn python_config_names_are_the_toml_keys() {
@@ -1276,8 +1272,6 @@ mod tests {
         known.sort();
         assert_eq!(fields, known);
     }
-
-    use super::*;
 
     #[test]
     fn umask_reads_as_gunicorn_reads_it() {

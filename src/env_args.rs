@@ -25,10 +25,7 @@ pub fn argv() -> Result<Vec<OsString>, String> {
     };
     let bad = |e: &str| format!("invalid setting `{var}`: {e}");
     let value = value.into_string().map_err(|_| bad("not valid UTF-8"))?;
-    let sub = real
-        .get(1)
-        .is_some_and(|a| a == "generate" || a == "systemd-units");
-    if sub || real.is_empty() {
+    if names_a_subcommand(&real) || real.is_empty() {
         return Ok(real);
     }
     let mut extra = split(&value).map_err(|e| bad(&e))?;
@@ -42,6 +39,13 @@ pub fn argv() -> Result<Vec<OsString>, String> {
     real.extend(extra.into_iter().map(OsString::from));
     real.extend(rest);
     Ok(real)
+}
+
+/// Whether argv runs a subcommand (`generate`, `systemd-units`), whose
+/// arguments are not the server's.
+pub fn names_a_subcommand(argv: &[OsString]) -> bool {
+    argv.get(1)
+        .is_some_and(|a| a == "generate" || a == "systemd-units")
 }
 
 /// Some(takes_a_value) if `a` is a bind option: `-b X` / `--bind X` take

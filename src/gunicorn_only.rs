@@ -244,9 +244,22 @@ fn worker_class(v: &str) -> Verdict {
     }
 }
 
+/// Judge every given setting and log one warning, `lead: names`, for those
+/// ignored; Err with the first refused one's name and reason.
+pub fn warn_or_refuse<'a>(
+    given: impl IntoIterator<Item = (&'a str, &'a str)>,
+    lead: &str,
+) -> Result<(), (String, String)> {
+    let ignored = sort_out(given)?;
+    if !ignored.is_empty() {
+        crate::log::warning(&format!("{lead}: {}", ignored.join(", ")));
+    }
+    Ok(())
+}
+
 /// Judge every given setting: Ok with the names to warn about (in order,
 /// once each), or Err with the first refused one's name and reason.
-pub fn sort_out<'a>(
+fn sort_out<'a>(
     given: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<Vec<String>, (String, String)> {
     let mut ignored: Vec<String> = Vec::new();

@@ -51,10 +51,7 @@ fn main() {
 /// does not have are named in a warning and dropped, or stop the start
 /// when honouring them matters (src/gunicorn_only.rs).
 fn without_gunicorn_only_flags(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    let sub = argv
-        .get(1)
-        .is_some_and(|a| a == "generate" || a == "systemd-units");
-    if sub {
+    if env_args::names_a_subcommand(&argv) {
         return argv;
     }
     let with_value = flags_taking_a_value();
@@ -66,25 +63,21 @@ fn without_gunicorn_only_flags(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::O
             std::process::exit(EXIT_CONFIG_ERROR);
         }
     };
-    match gunicorn_only::sort_out(given.iter().map(|g| (g.name, g.value.as_str()))) {
-        Ok(ignored) if ignored.is_empty() => {}
-        Ok(ignored) => log::warning(&format!(
-            "ignoring Gunicorn options ferricorn does not have: {}",
-            ignored.join(", ")
-        )),
-        Err((name, why)) => {
-            let msg = format!("invalid setting `{name}`: {why}");
-            eprintln!("Error: {msg}");
-            let checking = argv
-                .iter()
-                .any(|a| a == "--check-config" || a == "--print-config");
-            if checking {
-                // Gunicorn's --check-config reports any problem as status 1.
-                std::process::exit(1);
-            }
-            config_failed(&msg);
-            std::process::exit(EXIT_CONFIG_ERROR);
+    let given = given.iter().map(|g| (g.name, g.value.as_str()));
+    if let Err((name, why)) =
+        gunicorn_only::warn_or_refuse(given, "ignoring Gunicorn options ferricorn does not have")
+    {
+        let msg = format!("invalid setting `{name}`: {why}");
+        eprintln!("Error: {msg}");
+        let checking = argv
+            .iter()
+            .any(|a| a == "--check-config" || a == "--print-config");
+        if checking {
+            // Gunicorn's --check-config reports any problem as status 1.
+            std::process::exit(1);
         }
+        config_failed(&msg);
+        std::process::exit(EXIT_CONFIG_ERROR);
     }
     argv
 }

@@ -48,15 +48,24 @@ impl std::fmt::Display for Invalid {
     }
 }
 
-/// Look at the start of a connection's input.
+/// Look at the start of a connection's input, for either version.
+#[cfg(test)]
 pub fn parse(buf: &[u8]) -> Result<Parsed, Invalid> {
-    if starts_as(buf, b"PROXY ") {
+    parse_accepting(buf, true, true)
+}
+
+/// Look at the start of a connection's input for the versions accepted
+/// (`proxy_protocol = "v1"` or `"v2"`): a version not accepted is not
+/// looked for, so its bytes are `Absent` and get parsed as HTTP, as in
+/// Gunicorn.
+pub fn parse_accepting(buf: &[u8], v1: bool, v2: bool) -> Result<Parsed, Invalid> {
+    if v1 && starts_as(buf, b"PROXY ") {
         if buf.len() < 6 {
             return Ok(Parsed::Incomplete);
         }
         return parse_v1(buf);
     }
-    if starts_as(buf, V2_SIGNATURE) {
+    if v2 && starts_as(buf, V2_SIGNATURE) {
         if buf.len() < 12 {
             return Ok(Parsed::Incomplete);
         }
@@ -201,6 +210,26 @@ mod tests {
 
     fn v1(s: &str) -> Result<Parsed, Invalid> {
         parse(s.as_bytes())
+    }
+
+    #[test]
+    fn a_version_not_accepted_is_not_looked_for() {
+        let one = b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n";
+        let two = v2(
+            1,
+            0x11,
+            &[192, 0, 2, 1, 198, 51, 100, 7, 0xDC, 0x04, 1, 187],
+        );
+        assert_eq!(parse_accepting(one, false, true), Ok(Parsed::Absent));
+        assert_eq!(parse_accepting(&two, true, false), Ok(Parsed::Absent));
+        assert!(matches!(
+            parse_accepting(one, true, false),
+            Ok(Parsed::Header(Some(_), _))
+        ));
+        assert!(matches!(
+            parse_accepting(&two, false, true),
+            Ok(Parsed::Header(Some(_), _))
+        ));
     }
 
     #[test]

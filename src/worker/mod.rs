@@ -916,20 +916,9 @@ impl Loop {
     /// header off the input if there is one. A sender outside
     /// `proxy_allow_ips` gets 403, a malformed header 400 (as Gunicorn).
     fn proxy_header(&mut self, c: &mut Conn) -> ProxyStep {
-        use crate::http::proxy::{Parsed, parse};
-        // A version that is not accepted is not looked for: the bytes are
-        // then parsed as HTTP (and refused as such), as in Gunicorn.
+        use crate::http::proxy::{Parsed, parse_accepting};
         let mode = self.sh.settings.proxy_protocol;
-        let accepted = match c.buffered().first() {
-            Some(b'P') => mode.accepts_v1(),
-            Some(_) => mode.accepts_v2(),
-            None => true,
-        };
-        if !accepted {
-            c.proxy_pending = false;
-            return ProxyStep::Done;
-        }
-        let parsed = parse(c.buffered());
+        let parsed = parse_accepting(c.buffered(), mode.accepts_v1(), mode.accepts_v2());
         if matches!(parsed, Ok(Parsed::Incomplete)) {
             return ProxyStep::Read;
         }

@@ -32,22 +32,20 @@ for p in patterns:
 fn module_files(extra: &[String]) -> Vec<String> {
     Python::attach(|py| -> PyResult<Vec<String>> {
         let globals = pyo3::types::PyDict::new(py);
+        // a list of str the snippet left in `globals`
+        let strings = |name: &str| -> PyResult<Vec<String>> {
+            globals
+                .get_item(name)?
+                .map(|f| f.extract())
+                .unwrap_or(Ok(Vec::new()))
+        };
         py.run(LIST_MODULE_FILES, Some(&globals), None)?;
-        let mut files: Vec<String> = globals
-            .get_item("files")?
-            .map(|f| f.extract())
-            .unwrap_or(Ok(Vec::new()))?;
+        let mut files = strings("files")?;
         if !extra.is_empty() {
             globals.set_item("patterns", extra.to_vec())?;
             py.run(EXPAND_EXTRA_FILES, Some(&globals), None)?;
-            let more: Vec<String> = globals
-                .get_item("files")?
-                .map(|f| f.extract())
-                .unwrap_or(Ok(Vec::new()))?;
-            let missing: Vec<String> = globals
-                .get_item("missing")?
-                .map(|f| f.extract())
-                .unwrap_or(Ok(Vec::new()))?;
+            let more = strings("files")?;
+            let missing = strings("missing")?;
             for m in missing {
                 crate::log::warning(&format!("--reload-extra-file: {m}: no such file"));
             }
