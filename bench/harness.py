@@ -370,7 +370,7 @@ def server_env():
 def cmd_ferricorn(app, cwd, port, workers, preload, valgrind):
     if not FERRICORN.exists():
         shown = FERRICORN.relative_to(ROOT) if FERRICORN.is_relative_to(ROOT) else FERRICORN
-        raise Skip("skipped: %s missing (build it: bench/run --build)" % shown)
+        raise Skip("skipped: %s missing (bench/run builds it: see its warnings)" % shown)
     cmd = [FERRICORN]
     if preload:
         # first, so that an optional-value flag cannot swallow the app argument
@@ -1177,7 +1177,7 @@ def versions():
 def ferricorn_python_link():
     """How the ferricorn binary holds CPython. A plain `cargo build` links the shared
     libpython3.X.so, whose Python code runs about 12% slower than the static link that
-    `bench/run --build` (tools/pyo3-config) makes: say which one was measured."""
+    bench/run's own build (tools/pyo3-config) makes: say which one was measured."""
     if not FERRICORN.exists():
         return ""
     try:
@@ -1186,9 +1186,9 @@ def ferricorn_python_link():
         return ""
     m = re.search(r"(libpython[0-9.]+\.so[0-9.]*)", p.stdout)
     if m:
-        log("WARNING: %s links %s (shared); bench/run --build links CPython statically, "
+        log("WARNING: %s links %s (shared); bench/run without --no-build links CPython statically, "
             "as Debian's python3 is" % (FERRICORN, m.group(1)))
-        return "ferricorn with %s (shared: not the --build link)" % m.group(1)
+        return "ferricorn with %s (shared: not bench/run's build)" % m.group(1)
     return "ferricorn with CPython linked in"
 
 
@@ -1244,8 +1244,8 @@ def main():
     t0 = time.monotonic()
     load_start = os.getloadavg()[0]
     if not FERRICORN.exists():
-        log("NOTE: %s is missing: ferricorn is skipped (build it: `bench/run --build`, which "
-            "links CPython as the package does)" % FERRICORN)
+        log("NOTE: %s is missing: ferricorn is skipped (bench/run builds it unless --no-build "
+            "or FERRICORN_BIN is given: see its warnings)" % FERRICORN)
     rows = []
 
     def add(r):
