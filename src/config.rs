@@ -251,6 +251,9 @@ pub struct Options {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileOptions {
+    /// Set by a Python config that defines worker hooks (not a TOML key).
+    #[serde(skip)]
+    hooks: Option<crate::pyconfig::Hooks>,
     wsgi_app: Option<String>,
     bind: Option<OneOrMany>,
     workers: Option<usize>,
@@ -584,6 +587,8 @@ pub struct Settings {
     pub body_buffer_size: usize,
     /// 0: no limit.
     pub limit_request_body: u64,
+    /// Worker-side server hooks of a Python config (src/wsgi/hooks.rs).
+    pub hooks: Option<crate::pyconfig::Hooks>,
 }
 
 /// A configuration error: which key, and why.
@@ -706,7 +711,19 @@ fn load_python(
     let ev = crate::pyconfig::evaluate(source, site_packages.as_deref())
         .map_err(|e| err("config", format!("{} failed:\n{e}", path.display())))?;
     judge_gunicorn_only(path, &ev.gunicorn_only)?;
-    toml::from_str(&ev.toml).map_err(|e| file_error(path, &ev.toml, &e, false))
+    let names = ev
+        .hooks
+        .map_err(|(name, why)| err(&name, format!("{}: {why}", path.display())))?;
+    let mut file: FileOptions =
+        toml::from_str(&ev.toml).map_err(|e| file_error(path, &ev.toml, &e, false))?;
+    if !names.is_empty() {
+        let location = match source {
+            crate::pyconfig::Source::File(p) => start_dir().join(p).display().to_string(),
+            crate::pyconfig::Source::Module(m) => format!("python:{m}"),
+        };
+        file.hooks = Some(crate::pyconfig::Hooks { location, names });
+    }
+    Ok(file)
 }
 
 /// A TOML error as a ConfigError that names the setting: the key on the
@@ -1081,6 +1098,7 @@ impl Settings {
                 .limit_request_body
                 .or(file.limit_request_body)
                 .unwrap_or(0),
+            hooks: file.hooks,
         })
     }
 }
@@ -1184,6 +1202,13 @@ impl Settings {
                 None => out.push_str(&format!("# {k} (not set)\n")),
             }
         }
+        if let Some(h) = &self.hooks {
+            out.push_str(&format!(
+                "# worker hooks, defined in {}: {}\n",
+                h.location,
+                h.names.join(", ")
+            ));
+        }
         out
     }
 }
@@ -1199,7 +1224,7 @@ fn from_start_dir(p: &str) -> String {
 }
 
 /// The working directory at the first settings load (the start).
-fn start_dir() -> &'static Path {
+pub fn start_dir() -> &'static Path {
     static START: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     START.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
 }

@@ -3,7 +3,7 @@
 //! A Gunicorn deployment should start ferricorn with its command line and
 //! its config file as they are. Most of the Gunicorn settings ferricorn
 //! lacks only tune something it does its own way (`--worker-tmp-dir`: there
-//! are no heartbeat files; syslog, statsd, the server hooks, ...): those are
+//! are no heartbeat files; syslog, statsd, the master-side server hooks, ...): those are
 //! named in one warning and ignored. A few would make it a different server
 //! than the one asked for: TLS (`certfile`, `keyfile`), `daemon`, an ASGI
 //! worker class, a PasteDeploy app, the uwsgi protocol. Those stop the start
@@ -143,7 +143,9 @@ pub const SETTINGS: &[Setting] = &[
     value("statsd_prefix", &["--statsd-prefix"]),
     value("dogstatsd_tags", &["--dogstatsd-tags"]),
     value("default_proc_name", &[]),
-    // server hooks: Python callables Gunicorn's arbiter and workers run
+    // server hooks: Python callables Gunicorn's arbiter and workers run. A
+    // Python config's worker-side ones (post_fork, pre_request, ...) never
+    // get here: src/pyconfig.rs hands them to the workers (src/wsgi/hooks.rs).
     value("on_starting", &[]),
     value("on_reload", &[]),
     value("when_ready", &[]),

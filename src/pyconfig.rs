@@ -8,11 +8,14 @@
 //! the file runs in a forked child with the embedded CPython. The child
 //! writes the names ferricorn knows back as TOML text; the config module
 //! then checks that text like any TOML config file, so a bad value gets the
-//! same error naming its key. Names Gunicorn knows but ferricorn does not
-//! (server hooks such as `post_fork`, `worker_class`, TLS, statsd, ...) go
-//! back with their values to src/gunicorn_only.rs, which warns about most
-//! and refuses a few (TLS, daemon, an ASGI worker class); any other name
-//! (imports, helpers) is ignored, as Gunicorn ignores it.
+//! same error naming its key. The worker-side server hooks it defines
+//! (`post_fork`, `pre_request`, ...) go back by name: each worker runs the
+//! file again to get them (src/wsgi/hooks.rs). Names Gunicorn knows but
+//! ferricorn does not (master-side hooks such as `when_ready`,
+//! `worker_class`, TLS, statsd, ...) go back with their values to
+//! src/gunicorn_only.rs, which warns about most and refuses a few (TLS,
+//! daemon, an ASGI worker class); any other name (imports, helpers) is
+//! ignored, as Gunicorn ignores it.
 
 use std::io::Read;
 
@@ -108,16 +111,18 @@ def _coerce(key, v):
         return t.lower() == "true"
     return v
 
-def evaluate(location, known, gunicorn_only):
+def evaluate(location, known, gunicorn_only, hooks_module):
     if location.startswith("python:"):
         import os, sys
         sys.path.insert(0, os.getcwd())
         ns = runpy.run_module(location[len("python:"):], run_name="__config__")
     else:
         ns = runpy.run_path(location, run_name="__config__")
-    lines, ignored = [], []
+    lines, ignored, hooks = [], [], []
     for k, v in ns.items():
-        if k in known:
+        if k in hooks_module.HOOKS and callable(v):
+            hooks.append(hooks_module.check(k, v))
+        elif k in known:
             if v is not None:
                 lines.append("%s = %s" % (k, _toml(k, _coerce(k, v))))
         elif k in gunicorn_only and v is not None:
@@ -126,7 +131,7 @@ def evaluate(location, known, gunicorn_only):
             elif callable(v):
                 v = "<%s>" % getattr(v, "__name__", "callable")
             ignored.append((k, " ".join(str(v).split())))
-    return "\n".join(lines) + "\n", ignored
+    return "\n".join(lines) + "\n", ignored, hooks
 "#;
 
 /// Where the config comes from: `-c PATH.py` (or `file:PATH.py`), or
@@ -136,12 +141,24 @@ pub enum Source {
     Module(String),
 }
 
-/// What a Python config file set: TOML text of the known settings, and the
+/// What a Python config file set: TOML text of the known settings, the
 /// Gunicorn-only ones it set, by name and value (src/gunicorn_only.rs judges
-/// them).
+/// them), and the worker hooks it defines (src/wsgi/hooks.rs).
 pub struct Evaluated {
     pub toml: String,
     pub gunicorn_only: Vec<(String, String)>,
+    /// Hook names; one given with the wrong number of parameters is
+    /// `Err((name, reason))`.
+    pub hooks: Result<Vec<String>, (String, String)>,
+}
+
+/// A Python config's worker hooks: where the workers run the file again to
+/// get them, and their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hooks {
+    /// An absolute path, or `python:MODULE`.
+    pub location: String,
+    pub names: Vec<String>,
 }
 
 /// Run the config in a forked child. Err is the reason (the Python traceback
@@ -185,14 +202,27 @@ pub fn evaluate(
             read.map_err(|e| format!("reading the evaluated config: {e}"))?;
             match status {
                 WaitStatus::Exited(_, 0) => {
-                    let (first, toml) = out.split_once('\n').unwrap_or(("", ""));
+                    let (first, rest) = out.split_once('\n').unwrap_or(("", ""));
+                    let (second, toml) = rest.split_once('\n').unwrap_or(("", ""));
                     let fields: Vec<&str> = first.split('\t').collect();
+                    let mut hooks = Ok(Vec::new());
+                    for h in second.split('\t').filter(|h| !h.is_empty()) {
+                        match (h.strip_prefix('!'), &mut hooks) {
+                            (Some(bad), Ok(_)) => {
+                                let (name, why) = bad.split_once(':').unwrap_or((bad, ""));
+                                hooks = Err((name.to_string(), why.to_string()));
+                            }
+                            (None, Ok(names)) => names.push(h.to_string()),
+                            (_, Err(_)) => {}
+                        }
+                    }
                     Ok(Evaluated {
                         toml: toml.to_string(),
                         gunicorn_only: fields
                             .chunks_exact(2)
                             .map(|nv| (nv[0].to_string(), nv[1].to_string()))
                             .collect(),
+                        hooks,
                     })
                 }
                 WaitStatus::Exited(..) => Err(out.trim_end().to_string()),
@@ -204,7 +234,8 @@ pub fn evaluate(
 
 /// In the child: the first line of the result holds the Gunicorn-only
 /// settings (name, tab, value, tab, ...: the values have no tab nor
-/// newline), the rest is the TOML.
+/// newline), the second the worker hooks (tab-separated), the rest is the
+/// TOML.
 fn run_in_child(
     source: &Source,
     site_packages: Option<&std::path::Path>,
@@ -227,7 +258,7 @@ fn run_in_child(
                 .iter()
                 .map(|s| s.name)
                 .collect();
-            let (toml, given): (String, Vec<(String, String)>) = module
+            let (toml, given, hooks): (String, Vec<(String, String)>, Vec<String>) = module
                 .getattr("evaluate")?
                 .call1((
                     match source {
@@ -236,10 +267,16 @@ fn run_in_child(
                     },
                     KNOWN.to_vec(),
                     gunicorn_only,
+                    crate::wsgi::hooks::module(py)?,
                 ))?
                 .extract()?;
             let first: Vec<String> = given.into_iter().flat_map(|(n, v)| [n, v]).collect();
-            Ok(format!("{}\n{toml}", first.join("\t")))
+            let hooks: Vec<String> = hooks.iter().map(|h| h.replace(['\t', '\n'], " ")).collect();
+            Ok(format!(
+                "{}\n{}\n{toml}",
+                first.join("\t"),
+                hooks.join("\t")
+            ))
         };
         run().map_err(|e| crate::wsgi::format_py_err(py, &e))
     })

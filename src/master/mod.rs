@@ -86,6 +86,8 @@ pub struct Master {
     workers: BTreeMap<Pid, Worker>,
     /// The highest generation number handed out so far (never reused).
     generation: u64,
+    /// Workers spawned so far: the next one's `worker.age` for hooks.
+    spawned: u64,
     /// The generation kept at strength while no reload runs: the last one
     /// that completed a reload (a failed reload leaves it unchanged).
     serving: u64,
@@ -205,6 +207,7 @@ impl Master {
             scoreboard,
             workers,
             generation,
+            spawned: 0,
             serving,
             target,
             mode: Mode::Running,
@@ -890,6 +893,8 @@ impl Master {
             .ok_or("heartbeat table is full")?;
         let settings = self.settings.clone();
         let master = nix::unistd::getpid();
+        self.spawned += 1;
+        let age = self.spawned;
         // SAFETY: the master is single-threaded, so the child starts with a
         // consistent copy of everything; it never returns from worker::run.
         // With --preload CPython lives in this process (even when the
@@ -921,7 +926,7 @@ impl Master {
                 }
                 crate::proctitle::set(&format!("ferricorn: worker [{}]", settings.proc_name));
                 let app = self.preloaded.take();
-                crate::worker::run(settings, &self.listeners, sb_slot, app);
+                crate::worker::run(settings, &self.listeners, sb_slot, app, age);
             }
             Ok(ForkResult::Parent { child }) => {
                 self.scoreboard.slot(slot).set_pid(child.as_raw());

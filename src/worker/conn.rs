@@ -42,6 +42,21 @@ pub struct Responding {
     /// this state: finished, cut off, or the connection closed), after the
     /// stream, which may still read `wsgi.input`, was released.
     pub _body: Option<crate::wsgi::input::BodyRelease>,
+    /// Gunicorn's post_request hook, due when the response is over (run by
+    /// `run_post_request`, or when this state is dropped: the connection
+    /// ended first). Last, so it runs after the fields above are released.
+    pub post_request: Option<Box<crate::wsgi::hooks::PostRequest>>,
+}
+
+impl Responding {
+    /// The response is over: run post_request now, with what was sent.
+    pub fn run_post_request(&mut self) {
+        if let Some(mut p) = self.post_request.take() {
+            p.sent = self.sent;
+            p.status = self.status;
+            drop(p);
+        }
+    }
 }
 
 pub struct AccessInfo {

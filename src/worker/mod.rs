@@ -71,6 +71,10 @@ struct Shared {
     conns: Table,
     /// When a loop last swept idle connections (one loop per second does).
     last_sweep_ms: AtomicU64,
+    /// A Python config defines pre_request or post_request (src/wsgi/hooks.rs).
+    request_hooks: bool,
+    /// The response's headers are kept for someone (access log, post_request).
+    want_headers: bool,
 }
 
 /// The worker's connections, by epoll token. A loop holds a connection's
@@ -121,11 +125,14 @@ impl Table {
 }
 
 /// Entry point in the forked child. Never returns.
+/// `age`: this worker's number among all the master spawned (Gunicorn's
+/// `worker.age`, for hooks).
 pub fn run(
     settings: Settings,
     listeners: &[Listener],
     slot: &'static Slot,
     preloaded: Option<Py<PyAny>>,
+    age: u64,
 ) -> ! {
     signals::install();
     let master = nix::unistd::getppid();
@@ -142,9 +149,21 @@ pub fn run(
     }
     MASTER_PID.store(master.as_raw(), Ordering::Relaxed);
     let app = match preloaded {
-        Some(app) => app,
-        None => boot_python(&settings),
+        Some(app) => {
+            boot_hooks(&settings, age, master.as_raw());
+            app
+        }
+        None => boot_python(&settings, age, master.as_raw()),
     };
+    if let Err(e) = Python::attach(|py| crate::wsgi::hooks::post_worker_init(py, &app)) {
+        boot_failed(&format!(
+            "Exception in post_worker_init hook:\n{}",
+            e.trim_end()
+        ));
+    }
+    if crate::wsgi::hooks::on_quit() {
+        signals::quit_through(quit_with_hooks);
+    }
     let lst: Vec<(RawFd, ListenAddr)> = listeners
         .iter()
         .map(|l| (l.fd.as_raw_fd(), l.addr.clone()))
@@ -199,6 +218,7 @@ pub fn run(
     };
     let capacity = settings.worker_connections.max(1);
     let nlisteners = lst.len();
+    let access_on = access.is_some();
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         settings,
         listeners: lst,
@@ -215,6 +235,8 @@ pub fn run(
         shut: (0..nlisteners).map(|_| AtomicBool::new(false)).collect(),
         conns: Table::new(capacity),
         last_sweep_ms: AtomicU64::new(now_ms()),
+        request_hooks: crate::wsgi::hooks::around_requests(),
+        want_headers: access_on || crate::wsgi::hooks::wants_response(),
     }));
     set_accepting(shared, true);
     if shared.settings.reload {
@@ -244,13 +266,14 @@ pub fn run(
 
 /// Start CPython in this process and import the app; on failure print the
 /// traceback and exit with the documented status (the master then stops).
-fn boot_python(settings: &Settings) -> Py<PyAny> {
+fn boot_python(settings: &Settings, age: u64, master: i32) -> Py<PyAny> {
     if let Err(e) =
         crate::wsgi::prepare_process(settings).and_then(|_| crate::wsgi::init_interpreter(settings))
     {
         crate::log::critical(&format!("Worker failed to boot: {e}"));
         exit(EXIT_APP_LOAD_ERROR);
     }
+    boot_hooks(settings, age, master);
     match Python::attach(|py| {
         crate::wsgi::load_app(py, &settings.wsgi_app).map_err(|e| (e.exit_status(), e.describe(py)))
     }) {
@@ -269,6 +292,38 @@ fn boot_python(settings: &Settings) -> Py<PyAny> {
     }
 }
 
+/// A Python config's worker hooks (src/wsgi/hooks.rs): load them, then
+/// `post_fork`, before the app is imported (unless --preload did that).
+fn boot_hooks(settings: &Settings, age: u64, master: i32) {
+    let r = Python::attach(|py| {
+        crate::wsgi::hooks::load(py, settings, age, master).map_err(|e| {
+            format!(
+                "Cannot load the hooks of the config file:\n{}",
+                e.trim_end()
+            )
+        })?;
+        crate::wsgi::hooks::post_fork(py)
+            .map_err(|e| format!("Exception in post_fork hook:\n{}", e.trim_end()))
+    });
+    if let Err(e) = r {
+        boot_failed(&e);
+    }
+}
+
+/// A boot error outside the app's import (a hook raised): Gunicorn's
+/// WORKER_BOOT_ERROR, as an import that raised.
+fn boot_failed(msg: &str) -> ! {
+    crate::log::critical_to_stderr(&format!("Worker failed to boot. {msg}"));
+    exit(EXIT_APP_LOAD_ERROR)
+}
+
+/// SIGINT/SIGQUIT with `worker_int`/`worker_exit` hooks: run them (the
+/// latter from `exit`), then leave at once, as without hooks.
+fn quit_with_hooks() -> ! {
+    Python::attach(crate::wsgi::hooks::worker_int);
+    exit(0)
+}
+
 fn jitter(max: u64) -> u64 {
     if max == 0 {
         return 0;
@@ -283,6 +338,7 @@ fn exit(code: i32) -> ! {
     // SAFETY: only checks whether the interpreter exists.
     if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
         Python::attach(|py| {
+            crate::wsgi::hooks::worker_exit(py);
             let _ = py.run(c"import atexit, sys\natexit._run_exitfuncs()\nsys.stdout.flush()\nsys.stderr.flush()", None, None);
         });
     }
@@ -767,12 +823,14 @@ impl Loop {
                                 release_stream(s);
                                 r.keep_alive = false;
                                 self.log_access(r, &c.peer.addr);
+                                r.run_post_request();
                                 return false;
                             }
                         }
                     }
                     // Response complete.
                     self.log_access(r, &c.peer.addr);
+                    r.run_post_request();
                     let keep_alive = r.keep_alive && !self.draining();
                     let linger = r.linger;
                     if linger {
@@ -1003,6 +1061,7 @@ impl Loop {
             sent: 0,
             status,
             _body: None,
+            post_request: None,
         });
     }
 
@@ -1033,7 +1092,7 @@ impl Loop {
                 && !self.draining()
                 && (sh.max_requests == 0 || sh.slot.requests() + 1 < sh.max_requests),
             fd: c.raw(),
-            want_headers: sh.access.is_some(),
+            want_headers: sh.want_headers,
             stopping: Some(signals::graceful_flag()),
         };
         sh.slot.enter_app(
@@ -1078,6 +1137,18 @@ impl Loop {
                     Err(400)
                 }
                 Ok(env) => {
+                    // Gunicorn's pre_request/post_request hooks, when a
+                    // Python config defines them.
+                    let mut post_request = None;
+                    if sh.request_hooks {
+                        match crate::wsgi::hooks::before_request(py, &env) {
+                            Ok(p) => post_request = p,
+                            Err(e) => {
+                                response::log_py_error(py, &e, "Error handling request");
+                                return Err(500);
+                            }
+                        }
+                    }
                     // `%({key}e)s` in the access log: read after the app ran
                     // (it may have added keys), as Gunicorn.
                     let keys = sh.access.as_ref().map_or(&[][..], |f| f.env_keys());
@@ -1087,7 +1158,12 @@ impl Loop {
                         Some(env) => environ::values_for_log(&env, keys),
                         None => Vec::new(),
                     };
-                    Ok((out, values))
+                    if let Some(p) = &mut post_request {
+                        p.status = out.status;
+                        p.sent = out.body_bytes;
+                        p.head = out.headers.clone();
+                    }
+                    Ok((out, values, post_request))
                 }
                 Err(e) => {
                     response::log_py_error(py, &e, "Error building the WSGI environ");
@@ -1106,7 +1182,7 @@ impl Loop {
             ));
             signals::wake();
         }
-        let (out, env_values) = match out {
+        let (out, env_values, post_request) = match out {
             Ok(out) => out,
             Err(status) => {
                 self.answer_head_error(c, status, &head);
@@ -1136,6 +1212,7 @@ impl Loop {
             sent: out.body_bytes,
             status: out.status,
             _body: body_release,
+            post_request,
         });
     }
 

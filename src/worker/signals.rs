@@ -18,7 +18,18 @@ extern "C" fn on_term(_: libc::c_int) {
     wake();
 }
 
+/// A pipe's write end when SIGINT/SIGQUIT must run Python hooks first
+/// (`quit_through`); -1: exit at once.
+static QUIT_FD: AtomicI32 = AtomicI32::new(-1);
+
 extern "C" fn on_quit(_: libc::c_int) {
+    let fd = QUIT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; the thread of
+        // `quit_through` reads it and exits the process.
+        unsafe { libc::write(fd, b"q".as_ptr() as *const libc::c_void, 1) };
+        return;
+    }
     // SAFETY: _exit is async-signal-safe.
     unsafe { libc::_exit(0) };
 }
@@ -65,6 +76,29 @@ pub fn install() {
         set_handler(s, libc::SIG_IGN);
     }
     set_handler(libc::SIGCHLD, libc::SIG_DFL);
+}
+
+/// From now on SIGINT/SIGQUIT run `quit` on a thread of its own (it takes
+/// the GIL between the app's bytecodes, so a busy app does not hold it
+/// up) instead of ending the process in the handler; `quit` exits.
+pub fn quit_through(quit: fn() -> !) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return; // the handler keeps exiting at once
+    }
+    let rd = fds[0];
+    let spawned = std::thread::Builder::new()
+        .name("ferricorn-quit".into())
+        .spawn(move || {
+            let mut b = [0u8; 1];
+            // SAFETY: read(2) into our one-byte buffer, from our own pipe.
+            while unsafe { libc::read(rd, b.as_mut_ptr() as *mut libc::c_void, 1) } != 1 {}
+            quit()
+        });
+    if spawned.is_ok() {
+        QUIT_FD.store(fds[1], Ordering::SeqCst);
+    }
 }
 
 pub fn wake_fd() -> i32 {

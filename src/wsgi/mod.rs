@@ -7,6 +7,7 @@
 //! the GIL.
 
 pub mod environ;
+pub mod hooks;
 pub mod input;
 pub mod pylog;
 pub mod response;

@@ -1,0 +1,168 @@
+"""Gunicorn's worker-side server hooks in a Python config (post_fork, post_worker_init,
+pre_request, post_request, worker_int, worker_exit): run in each worker, when and with
+what Gunicorn's documentation says; their errors handled as Gunicorn handles them."""
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import APPS, BIN
+
+HOOKS_CONF = '''
+import json, os
+OUT = os.environ["HOOK_EVENTS"]
+
+def _w(*event):
+    with open(OUT, "a") as f:
+        f.write(json.dumps(event) + "\\n")
+
+def post_fork(server, worker):
+    server.log.info("post_fork hook in %s", worker.pid)
+    _w("post_fork", os.getpid(), worker.pid, worker.ppid, server.pid, worker.age,
+       server.cfg.workers, worker.cfg.timeout, worker.booted)
+
+def post_worker_init(worker):
+    _w("post_worker_init", os.getpid(), callable(worker.wsgi), worker.booted)
+
+def pre_request(worker, req):
+    _w("pre_request", os.getpid(), req.method, req.path, req.query, req.uri,
+       dict(req.headers).get("X-TRACE"), list(req.version), worker.nr)
+
+def post_request(worker, req, environ, resp):
+    _w("post_request", os.getpid(), req.path, environ["PATH_INFO"], resp.status,
+       resp.status_code, resp.sent, dict(resp.headers).get("Content-Type"), worker.nr)
+
+def worker_int(worker):
+    _w("worker_int", os.getpid())
+
+def worker_exit(server, worker):
+    _w("worker_exit", os.getpid(), worker.pid)
+
+def when_ready(server):  # a master hook: named in a warning, not run
+    _w("when_ready")
+'''
+
+
+def events(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_events(path, name, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [e for e in events(path) if e[0] == name]
+        if len(got) >= count:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"{count} x {name} expected, got: {events(path)}")
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_worker_hooks_run_as_in_gunicorn(tmp_path, start_server, preload):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(HOOKS_CONF)
+    out = tmp_path / "events"
+    args = ["-c", str(conf), "-w", "2"] + (["--preload"] if preload else [])
+    s = start_server("basic:app", *args, env={"HOOK_EVENTS": str(out)})
+    workers = s.worker_pids()
+    assert len(workers) == 2
+    forks = wait_events(out, "post_fork", 2)
+    # in each worker, with Gunicorn's objects: the worker's pid, its parent the master
+    assert sorted(e[1] for e in forks) == workers
+    for _, pid, wpid, ppid, server_pid, age, nworkers, timeout, booted in forks:
+        assert (wpid, ppid, server_pid, nworkers, timeout, booted) == (pid, s.pid, s.pid, 2, 30, False)
+    assert sorted(e[5] for e in forks) == [1, 2], "worker.age counts the spawns"
+    inits = wait_events(out, "post_worker_init", 2)
+    assert sorted(e[1] for e in inits) == workers
+    assert all(e[2] is True and e[3] is False for e in inits), "the app is loaded, not yet booted"
+    assert "post_fork hook in" in s.log(), "server.log writes to the error log"
+    assert "when_ready" in s.log() and "when_ready" not in [e[0] for e in events(out)]
+
+    st, _, body = s.request("GET", "/?a=1", headers={"X-Trace": "t1"})
+    assert (st, body) == (200, b"Hello, World!")
+    st, _, body = s.request("GET", "/big?2")
+    assert st == 200 and len(body) == 2 << 20
+    pre = wait_events(out, "pre_request", 2)
+    assert pre[0][2:8] == ["GET", "/", "a=1", "/?a=1", "t1", [1, 1]]
+    post = wait_events(out, "post_request", 2)
+    by_path = {e[2]: e for e in post}
+    assert by_path["/"][3:7] == ["/", "200 OK", 200, 13]
+    assert by_path["/"][7] == "text/plain"
+    # a streamed body: the hook runs when it has all been sent
+    assert by_path["/big"][5:7] == [200, 2 << 20]
+    for e in post:
+        assert e[8] >= 1, "worker.nr counts the requests"
+
+    assert s.stop(signal.SIGTERM) == 0
+    exits = wait_events(out, "worker_exit", 2)
+    assert sorted(e[1] for e in exits) == workers and all(e[1] == e[2] for e in exits)
+    assert not [e for e in events(out) if e[0] == "worker_int"], "worker_int is for INT/QUIT only"
+
+
+def test_worker_int_then_worker_exit_on_fast_stop(tmp_path, start_server):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(HOOKS_CONF)
+    out = tmp_path / "events"
+    s = start_server("basic:app", "-c", str(conf), "-w", "2", env={"HOOK_EVENTS": str(out)})
+    workers = s.worker_pids()
+    wait_events(out, "post_worker_init", 2)
+    s.kill(signal.SIGINT)
+    s.proc.wait(timeout=15)
+    ints = wait_events(out, "worker_int", 2)
+    exits = wait_events(out, "worker_exit", 2)
+    assert sorted(e[1] for e in ints) == workers == sorted(e[1] for e in exits)
+    names = [e[0] for e in events(out) if e[0] in ("worker_int", "worker_exit")]
+    for pid in workers:
+        mine = [e[0] for e in events(out) if e[0] in ("worker_int", "worker_exit") and e[1] == pid]
+        assert mine == ["worker_int", "worker_exit"], names
+
+
+def test_hook_errors_are_handled_as_gunicorn_does(tmp_path, start_server):
+    # a hook that cannot take Gunicorn's arguments: a config error naming it (exit 2)
+    conf = tmp_path / "arity.py"
+    conf.write_text("def post_fork(worker):\n    pass\n")
+    r = subprocess.run([BIN, "-c", str(conf), "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "post_fork" in r.stderr and "2 arguments" in r.stderr, r.stderr
+    # post_fork raising: the worker cannot boot (3), with the traceback; the master stops
+    conf = tmp_path / "raises.py"
+    conf.write_text("def post_fork(server, worker):\n    raise RuntimeError('no database here')\n")
+    r = subprocess.run([BIN, "-c", str(conf), "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "RuntimeError: no database here" in r.stderr and "Traceback" in r.stderr
+    # pre_request raising: a 500 without the traceback, which goes to the log;
+    # post_request raising: logged, the response stands
+    conf = tmp_path / "requests.py"
+    conf.write_text(
+        "def pre_request(worker, req):\n"
+        "    if req.path == '/boom':\n"
+        "        raise ValueError('pre_request says no')\n"
+        "def post_request(worker, req):\n"  # Gunicorn's 2-argument form
+        "    if req.path == '/late':\n"
+        "        raise KeyError('post_request failed')\n")
+    s = start_server("basic:app", "-c", str(conf), "--threads", "2")
+    st, _, body = s.request("GET", "/boom")
+    assert st == 500 and b"pre_request says no" not in body and b"Traceback" not in body
+    s.wait_log("ValueError: pre_request says no")
+    st, _, body = s.request("GET", "/late")
+    assert (st, body) == (404, b"not found")
+    s.wait_log("Exception in post_request hook")
+    assert "KeyError: 'post_request failed'" in s.log()
+    st, _, body = s.request("GET", "/")
+    assert (st, body) == (200, b"Hello, World!"), "the worker goes on serving"
+
+
+def test_print_config_names_the_worker_hooks(tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(HOOKS_CONF)
+    r = subprocess.run([BIN, "--print-config", "-c", str(conf), "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30, env={"HOOK_EVENTS": "/dev/null"})
+    assert r.returncode == 0, r.stderr
+    line = [l for l in r.stdout.splitlines() if l.startswith("# worker hooks")]
+    assert line and all(h in line[0] for h in ("post_fork", "pre_request", "worker_exit")), r.stdout
+    assert "does not have: when_ready" in r.stderr and "post_fork" not in r.stderr, r.stderr
