@@ -111,7 +111,7 @@ pub struct Options {
     #[arg(value_name = "APP_MODULE")]
     pub wsgi_app: Option<String>,
     /// Config file: TOML with Gunicorn's setting names as keys (bind, workers, ...), or a
-    /// Gunicorn Python config (FILE.py, file:FILE.py or python:MODULE; hooks are ignored).
+    /// Gunicorn Python config (FILE.py, file:FILE.py or python:MODULE; its server hooks run).
     /// Without it, ./gunicorn.conf.py is read if it exists, as Gunicorn does.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -251,7 +251,7 @@ pub struct Options {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileOptions {
-    /// Set by a Python config that defines worker hooks (not a TOML key).
+    /// Set by a Python config that defines server hooks (not a TOML key).
     #[serde(skip)]
     hooks: Option<crate::pyconfig::Hooks>,
     wsgi_app: Option<String>,
@@ -587,7 +587,7 @@ pub struct Settings {
     pub body_buffer_size: usize,
     /// 0: no limit.
     pub limit_request_body: u64,
-    /// Worker-side server hooks of a Python config (src/wsgi/hooks.rs).
+    /// Server hooks of a Python config (src/wsgi/hooks.rs).
     pub hooks: Option<crate::pyconfig::Hooks>,
 }
 
@@ -1204,7 +1204,7 @@ impl Settings {
         }
         if let Some(h) = &self.hooks {
             out.push_str(&format!(
-                "# worker hooks, defined in {}: {}\n",
+                "# server hooks, defined in {}: {}\n",
                 h.location,
                 h.names.join(", ")
             ));

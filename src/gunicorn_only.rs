@@ -144,8 +144,8 @@ pub const SETTINGS: &[Setting] = &[
     value("dogstatsd_tags", &["--dogstatsd-tags"]),
     value("default_proc_name", &[]),
     // server hooks: Python callables Gunicorn's arbiter and workers run. A
-    // Python config's worker-side ones (post_fork, pre_request, ...) never
-    // get here: src/pyconfig.rs hands them to the workers (src/wsgi/hooks.rs).
+    // Python config's hooks other than worker_abort never get here:
+    // src/pyconfig.rs hands them on by name (src/wsgi/hooks.rs runs them).
     value("on_starting", &[]),
     value("on_reload", &[]),
     value("when_ready", &[]),

@@ -8,11 +8,12 @@
 //! the file runs in a forked child with the embedded CPython. The child
 //! writes the names ferricorn knows back as TOML text; the config module
 //! then checks that text like any TOML config file, so a bad value gets the
-//! same error naming its key. The worker-side server hooks it defines
-//! (`post_fork`, `pre_request`, ...) go back by name: each worker runs the
-//! file again to get them (src/wsgi/hooks.rs). Names Gunicorn knows but
-//! ferricorn does not (master-side hooks such as `when_ready`,
-//! `worker_class`, TLS, statsd, ...) go back with their values to
+//! same error naming its key. The server hooks it defines (`post_fork`,
+//! `pre_request`, `when_ready`, ...) go back by name: each worker runs the
+//! file again to get its hooks, and the master runs an arbiter hook in a
+//! short-lived child (src/wsgi/hooks.rs). Names Gunicorn knows but
+//! ferricorn does not (`worker_abort`, `worker_class`, TLS, statsd, ...)
+//! go back with their values to
 //! src/gunicorn_only.rs, which warns about most and refuses a few (TLS,
 //! daemon, an ASGI worker class); any other name (imports, helpers) is
 //! ignored, as Gunicorn ignores it.

@@ -1,6 +1,8 @@
-"""Gunicorn's worker-side server hooks in a Python config (post_fork, post_worker_init,
-pre_request, post_request, worker_int, worker_exit): run in each worker, when and with
-what Gunicorn's documentation says; their errors handled as Gunicorn handles them."""
+"""Gunicorn's server hooks in a Python config. The worker-side ones (post_fork,
+post_worker_init, pre_request, post_request, worker_int, worker_exit) run in each worker,
+the arbiter's (on_starting, when_ready, pre_fork, child_exit, nworkers_changed, on_reload,
+on_exit) in a short-lived child of the master; when and with what Gunicorn's documentation
+says, their errors handled as Gunicorn handles them."""
 import json
 import signal
 import subprocess
@@ -40,8 +42,8 @@ def worker_int(worker):
 def worker_exit(server, worker):
     _w("worker_exit", os.getpid(), worker.pid)
 
-def when_ready(server):  # a master hook: named in a warning, not run
-    _w("when_ready")
+def worker_abort(worker):  # not run: named in a warning
+    _w("worker_abort")
 '''
 
 
@@ -80,7 +82,7 @@ def test_worker_hooks_run_as_in_gunicorn(tmp_path, start_server, preload):
     assert sorted(e[1] for e in inits) == workers
     assert all(e[2] is True and e[3] is False for e in inits), "the app is loaded, not yet booted"
     assert "post_fork hook in" in s.log(), "server.log writes to the error log"
-    assert "when_ready" in s.log() and "when_ready" not in [e[0] for e in events(out)]
+    assert "does not have: worker_abort" in s.log()
 
     st, _, body = s.request("GET", "/?a=1", headers={"X-Trace": "t1"})
     assert (st, body) == (200, b"Hello, World!")
@@ -163,6 +165,106 @@ def test_print_config_names_the_worker_hooks(tmp_path):
     r = subprocess.run([BIN, "--print-config", "-c", str(conf), "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30, env={"HOOK_EVENTS": "/dev/null"})
     assert r.returncode == 0, r.stderr
-    line = [l for l in r.stdout.splitlines() if l.startswith("# worker hooks")]
+    line = [l for l in r.stdout.splitlines() if l.startswith("# server hooks")]
     assert line and all(h in line[0] for h in ("post_fork", "pre_request", "worker_exit")), r.stdout
-    assert "does not have: when_ready" in r.stderr and "post_fork" not in r.stderr, r.stderr
+    assert "does not have: worker_abort" in r.stderr and "post_fork" not in r.stderr, r.stderr
+
+
+MASTER_CONF = '''
+import json, os
+OUT = os.environ["HOOK_EVENTS"]
+
+def _w(*event):
+    with open(OUT, "a") as f:
+        f.write(json.dumps(event) + "\\n")
+
+def on_starting(server):
+    _w("on_starting", os.getpid(), server.pid, server.cfg.workers)
+
+def when_ready(server):
+    server.log.info("when_ready hook ran")
+    print("when_ready printed this", flush=False)
+    _w("when_ready", server.pid)
+
+def pre_fork(server, worker):
+    _w("pre_fork", worker.age, worker.pid)
+
+def post_fork(server, worker):
+    _w("post_fork", worker.age, worker.pid)
+
+def child_exit(server, worker):
+    _w("child_exit", worker.age, worker.pid)
+
+def nworkers_changed(server, new_value, old_value):
+    _w("nworkers_changed", new_value, old_value)
+
+def on_reload(server):
+    _w("on_reload", server.pid)
+
+def on_exit(server):
+    _w("on_exit", server.pid)
+'''
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_arbiter_hooks_run_as_in_gunicorn(tmp_path, start_server, preload):
+    """The master runs no Python of its own: each arbiter hook runs in a child of the
+    master, which waits for it, at the moment Gunicorn's arbiter runs it."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(MASTER_CONF)
+    out = tmp_path / "events"
+    args = ["-c", str(conf), "-w", "2"] + (["--preload"] if preload else [])
+    s = start_server("basic:app", *args, env={"HOOK_EVENTS": str(out)})
+    start = wait_events(out, "post_fork", 2)
+    names = [e[0] for e in events(out)]
+    assert names[:4] == ["nworkers_changed", "on_starting", "when_ready", "pre_fork"], names
+    evs = events(out)
+    for age in (1, 2):  # each worker's pre_fork (in the master) comes before its post_fork
+        assert evs.index(["pre_fork", age, None]) < [
+            i for i, e in enumerate(evs) if e[0] == "post_fork" and e[1] == age][0], evs
+    assert events(out)[0][1:] == [2, None], "the first setting has old_value None"
+    first = events(out)[1]
+    assert first[2] == s.pid and first[1] != s.pid and first[3] == 2, first
+    assert [e[1:] for e in events(out) if e[0] == "pre_fork"] == [[1, None], [2, None]]
+    assert "when_ready hook ran" in s.log()
+    assert "when_ready printed this" in s.log(), "a hook's print() is not lost"
+    workers = dict((e[1], e[2]) for e in start)  # age -> pid
+
+    s.kill(signal.SIGTTIN)
+    assert wait_events(out, "nworkers_changed", 2)[1][1:] == [3, 2]
+    wait_events(out, "post_fork", 3)
+    s.kill(signal.SIGTTOU)
+    assert wait_events(out, "nworkers_changed", 3)[2][1:] == [2, 3]
+    gone = wait_events(out, "child_exit", 1)[0]
+    assert gone[1] == 1 and gone[2] == workers[1], ("the oldest worker is retired", events(out), s.log())
+
+    s.kill(signal.SIGHUP)
+    assert wait_events(out, "on_reload", 1)[0][1] == s.pid
+    if not preload:
+        # as Gunicorn's reload: the settings are set again (num_workers), then on_reload
+        names = [e[0] for e in events(out)]
+        assert names[names.index("on_reload") - 1] == "nworkers_changed", names
+        assert wait_events(out, "nworkers_changed", 4)[3][1:] == [2, 2]
+    wait_events(out, "post_fork", 5)
+    assert s.stop(signal.SIGTERM) == 0
+    exits = wait_events(out, "child_exit", 5)
+    assert len({e[2] for e in exits}) == 5
+    assert events(out)[-1] == ["on_exit", s.pid]
+    names = [e[0] for e in events(out)]
+    assert names.count("on_starting") == 1 and names.count("when_ready") == 1, \
+        "a reload (an in-place re-exec with --preload) does not start the master again"
+
+
+def test_arbiter_hook_errors_are_logged_and_the_master_goes_on(tmp_path, start_server):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("def when_ready(server):\n    raise RuntimeError('when_ready failed')\n"
+                    "def nworkers_changed(server, new_value):\n    pass\n")
+    r = subprocess.run([BIN, "-c", str(conf), "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "nworkers_changed" in r.stderr and "3 arguments" in r.stderr
+    conf.write_text("def when_ready(server):\n    raise RuntimeError('when_ready failed')\n")
+    s = start_server("basic:app", "-c", str(conf))
+    s.wait_log("RuntimeError: when_ready failed")
+    assert "Exception in when_ready hook" in s.log()
+    st, _, body = s.request("GET", "/")
+    assert (st, body) == (200, b"Hello, World!")

@@ -38,6 +38,7 @@ use crate::log;
 use crate::scoreboard::{STATE_LEAVING, STATE_READY, Scoreboard, now_ms};
 use crate::sock::Listener;
 use crate::systemd::notify::Notifier;
+use crate::wsgi::hooks;
 
 /// Slots in the heartbeat table: room for the largest worker count twice
 /// over (old and new generation during a reload) plus spares.
@@ -64,6 +65,9 @@ struct Worker {
     /// When we sent SIGABRT for a timeout (SIGKILL follows if it lingers).
     aborted: Option<Instant>,
     retire_deadline: Option<Instant>,
+    /// Its number in spawn order (`worker.age` for hooks; 0 when adopted
+    /// across an in-place upgrade).
+    age: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +183,7 @@ impl Master {
                             // a retiring worker gets a fresh graceful period.
                             retire_deadline: (state == WorkerState::Retiring)
                                 .then_some(now + graceful),
+                            age: 0,
                         },
                     );
                 }
@@ -295,6 +300,19 @@ impl Master {
             self.ready_sent = true;
         }
         self.own_logs();
+        if self.workers.is_empty() {
+            // Gunicorn's arbiter hooks of a Python config, each in a child:
+            // it sets num_workers first (old value None), then starts. Not
+            // again after an in-place re-exec: the same master goes on.
+            hooks::run_master_hook(
+                &self.settings,
+                "nworkers_changed",
+                None,
+                Some((self.target, None)),
+            );
+            hooks::run_master_hook(&self.settings, "on_starting", None, None);
+            hooks::run_master_hook(&self.settings, "when_ready", None, None);
+        }
         self.notify(|n| n.status("booting workers"));
         // Fork the first workers before waiting on anything.
         self.maintain();
@@ -303,6 +321,7 @@ impl Master {
             self.reap();
             if let Some(code) = self.check_stopped() {
                 self.cleanup();
+                hooks::run_master_hook(&self.settings, "on_exit", None, None);
                 return code;
             }
             self.check_timeouts();
@@ -366,16 +385,14 @@ impl Master {
             }
             Signal::SIGHUP => self.begin_reload(),
             Signal::SIGTTIN => {
-                self.target += 1;
+                self.set_target(self.target + 1, false);
                 log::info(&format!(
                     "Handling signal: ttin; workers now {}",
                     self.target
                 ));
             }
             Signal::SIGTTOU => {
-                if self.target > 1 {
-                    self.target -= 1;
-                }
+                self.set_target(self.target.saturating_sub(1).max(1), false);
                 log::info(&format!(
                     "Handling signal: ttou; workers now {}",
                     self.target
@@ -391,9 +408,25 @@ impl Master {
             }
             Signal::SIGUSR2 => {
                 log::info("Handling signal: usr2; upgrading in place (re-exec)");
+                hooks::run_master_hook(&self.settings, "pre_exec", None, None);
                 self.upgrade_pending = true;
             }
             _ => {}
+        }
+    }
+
+    /// The number of workers to keep; a change runs the nworkers_changed
+    /// hook (`always`: a reload, where Gunicorn's arbiter sets it again).
+    fn set_target(&mut self, n: usize, always: bool) {
+        let old = self.target;
+        self.target = n;
+        if n != old || always {
+            hooks::run_master_hook(
+                &self.settings,
+                "nworkers_changed",
+                None,
+                Some((n, Some(old))),
+            );
         }
     }
 
@@ -514,6 +547,7 @@ impl Master {
         if self.settings.preload {
             // Preloaded code lives in the master: only a re-exec reloads it.
             log::info("--preload: reloading by an in-place re-exec");
+            hooks::run_master_hook(&self.settings, "on_reload", None, None);
             self.upgrade_pending = true;
             return;
         }
@@ -522,6 +556,7 @@ impl Master {
                 // `preload` was turned on in the config file: the app must
                 // now be imported by the master, which a fresh image does.
                 log::info("preload is now on: reloading by an in-place re-exec");
+                hooks::run_master_hook(&s, "on_reload", None, None);
                 self.upgrade_pending = true;
                 return;
             }
@@ -531,12 +566,15 @@ impl Master {
                         "bind changed in the config; sockets are kept (restart the service to rebind)",
                     );
                 }
-                self.target = s.workers;
+                let workers = s.workers;
                 if let Err(e) = log::init(&s) {
                     log::error(&format!("reloading log settings: {e}"));
                 }
                 self.settings = s;
                 self.own_logs();
+                // Gunicorn's order: the new settings (num_workers), then on_reload.
+                self.set_target(workers, true);
+                hooks::run_master_hook(&self.settings, "on_reload", None, None);
             }
             Err(e) => {
                 log::error(&format!("Reload: {e}; keeping the running configuration"));
@@ -626,6 +664,15 @@ impl Master {
             let Some(w) = self.workers.remove(&pid) else {
                 continue;
             };
+            hooks::run_master_hook(
+                &self.settings,
+                "child_exit",
+                Some(hooks::WorkerRef {
+                    age: w.age,
+                    pid: Some(pid.as_raw()),
+                }),
+                None,
+            );
             // A worker that announced its own exit (max_requests, --reload)
             // and left cleanly is not a crash, even if we had not seen the
             // announcement yet.
@@ -842,13 +889,14 @@ impl Master {
             .map(|(p, _)| *p)
             .collect();
         if active.len() > self.target {
-            // TTOU: retire the oldest first (Gunicorn's order).
-            let mut by_age: Vec<(Instant, Pid)> = active
+            // TTOU: retire the oldest first (Gunicorn's order: by age, the
+            // spawn order; `spawned` is reset when a worker becomes ready).
+            let mut by_age: Vec<(u64, Instant, Pid)> = active
                 .iter()
-                .map(|p| (self.workers[p].spawned, *p))
+                .map(|p| (self.workers[p].age, self.workers[p].spawned, *p))
                 .collect();
             by_age.sort();
-            for (_, pid) in by_age.into_iter().take(active.len() - self.target) {
+            for (_, _, pid) in by_age.into_iter().take(active.len() - self.target) {
                 let _ = kill(pid, Signal::SIGTERM);
                 if let Some(w) = self.workers.get_mut(&pid) {
                     w.state = WorkerState::Retiring;
@@ -895,6 +943,12 @@ impl Master {
         let master = nix::unistd::getpid();
         self.spawned += 1;
         let age = self.spawned;
+        hooks::run_master_hook(
+            &self.settings,
+            "pre_fork",
+            Some(hooks::WorkerRef { age, pid: None }),
+            None,
+        );
         // SAFETY: the master is single-threaded, so the child starts with a
         // consistent copy of everything; it never returns from worker::run.
         // With --preload CPython lives in this process (even when the
@@ -939,6 +993,7 @@ impl Master {
                         spawned: Instant::now(),
                         aborted: None,
                         retire_deadline: None,
+                        age,
                     },
                 );
                 Ok(())

@@ -17,8 +17,13 @@ import runpy
 import sys
 import traceback
 
-HOOKS = ("post_fork", "post_worker_init", "pre_request", "post_request",
-         "worker_int", "worker_exit")
+WORKER_HOOKS = ("post_fork", "post_worker_init", "pre_request", "post_request",
+                "worker_int", "worker_exit")
+# Gunicorn's arbiter runs these; ferricorn's master runs each in a
+# short-lived child of its own (run_master_hook).
+MASTER_HOOKS = ("on_starting", "when_ready", "on_reload", "pre_fork", "pre_exec",
+                "child_exit", "nworkers_changed", "on_exit")
+HOOKS = WORKER_HOOKS + MASTER_HOOKS
 
 
 class Config:
@@ -176,19 +181,50 @@ class Response:
         self.version = (1, 1)
 
 
-def load(location, start_dir, settings, age, master_pid, emit):
-    """Run the config file (again) and return the stand-ins and the hooks it
-    defines: (server, worker, {name: function})."""
+def _run_config(location, start_dir):
     if location.startswith("python:"):
         if start_dir not in sys.path:
             sys.path.insert(0, start_dir)
-        ns = runpy.run_module(location[len("python:"):], run_name="__config__")
-    else:
-        ns = runpy.run_path(location, run_name="__config__")
-    hooks = {name: ns[name] for name in HOOKS if callable(ns.get(name))}
+        return runpy.run_module(location[len("python:"):], run_name="__config__")
+    return runpy.run_path(location, run_name="__config__")
+
+
+def load(location, start_dir, settings, age, master_pid, emit):
+    """Run the config file (again) and return the stand-ins and the worker
+    hooks it defines: (server, worker, {name: function})."""
+    ns = _run_config(location, start_dir)
+    hooks = {name: ns[name] for name in WORKER_HOOKS if callable(ns.get(name))}
     cfg = Config(settings)
     log = Log(emit)
     return Server(cfg, log, master_pid), Worker(age, master_pid, cfg, log), hooks
+
+
+def run_master_hook(location, start_dir, settings, master_pid, name, worker, extra, emit):
+    """In a child of the master: run the config file and call its hook `name`
+    as Gunicorn's arbiter would. `worker`: (age, pid) for pre_fork (pid None)
+    and child_exit; `extra`: nworkers_changed's new and old values."""
+    try:
+        hook = _run_config(location, start_dir).get(name)
+        if not callable(hook):
+            return
+        cfg = Config(settings)
+        log = Log(emit)
+        server = Server(cfg, log, master_pid)
+        if worker is not None:
+            w = Worker(worker[0], master_pid, cfg, log)
+            w.pid = worker[1]
+            hook(server, w)
+        elif name == "nworkers_changed":
+            hook(server, *extra)
+        else:
+            hook(server)
+    finally:
+        # the child leaves with _exit(): what the hook print()ed goes out now
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
 
 
 def _call_post_request(hook, worker, req, environ, resp):
@@ -217,7 +253,12 @@ def _arity(f):
 ARITY = {"post_fork": ((2,), "server, worker"), "post_worker_init": ((1,), "worker"),
          "pre_request": ((2,), "worker, req"),
          "post_request": ((2, 3, 4), "worker, req[, environ[, resp]]"),
-         "worker_int": ((1,), "worker"), "worker_exit": ((2,), "server, worker")}
+         "worker_int": ((1,), "worker"), "worker_exit": ((2,), "server, worker"),
+         "on_starting": ((1,), "server"), "when_ready": ((1,), "server"),
+         "on_reload": ((1,), "server"), "pre_fork": ((2,), "server, worker"),
+         "pre_exec": ((1,), "server"), "child_exit": ((2,), "server, worker"),
+         "nworkers_changed": ((3,), "server, new_value, old_value"),
+         "on_exit": ((1,), "server")}
 
 
 def check(name, f):

@@ -69,12 +69,33 @@ pub fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     )
 }
 
+/// The hooks a worker runs (hooks.py's WORKER_HOOKS).
+const WORKER_HOOKS: &[&str] = &[
+    "post_fork",
+    "post_worker_init",
+    "pre_request",
+    "post_request",
+    "worker_int",
+    "worker_exit",
+];
+
+/// Whether the Python config defines the hook `name`.
+pub fn defines(s: &Settings, name: &str) -> bool {
+    s.hooks
+        .as_ref()
+        .is_some_and(|h| h.names.iter().any(|n| n == name))
+}
+
 /// Run the config file in this worker and keep its hooks. Does nothing
-/// when the config defines none. Err: the traceback (a boot error).
+/// when the config defines none for workers. Err: the traceback (a boot
+/// error).
 pub fn load(py: Python<'_>, s: &Settings, age: u64, master_pid: i32) -> Result<(), String> {
     let Some(h) = &s.hooks else {
         return Ok(());
     };
+    if !WORKER_HOOKS.iter().any(|w| defines(s, w)) {
+        return Ok(());
+    }
     let loaded = (|| -> PyResult<Hooks> {
         let module = module(py)?;
         let (server, worker, found): (Py<PyAny>, Py<PyAny>, Bound<'_, PyDict>) = module
@@ -286,4 +307,104 @@ pub fn worker_exit(py: Python<'_>) {
 /// worker_exit defined) rather than end the process at once.
 pub fn on_quit() -> bool {
     hooks().is_some_and(|h| h.worker_int.is_some() || h.worker_exit.is_some())
+}
+
+/// A worker as Gunicorn's arbiter hooks see it: its `age`, and its pid (none
+/// yet in pre_fork).
+#[derive(Clone, Copy)]
+pub struct WorkerRef {
+    pub age: u64,
+    pub pid: Option<i32>,
+}
+
+/// Run the arbiter hook `name` (`on_starting`, `when_ready`, `on_reload`,
+/// `pre_fork`, `pre_exec`, `child_exit`, `nworkers_changed`, `on_exit`) if
+/// the Python config defines it. The master holds no Python of its own
+/// (unless --preload), so a child does: it starts CPython (or inherits the
+/// preloaded one), runs the config file and calls the hook, while the
+/// master waits for it, as Gunicorn's arbiter waits for its hooks. A hook
+/// that raises is logged with its traceback; the master goes on.
+pub fn run_master_hook(
+    s: &Settings,
+    name: &str,
+    worker: Option<WorkerRef>,
+    nworkers: Option<(usize, Option<usize>)>,
+) {
+    use nix::sys::wait::waitpid;
+    use nix::unistd::ForkResult;
+    let Some(h) = s.hooks.as_ref().filter(|_| defines(s, name)) else {
+        return;
+    };
+    let master_pid = std::process::id() as i32;
+    // SAFETY: Py_IsInitialized only reads a flag.
+    let forked = if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
+        crate::preload::fork()
+    } else {
+        // SAFETY: the master is single-threaded; the child runs only its
+        // own Python and then _exit()s.
+        unsafe { nix::unistd::fork() }
+    };
+    match forked {
+        Ok(ForkResult::Child) => {
+            // The master blocks the signals it reads from its signalfd; the
+            // hook (and anything it starts) gets the ordinary mask back.
+            let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+            let code = match call_in_child(s, h, name, master_pid, worker, nworkers) {
+                Ok(()) => 0,
+                Err(tb) => {
+                    crate::log::error(&format!("Exception in {name} hook\n{}", tb.trim_end()));
+                    1
+                }
+            };
+            // SAFETY: leave without the master's atexit handlers or destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let _ = waitpid(child, None);
+        }
+        Err(e) => crate::log::error(&format!("cannot run the {name} hook: fork: {e}")),
+    }
+}
+
+fn call_in_child(
+    s: &Settings,
+    h: &crate::pyconfig::Hooks,
+    name: &str,
+    master_pid: i32,
+    worker: Option<WorkerRef>,
+    nworkers: Option<(usize, Option<usize>)>,
+) -> Result<(), String> {
+    // SAFETY: Py_IsInitialized only reads a flag.
+    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+        // as pyconfig's evaluation: the app's virtualenv on the path
+        Python::initialize();
+        if let Some(sp) = s
+            .virtualenv
+            .as_deref()
+            .and_then(|v| super::venv_site_packages(v).ok())
+        {
+            Python::attach(|py| {
+                py.import("site")
+                    .and_then(|m| m.call_method1("addsitedir", (sp.display().to_string(),)))
+                    .map(drop)
+            })
+            .map_err(|e| Python::attach(|py| super::format_py_err(py, &e)))?;
+        }
+    }
+    Python::attach(|py| {
+        let run = || -> PyResult<()> {
+            module(py)?.getattr("run_master_hook")?.call1((
+                &h.location,
+                crate::config::start_dir().display().to_string(),
+                settings_dict(py, s)?,
+                master_pid,
+                name,
+                worker.map(|w| (w.age, w.pid)),
+                nworkers.map_or((0, None), |n| n),
+                wrap_pyfunction!(emit, py)?,
+            ))?;
+            Ok(())
+        };
+        run().map_err(|e| super::format_py_err(py, &e))
+    })
 }
