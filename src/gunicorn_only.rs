@@ -143,9 +143,9 @@ pub const SETTINGS: &[Setting] = &[
     value("statsd_prefix", &["--statsd-prefix"]),
     value("dogstatsd_tags", &["--dogstatsd-tags"]),
     value("default_proc_name", &[]),
-    // server hooks: Python callables Gunicorn's arbiter and workers run. A
-    // Python config's hooks other than worker_abort never get here:
-    // src/pyconfig.rs hands them on by name (src/wsgi/hooks.rs runs them).
+    // server hooks: Python callables Gunicorn's arbiter and workers run.
+    // A Python config's functions never get here: src/pyconfig.rs hands
+    // them on by name (src/wsgi/hooks.rs runs them).
     value("on_starting", &[]),
     value("on_reload", &[]),
     value("when_ready", &[]),

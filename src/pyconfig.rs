@@ -12,7 +12,7 @@
 //! `pre_request`, `when_ready`, ...) go back by name: each worker runs the
 //! file again to get its hooks, and the master runs an arbiter hook in a
 //! short-lived child (src/wsgi/hooks.rs). Names Gunicorn knows but
-//! ferricorn does not (`worker_abort`, `worker_class`, TLS, statsd, ...)
+//! ferricorn does not (`worker_class`, TLS, statsd, ...)
 //! go back with their values to
 //! src/gunicorn_only.rs, which warns about most and refuses a few (TLS,
 //! daemon, an ASGI worker class); any other name (imports, helpers) is

@@ -179,7 +179,7 @@ def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):
 
 def test_gunicorn_python_config_file(tmp_path, start_server):
     """-c gunicorn.conf.py: Gunicorn's config format, a Python module whose names are the
-    settings (computed values too). worker_abort and Gunicorn-only settings are named in a warning
+    settings (computed values too). Gunicorn-only settings are named in a warning
     and ignored; other names (imports, helpers, _private) are ignored; errors name the key or
     show the file's traceback."""
     conf = tmp_path / "gunicorn.conf.py"
@@ -192,8 +192,7 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
         "raw_env = ['A=1', 'B=2']\n"
         "preload_app = True\n"
         "worker_class = 'sync'\n"
-        "def worker_abort(worker):\n"
-        "    pass\n"
+        "worker_tmp_dir = '/dev/shm'\n"
         "_helper = 3\n")
     p = subprocess.run([BIN, "--print-config", "-c", str(conf), "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30)
@@ -202,7 +201,7 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
     for want in ['bind = ["127.0.0.1:0"]', "workers = 2", "keepalive = 7", 'umask = "0027"',
                  'raw_env = ["A=1", "B=2"]', "preload_app = true"]:
         assert want in lines, p.stdout
-    assert "ferricorn does not have: worker_abort" in p.stderr and "WARNING" in p.stderr, p.stderr
+    assert "ferricorn does not have: worker_tmp_dir" in p.stderr and "WARNING" in p.stderr, p.stderr
     assert "worker_class" not in p.stderr, "sync is what ferricorn's workers are: nothing to warn of"
     assert "_helper" not in p.stderr and "multiprocessing" not in p.stderr
     # it serves with those settings; the command line still beats the file

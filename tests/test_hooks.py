@@ -3,7 +3,9 @@ post_worker_init, pre_request, post_request, worker_int, worker_exit) run in eac
 the arbiter's (on_starting, when_ready, pre_fork, child_exit, nworkers_changed, on_reload,
 on_exit) in a short-lived child of the master; when and with what Gunicorn's documentation
 says, their errors handled as Gunicorn handles them."""
+import http.client
 import json
+import re
 import signal
 import subprocess
 import time
@@ -42,8 +44,8 @@ def worker_int(worker):
 def worker_exit(server, worker):
     _w("worker_exit", os.getpid(), worker.pid)
 
-def worker_abort(worker):  # not run: named in a warning
-    _w("worker_abort")
+def worker_abort(worker):  # only on a timeout: test_worker_abort_on_timeout
+    _w("worker_abort", os.getpid())
 '''
 
 
@@ -82,7 +84,7 @@ def test_worker_hooks_run_as_in_gunicorn(tmp_path, start_server, preload):
     assert sorted(e[1] for e in inits) == workers
     assert all(e[2] is True and e[3] is False for e in inits), "the app is loaded, not yet booted"
     assert "post_fork hook in" in s.log(), "server.log writes to the error log"
-    assert "does not have: worker_abort" in s.log()
+    assert "does not have" not in s.log(), "every hook of the file runs"
 
     st, _, body = s.request("GET", "/?a=1", headers={"X-Trace": "t1"})
     assert (st, body) == (200, b"Hello, World!")
@@ -166,8 +168,9 @@ def test_print_config_names_the_worker_hooks(tmp_path):
                        capture_output=True, text=True, timeout=30, env={"HOOK_EVENTS": "/dev/null"})
     assert r.returncode == 0, r.stderr
     line = [l for l in r.stdout.splitlines() if l.startswith("# server hooks")]
-    assert line and all(h in line[0] for h in ("post_fork", "pre_request", "worker_exit")), r.stdout
-    assert "does not have: worker_abort" in r.stderr and "post_fork" not in r.stderr, r.stderr
+    assert line and all(h in line[0] for h in ("post_fork", "pre_request", "worker_abort",
+                                               "worker_exit")), r.stdout
+    assert "does not have" not in r.stderr and "post_fork" not in r.stderr, r.stderr
 
 
 MASTER_CONF = '''
@@ -266,5 +269,34 @@ def test_arbiter_hook_errors_are_logged_and_the_master_goes_on(tmp_path, start_s
     s = start_server("basic:app", "-c", str(conf))
     s.wait_log("RuntimeError: when_ready failed")
     assert "Exception in when_ready hook" in s.log()
+    st, _, body = s.request("GET", "/")
+    assert (st, body) == (200, b"Hello, World!")
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_worker_abort_on_timeout(tmp_path, start_server, preload):
+    """Gunicorn: worker_abort(worker) is called when a worker receives SIGABRT, which the
+    arbiter sends on a timeout; the worker then exits (worker_exit runs) and is replaced.
+    faulthandler's stack dump still comes first."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(HOOKS_CONF)
+    out = tmp_path / "events"
+    s = start_server("basic:app", "-c", str(conf), "-t", "1",
+                     *(["--preload"] if preload else []), env={"HOOK_EVENTS": str(out)})
+    first = wait_events(out, "post_worker_init", 1)[0][1]
+    try:
+        s.request("GET", "/sleep?30", timeout=20)
+    except (http.client.HTTPException, OSError):
+        pass  # the worker is gone mid-request: the connection closes
+    aborted = wait_events(out, "worker_abort", 1)[0]
+    assert aborted[1] == first, "run in the worker that timed out"
+    exits = [e for e in wait_events(out, "worker_exit", 1) if e[1] == first]
+    assert exits, events(out)
+    names = [e[0] for e in events(out)]
+    assert names.index("worker_abort") < names.index("worker_exit")
+    s.wait_log("WORKER TIMEOUT")
+    s.wait_log(re.escape(f"Worker exiting (pid: {first}) with status 1"))
+    assert "sleep" in s.log(), "faulthandler's dump of the stuck stack"
+    wait_events(out, "post_worker_init", 2)
     st, _, body = s.request("GET", "/")
     assert (st, body) == (200, b"Hello, World!")

@@ -164,6 +164,21 @@ pub fn run(
     if crate::wsgi::hooks::on_quit() {
         signals::quit_through(quit_with_hooks);
     }
+    if crate::wsgi::hooks::on_abort() {
+        // faulthandler (enabled at boot, or in the master with --preload)
+        // is put back after our handler, so it dumps the stacks first and
+        // then calls ours, which it keeps as the previous handler.
+        let r = Python::attach(|py| -> PyResult<()> {
+            let faulthandler = py.import("faulthandler")?;
+            faulthandler.call_method0("disable")?;
+            signals::abort_through(abort_with_hooks);
+            faulthandler.call_method0("enable")?;
+            Ok(())
+        });
+        if let Err(e) = r {
+            crate::log::error(&format!("cannot set up the worker_abort hook: {e}"));
+        }
+    }
     let lst: Vec<(RawFd, ListenAddr)> = listeners
         .iter()
         .map(|l| (l.fd.as_raw_fd(), l.addr.clone()))
@@ -322,6 +337,13 @@ fn boot_failed(msg: &str) -> ! {
 fn quit_with_hooks() -> ! {
     Python::attach(crate::wsgi::hooks::worker_int);
     exit(0)
+}
+
+/// SIGABRT (a timeout) with a `worker_abort` hook: run it, then exit with
+/// status 1 (`worker_exit` runs from `exit`), as Gunicorn's worker does.
+fn abort_with_hooks() -> ! {
+    Python::attach(crate::wsgi::hooks::worker_abort);
+    exit(1)
 }
 
 fn jitter(max: u64) -> u64 {

@@ -1,7 +1,8 @@
 //! Signals as a worker sees them (Gunicorn's meanings):
 //! TERM = finish the requests in hand, then exit; INT/QUIT = exit now;
 //! USR1 = reopen log files; ABRT = Python's faulthandler prints every
-//! thread's stack (the master sends it to a worker stuck past --timeout).
+//! thread's stack (the master sends it to a worker stuck past --timeout),
+//! then a `worker_abort` hook runs if the config has one.
 //!
 //! Handlers only set a flag and poke an eventfd that every I/O loop
 //! watches; the loops act on it. The master blocks signals for its
@@ -82,23 +83,49 @@ pub fn install() {
 /// the GIL between the app's bytecodes, so a busy app does not hold it
 /// up) instead of ending the process in the handler; `quit` exits.
 pub fn quit_through(quit: fn() -> !) {
+    run_on_signal(&QUIT_FD, "ferricorn-quit", quit);
+}
+
+/// A pipe's write end once SIGABRT runs the `worker_abort` hook; -1: not.
+static ABORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_abort(_: libc::c_int) {
+    let fd = ABORT_FD.load(Ordering::SeqCst);
+    // SAFETY: write(2) is async-signal-safe; `abort_through`'s thread reads it.
+    unsafe { libc::write(fd, b"a".as_ptr() as *const libc::c_void, 1) };
+}
+
+/// From now on SIGABRT (the master's timeout kill) runs `abort` on a thread
+/// of its own, as SIGINT does `quit`; `abort` exits. The caller installs
+/// Python's faulthandler after this, so its stack dump comes first and it
+/// then hands the signal on to this handler.
+pub fn abort_through(abort: fn() -> !) {
+    if run_on_signal(&ABORT_FD, "ferricorn-abort", abort) {
+        set_handler(libc::SIGABRT, on_abort as *const () as libc::sighandler_t);
+    }
+}
+
+/// A thread that waits on a pipe and runs `f` once a byte arrives; `slot`
+/// gets the write end for a signal handler. False if it could not start.
+fn run_on_signal(slot: &'static AtomicI32, name: &str, f: fn() -> !) -> bool {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two fds.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return; // the handler keeps exiting at once
+        return false; // the signal keeps its present handling
     }
     let rd = fds[0];
     let spawned = std::thread::Builder::new()
-        .name("ferricorn-quit".into())
+        .name(name.into())
         .spawn(move || {
             let mut b = [0u8; 1];
             // SAFETY: read(2) into our one-byte buffer, from our own pipe.
             while unsafe { libc::read(rd, b.as_mut_ptr() as *mut libc::c_void, 1) } != 1 {}
-            quit()
+            f()
         });
     if spawned.is_ok() {
-        QUIT_FD.store(fds[1], Ordering::SeqCst);
+        slot.store(fds[1], Ordering::SeqCst);
     }
+    spawned.is_ok()
 }
 
 pub fn wake_fd() -> i32 {

@@ -18,7 +18,7 @@ import sys
 import traceback
 
 WORKER_HOOKS = ("post_fork", "post_worker_init", "pre_request", "post_request",
-                "worker_int", "worker_exit")
+                "worker_int", "worker_abort", "worker_exit")
 # Gunicorn's arbiter runs these; ferricorn's master runs each in a
 # short-lived child of its own (run_master_hook).
 MASTER_HOOKS = ("on_starting", "when_ready", "on_reload", "pre_fork", "pre_exec",
@@ -253,7 +253,8 @@ def _arity(f):
 ARITY = {"post_fork": ((2,), "server, worker"), "post_worker_init": ((1,), "worker"),
          "pre_request": ((2,), "worker, req"),
          "post_request": ((2, 3, 4), "worker, req[, environ[, resp]]"),
-         "worker_int": ((1,), "worker"), "worker_exit": ((2,), "server, worker"),
+         "worker_int": ((1,), "worker"), "worker_abort": ((1,), "worker"),
+         "worker_exit": ((2,), "server, worker"),
          "on_starting": ((1,), "server"), "when_ready": ((1,), "server"),
          "on_reload": ((1,), "server"), "pre_fork": ((2,), "server, worker"),
          "pre_exec": ((1,), "server"), "child_exit": ((2,), "server, worker"),

@@ -16,11 +16,14 @@
 //!   (also when the client went away); raising is logged;
 //! - `worker_int(worker)`: on SIGINT/SIGQUIT (fast stop), from a thread of
 //!   its own, then the worker exits;
+//! - `worker_abort(worker)`: on SIGABRT (the master's timeout kill), after
+//!   faulthandler's stack dump, from a thread of its own; then the worker
+//!   exits with status 1;
 //! - `worker_exit(server, worker)`: when the worker exits.
 //!
-//! The master-side hooks (`on_starting`, `when_ready`, `pre_fork`,
-//! `child_exit`, ...) and `worker_abort` are not run (src/gunicorn_only.rs
-//! names them in a warning). Without hooks nothing here is loaded and the
+//! The arbiter's hooks (`on_starting`, `when_ready`, `pre_fork`,
+//! `child_exit`, ...) run in a short-lived child of the master
+//! (`run_master_hook`). Without hooks nothing here is loaded and the
 //! request path has no extra step.
 
 use std::sync::OnceLock;
@@ -41,6 +44,7 @@ struct Hooks {
     pre_request: Option<Py<PyAny>>,
     post_request: Option<Py<PyAny>>,
     worker_int: Option<Py<PyAny>>,
+    worker_abort: Option<Py<PyAny>>,
     worker_exit: Option<Py<PyAny>>,
 }
 
@@ -76,6 +80,7 @@ const WORKER_HOOKS: &[&str] = &[
     "pre_request",
     "post_request",
     "worker_int",
+    "worker_abort",
     "worker_exit",
 ];
 
@@ -120,6 +125,7 @@ pub fn load(py: Python<'_>, s: &Settings, age: u64, master_pid: i32) -> Result<(
             pre_request: get("pre_request")?,
             post_request: get("post_request")?,
             worker_int: get("worker_int")?,
+            worker_abort: get("worker_abort")?,
             worker_exit: get("worker_exit")?,
             module: module.unbind(),
         })
@@ -273,12 +279,25 @@ impl Drop for PostRequest {
 
 /// `worker_int(worker)`, if defined (the worker exits after it).
 pub fn worker_int(py: Python<'_>) {
-    let Some(h) = hooks() else { return };
-    if let Some(f) = &h.worker_int {
+    if let Some(h) = hooks() {
+        call_worker_hook(py, h, "worker_int", &h.worker_int);
+    }
+}
+
+/// `worker_abort(worker)`, if defined (the worker exits after it).
+pub fn worker_abort(py: Python<'_>) {
+    if let Some(h) = hooks() {
+        call_worker_hook(py, h, "worker_abort", &h.worker_abort);
+    }
+}
+
+/// A hook that takes the worker as it stops (`worker.alive` is False).
+fn call_worker_hook(py: Python<'_>, h: &Hooks, name: &str, f: &Option<Py<PyAny>>) {
+    if let Some(f) = f {
         h.worker.bind(py).setattr("alive", false).ok();
         if let Err(e) = f.call1(py, (h.worker.bind(py),)) {
             crate::log::error(&format!(
-                "Exception in worker_int hook\n{}",
+                "Exception in {name} hook\n{}",
                 super::format_py_err(py, &e).trim_end()
             ));
         }
@@ -307,6 +326,11 @@ pub fn worker_exit(py: Python<'_>) {
 /// worker_exit defined) rather than end the process at once.
 pub fn on_quit() -> bool {
     hooks().is_some_and(|h| h.worker_int.is_some() || h.worker_exit.is_some())
+}
+
+/// Whether SIGABRT must run `worker_abort` before the worker exits.
+pub fn on_abort() -> bool {
+    hooks().is_some_and(|h| h.worker_abort.is_some())
 }
 
 /// A worker as Gunicorn's arbiter hooks see it: its `age`, and its pid (none
