@@ -99,11 +99,13 @@ pub enum ListenAddr {
 }
 
 impl ListenAddr {
-    /// SERVER_NAME / SERVER_PORT for requests without a Host header.
+    /// SERVER_NAME / SERVER_PORT for requests without a Host header. PEP
+    /// 3333: neither is ever empty; a unix socket has no port, so HTTP's
+    /// default, as Gunicorn gives.
     pub fn server_name_port(&self) -> (String, String) {
         match self {
             ListenAddr::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
-            ListenAddr::Unix(p) => (p.clone(), String::new()),
+            ListenAddr::Unix(p) => (p.clone(), "80".to_string()),
         }
     }
 }

@@ -288,6 +288,9 @@ def test_input_readlines_and_iteration(srv):
     first, rest = get_json(srv, "/readlines?12", method="POST", body=BODY)
     assert first == lines[:2] and rest == "".join(lines[2:])
     assert get_json(srv, "/iter", method="POST", body=BODY) == lines
+    # io's rule (Gunicorn ignores the hint): 0 or less is no hint at all
+    for hint in (0, -5):
+        assert get_json(srv, f"/readlines?{hint}", method="POST", body=BODY) == [lines, ""]
 
 
 def test_input_mixed_calls(srv):
@@ -328,6 +331,54 @@ def test_second_start_response_without_exc_info_is_500(srv):
     assert st == 500 and b"should not be sent" not in body
     st, _, body = srv.request("GET", "/twice-caught")
     assert st == 200 and body.startswith(b"second call raised")
+
+
+def test_second_start_response_after_a_failed_first_is_refused(srv):
+    """PEP 3333: "it is a fatal error to call start_response without the exc_info argument
+    if start_response has already been called ... This includes the case where the first
+    call to start_response raised an error." """
+    st, _, body = srv.request("GET", "/twice-after-failed")
+    assert st == 500 and b"accepted" not in body
+    assert "twice-after-failed: refused" in srv.close_file.read_text()
+
+
+def test_list_subclass_is_iterated_as_the_app_defines(srv):
+    """A list subclass is an iterable like any other: its own __iter__ gives the body."""
+    st, _, body = srv.request("GET", "/list-subclass")
+    assert (st, body) == (200, b"from-iter")
+
+
+@pytest.mark.parametrize("kind", ["empty", "body"])
+def test_close_runs_after_the_response_is_out(srv, kind):
+    """close() is called upon completion of the request: the client has the whole
+    response (the empty-body redirect, or the last chunk) before close() returns."""
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    t0 = time.monotonic()
+    c.request("GET", f"/slow-close?{kind}")
+    r = c.getresponse()
+    body = r.read()
+    took = time.monotonic() - t0
+    c.close()
+    assert r.status == (302 if kind == "empty" else 200)
+    assert body == (b"" if kind == "empty" else b"streamed body")
+    assert took < 1.2, f"the client waited {took:.2f}s on close()"
+    wait_for(lambda: f"slow-close {kind}" in srv.close_file.read_text(), what="close()")
+    # the connection is kept and serves the next request once close() is done
+    st, _, _ = srv.request("GET", "/types")
+    assert st == 200
+
+
+def test_iteration_stops_once_content_length_is_sent(srv):
+    """PEP 3333: the server "should stop iterating over the response when enough data has
+    been sent": an endless iterable after its declared 10 bytes is closed, not drained."""
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("GET", "/endless-after-length")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, b"0123456789")
+    c.close()
+    line = wait_for(lambda: [l for l in srv.close_file.read_text().splitlines()
+                             if l.startswith("endless pulled")], what="close()")
+    assert int(line[-1].split()[-1]) <= 2, line
 
 
 def test_start_response_with_exc_info_before_headers_replaces_status(srv):
@@ -822,7 +873,7 @@ def test_app_exception_is_generic_500(srv):
 @pytest.mark.parametrize(
     "kind",
     ["header-name-space", "header-name-colon", "header-value-lf", "header-value-cr", "header-value-nul",
-     "header-non-latin1", "header-bytes", "headers-tuple", "status-bytes", "status-short",
+     "header-value-tab", "header-non-latin1", "header-bytes", "headers-tuple", "status-bytes", "status-short",
      "status-letters", "status-crlf", "status-no-space", "body-str", "body-str-gen",
      "content-length-bad"],
 )
@@ -1016,6 +1067,19 @@ def test_unix_socket_peer(start_server, tmp_path):
     assert env["wsgi.url_scheme"] == "https"
     assert env["REMOTE_ADDR"] == ""
     assert env["SERVER_NAME"] == "localhost"
+    # No Host (HTTP/1.0), an empty Host, or one with only a port: SERVER_NAME is the
+    # socket's path and SERVER_PORT HTTP's default, as Gunicorn; never empty (PEP 3333).
+    for head in (b"GET /environ HTTP/1.0\r\n\r\n",
+                 b"GET /environ HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+                 b"GET /environ HTTP/1.1\r\nHost: :8080\r\nConnection: close\r\n\r\n"):
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        u.settimeout(5)
+        u.connect(str(path))
+        u.sendall(head)
+        data = read_until_close(u).data
+        u.close()
+        env = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (str(path), "80"), (head, env)
 
 
 def test_per_request_values_on_one_connection(srv):

@@ -29,7 +29,10 @@ pub struct BodyState {
 }
 
 pub struct Responding {
+    /// The body still to pull, or (`stream_done`) pulled to its end, kept
+    /// until the response is out and its close() is due.
     pub stream: Option<Stream>,
+    pub stream_done: bool,
     pub keep_alive: bool,
     /// Close with a lingering read-drain (after an error answer, the client
     /// may still be sending; an abrupt close would RST our answer away).

@@ -827,7 +827,7 @@ impl Loop {
                     let Phase::Respond(r) = &mut c.phase else {
                         unreachable!()
                     };
-                    if let Some(stream) = &mut r.stream {
+                    if let Some(stream) = r.stream.as_mut().filter(|_| !r.stream_done) {
                         let loopback = c.peer.loopback;
                         match pump(stream, c.fd.as_raw_fd(), loopback, &mut c.wbuf, &mut r.sent) {
                             Pump::More => continue,
@@ -836,9 +836,9 @@ impl Loop {
                                 return true;
                             }
                             Pump::Done => {
-                                let s = r.stream.take().unwrap();
-                                release_stream(s);
-                                continue; // flush the tail, then finish
+                                // Flush the tail; close() once it is out.
+                                r.stream_done = true;
+                                continue;
                             }
                             Pump::Failed => {
                                 let s = r.stream.take().unwrap();
@@ -850,8 +850,12 @@ impl Loop {
                             }
                         }
                     }
-                    // Response complete.
+                    // Response complete: Gunicorn's order, the access log,
+                    // the result's close(), post_request.
                     self.log_access(r, &c.peer.addr);
+                    if let Some(s) = r.stream.take() {
+                        release_stream(s);
+                    }
                     r.run_post_request();
                     let keep_alive = r.keep_alive && !self.draining();
                     let linger = r.linger;
@@ -1077,6 +1081,7 @@ impl Loop {
             .extend_from_slice(&crate::http::response::error_response(status, minor));
         c.phase = Phase::Respond(Responding {
             stream: None,
+            stream_done: false,
             keep_alive: false,
             linger: true,
             log: None,
@@ -1228,6 +1233,7 @@ impl Loop {
         };
         c.phase = Phase::Respond(Responding {
             stream: out.stream,
+            stream_done: false,
             keep_alive: out.keep_alive,
             linger: false,
             log,
@@ -1295,6 +1301,7 @@ fn pump(
                 Err(()) => Pump::Failed,
             }
         }
+        Stream::Close { .. } => Pump::Done,
         Stream::File {
             file,
             offset,
@@ -1327,7 +1334,7 @@ fn release_stream(s: Stream) {
                 drop(iter);
                 result
             }
-            Stream::File { result, .. } => result,
+            Stream::File { result, .. } | Stream::Close { result } => result,
         };
         response::close_result(py, result.bind(py));
         drop(result);

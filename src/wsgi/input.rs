@@ -253,7 +253,11 @@ impl Input {
         py: Python<'py>,
         hint: Option<i64>,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let hint = size_arg(hint);
+        // io's rule: a hint of 0 or less is no hint (all the lines).
+        let hint = match hint {
+            Some(h) if h > 0 => h as u64,
+            _ => u64::MAX,
+        };
         let mut lines = Vec::new();
         let mut total = 0u64;
         let mut s = self.state.lock().unwrap();

@@ -63,16 +63,29 @@ impl Framing {
 
     /// Terminate the body; false if the framing could not be completed
     /// (fewer bytes than Content-Length promised), so the connection must
-    /// close.
+    /// close. PEP 3333 asks for that to be logged too: it is, here.
     pub fn finish(&self, out: &mut Vec<u8>) -> bool {
         match self {
             Framing::Chunked => {
                 out.extend_from_slice(b"0\r\n\r\n");
                 true
             }
-            Framing::Length { remaining } => *remaining == 0,
+            Framing::Length { remaining: 0 } => true,
+            Framing::Length { remaining } => {
+                crate::log::warning(&format!(
+                    "response body {remaining} bytes shorter than its Content-Length; \
+                     closing the connection"
+                ));
+                false
+            }
             Framing::Close | Framing::NoBody => true,
         }
+    }
+
+    /// The declared Content-Length has all been sent: PEP 3333's server
+    /// "should stop iterating over the response" then.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Framing::Length { remaining: 0 })
     }
 }
 
@@ -100,6 +113,10 @@ struct SrState {
     req: ReqInfo,
     /// 0 until `start_response` succeeded, then the status code.
     code: u16,
+    /// `start_response` was called, whether or not it succeeded: PEP 3333
+    /// makes a second call without exc_info an error "even if the first
+    /// call raised".
+    called: bool,
     /// The status as sent after "HTTP/1.x " (`200 OK`), validated.
     status: Vec<u8>,
     /// The app's headers, validated and serialized: `Name: value\r\n`...
@@ -133,6 +150,7 @@ impl SrState {
     fn reset(&mut self, req: ReqInfo) {
         self.req = req;
         self.clear_head();
+        self.called = false;
         self.committed = None;
         self.body_started = false;
         self.keep_alive = false;
@@ -684,11 +702,12 @@ fn start_response<'py>(
                 let value = exc.get_item(1)?;
                 return Err(PyErr::from_value(value));
             }
-        } else if st.code != 0 {
+        } else if st.called {
             return Err(PyAssertionError::new_err(
                 "start_response called a second time without exc_info",
             ));
         }
+        st.called = true;
         if st.code == 0 {
             // The usual first call: validate straight into the state.
             st.clear_head();
@@ -951,6 +970,10 @@ pub enum Stream {
         remaining: u64,
         result: Py<PyAny>,
     },
+    /// The whole body is framed already; only the result's close() is
+    /// left, due once the response is out (PEP 3333 calls it "upon
+    /// completion of the current request": the client does not wait on it).
+    Close { result: Py<PyAny> },
 }
 
 /// The outcome of one application call.
@@ -969,10 +992,14 @@ pub fn log_py_error(py: Python<'_>, err: &PyErr, context: &str) {
     crate::log::error(&format!("{context}\n{}", tb.trim_end()));
 }
 
+/// Lists and tuples (the common case) have no close(); asking would raise
+/// and format an AttributeError on every request.
+fn has_no_close(result: &Bound<'_, PyAny>) -> bool {
+    result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>()
+}
+
 pub fn close_result(py: Python<'_>, result: &Bound<'_, PyAny>) {
-    // Lists and tuples (the common case) have no close(); asking would
-    // raise and format an AttributeError on every request.
-    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+    if has_no_close(result) {
         return;
     }
     match result.getattr(pyo3::intern!(py, "close")) {
@@ -1055,8 +1082,13 @@ pub fn run_app(
                     sr.state.lock().unwrap().handed_off = true;
                     *slot = Some(r.sr.clone_ref(py));
                 }
-                Some(Stream::File { .. }) => {} // closed when sent
-                None => close_result(py, &result),
+                Some(Stream::File { .. } | Stream::Close { .. }) => {} // closed when sent
+                None if has_no_close(&result) => {}
+                None => {
+                    outcome.stream = Some(Stream::Close {
+                        result: result.unbind(),
+                    })
+                }
             }
             outcome
         }
@@ -1103,14 +1135,15 @@ fn seq_items<'a>(result: &'a Bound<'_, PyAny>) -> Option<&'a [*mut ffi::PyObject
     // SAFETY: the type checks make the casts valid; the item arrays live
     // as long as the (unchanging) sequence that `result` keeps alive.
     unsafe {
-        if ffi::PyList_Check(p) != 0 {
+        // Exact types only: a subclass may define its own __iter__.
+        if ffi::PyList_CheckExact(p) != 0 {
             let l = p as *mut ffi::PyListObject;
             let n = ffi::Py_SIZE(p) as usize;
             if n == 0 {
                 return Some(&[]);
             }
             Some(std::slice::from_raw_parts((*l).ob_item, n))
-        } else if ffi::PyTuple_Check(p) != 0 {
+        } else if ffi::PyTuple_CheckExact(p) != 0 {
             let t = p as *mut ffi::PyTupleObject;
             let n = ffi::Py_SIZE(p) as usize;
             Some(std::slice::from_raw_parts(
@@ -1359,6 +1392,11 @@ pub fn pump_iter(
             if start > 0 || !send_now(py, sock, out) {
                 return Ok(false);
             }
+        }
+        if framing.is_full() {
+            // Nothing more may go out: don't run the app's iterable on
+            // (an endless one would hold this loop); close() follows.
+            return Ok(true);
         }
         let next = it.next();
         // What the app passed to write() during that step goes first.

@@ -321,6 +321,8 @@ def app(environ, start_response):
             start_response("200 OK", [("X-Bad", "a\rb")])
         elif kind == "header-value-nul":
             start_response("200 OK", [("X-Bad", "a\x00b")])
+        elif kind == "header-value-tab":
+            start_response("200 OK", [("X-Bad", "a\tb")])
         elif kind == "header-non-latin1":
             start_response("200 OK", [("X-Bad", "\u20ac")])
         elif kind == "header-bytes":
@@ -411,6 +413,62 @@ def app(environ, start_response):
         start_response("200 OK", TEXT + [("Connection", "keep-alive"), ("Keep-Alive", "timeout=99"),
                                          ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c")])
         return [b"framed by the server"]
+
+    if path == "/twice-after-failed":
+        # PEP 3333: a second call without exc_info is an error "even if the first call
+        # raised".
+        try:
+            start_response("200 OK", [("X-U", "\u20ac")])
+        except ValueError:
+            pass
+        try:
+            start_response("200 OK", TEXT)
+        except AssertionError:
+            note("twice-after-failed: refused")
+            raise
+        return [b"second call accepted"]
+
+    if path == "/list-subclass":
+        class Items(list):
+            def __iter__(self):
+                return iter([b"from-iter"])
+        start_response("200 OK", TEXT)
+        return Items([b"from-list-items"])
+
+    if path == "/slow-close":
+        # close() takes a while: the client must have the whole response first.
+        kind = q or "empty"
+
+        class SlowClose:
+            def __iter__(self):
+                if kind == "body":
+                    yield b"streamed body"
+
+            def close(self):
+                time.sleep(1.5)
+                note(f"slow-close {kind}")
+        start_response("302 Found" if kind == "empty" else "200 OK",
+                       TEXT + ([("Location", "/x")] if kind == "empty" else []))
+        return SlowClose()
+
+    if path == "/endless-after-length":
+        # Declares 10 bytes, then yields forever: iteration must stop once they are out.
+        start_response("200 OK", TEXT + [("Content-Length", "10")])
+
+        class Endless:
+            def __init__(self):
+                self.n = 0
+
+            def __iter__(self):
+                return self
+
+            def __next__(self):
+                self.n += 1
+                return b"0123456789"
+
+            def close(self):
+                note(f"endless pulled {self.n}")
+        return Endless()
 
     if path == "/app-close":
         start_response("200 OK", TEXT + [("Connection", "close")])
