@@ -1104,3 +1104,60 @@ def test_limit_request_body(start_server):
     assert ex.status == 413 and ex.closed, ex
     ex = exchange(s.port, post(["Content-Length: 1000", "Connection: close"], b"y" * 1000, path="/read"))
     assert ex.status == 200, ex
+
+
+# ---- error answers to HEAD, CONNECT's 2xx, the staged close ------------------
+
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (b"HEAD / HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n", 417),
+        (b"HEAD / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"\r\nHEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"HEAD / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    ],
+    ids=repr,
+)
+def test_error_answers_to_head_have_no_content(srv, data, status):
+    """RFC 9110 §9.3.2: the server MUST NOT send content in a response to HEAD, and the
+    response ends with its head (RFC 9112 §6.3): an error answer too."""
+    ex = exchange(srv.port, data)
+    assert ex.closed and ex.status == status, ex
+    head, _, after = ex.data.partition(b"\r\n\r\n")
+    assert after == b"", ex
+    assert b"\r\nContent-Length: " in head, "the length GET's answer would have"
+
+
+def test_a_2xx_to_connect_has_no_length_and_no_body(srv):
+    """RFC 9110 §9.3.6: no Content-Length or Transfer-Encoding in a 2xx to CONNECT, and
+    what follows its head would be tunnel data (RFC 9112 §6.3): the server has no tunnel
+    to offer, so the connection closes after the head; a request sent behind it is not
+    answered as if on plain HTTP."""
+    srv.reset()
+    ex = exchange(srv.port, b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n"
+                  + SMUGGLED)
+    assert ex.closed and ex.status == 200, ex
+    head, _, after = ex.data.partition(b"\r\n\r\n")
+    assert after == b"", ex
+    assert b"content-length" not in head.lower() and b"transfer-encoding" not in head.lower()
+    assert srv.app_calls() == ["CONNECT "]
+
+
+@pytest.mark.parametrize("close", [b"Connection: close\r\n", b""])
+def test_closing_after_a_response_does_not_reset_unread_input(srv, close):
+    """RFC 9112 §9.6: a server that closes while the client still sends (a pipelined
+    request behind a `Connection: close` one, or HTTP/1.0) half-closes and reads on, so
+    no RST destroys the response the client has not read yet."""
+    version = b"HTTP/1.1" if close else b"HTTP/1.0"
+    s = connect(srv.port, 10)
+    try:
+        s.sendall(b"GET /big?4 " + version + b"\r\nHost: x\r\n" + close + b"\r\n")
+        time.sleep(0.3)  # the response is still going out: 4 MiB to a client not reading
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        ex = read_until_close(s, 10)
+    finally:
+        s.close()
+    assert ex.closed, "not closed within 10 s"
+    (r,), rest = parse_responses(ex.data, ["GET"], eof=True)
+    assert r.status == 200 and len(r.body) == 4 << 20 and rest == b""

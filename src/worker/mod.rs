@@ -858,17 +858,18 @@ impl Loop {
                     }
                     r.run_post_request();
                     let keep_alive = r.keep_alive && !self.draining();
-                    let linger = r.linger;
-                    if linger {
+                    // Every close after a response is staged (RFC 9112
+                    // §9.6): half-close, then read until the client closes
+                    // (2 s at most). Closing at once with a pipelined
+                    // request unread would send a RST, which can make the
+                    // client drop the response it has not read yet.
+                    if r.linger || !keep_alive {
                         // SAFETY: shutdown(2) of our socket's write side.
                         unsafe { libc::shutdown(c.raw(), libc::SHUT_WR) };
                         c.phase = Phase::Linger {
                             until_ms: now + 2000,
                         };
                         continue;
-                    }
-                    if !keep_alive {
-                        return false;
                     }
                     c.phase = Phase::Idle;
                 }
@@ -909,7 +910,15 @@ impl Loop {
                         },
                         Err(e) => {
                             crate::log::debug(&format!("bad request from {}: {e}", c.peer.addr));
-                            self.answer_error(c, e.status(), 1);
+                            // The head did not parse, but a HEAD request
+                            // still gets its answer without content.
+                            let buffered = c.buffered();
+                            let from = buffered
+                                .iter()
+                                .position(|&b| b != b'\r' && b != b'\n')
+                                .unwrap_or(buffered.len());
+                            let to_head = buffered[from..].starts_with(b"HEAD ");
+                            self.answer_error_to(c, e.status(), 1, to_head);
                         }
                     }
                 }
@@ -935,8 +944,9 @@ impl Loop {
                                             "chunked body over limit_request_body ({limit})"
                                         ));
                                         let minor = b.head.minor_version;
+                                        let to_head = b.head.method() == "HEAD";
                                         c.consume(data.len());
-                                        self.answer_error(c, 413, minor);
+                                        self.answer_error_to(c, 413, minor, to_head);
                                         continue;
                                     }
                                     if let Err(e) = b.sink.push(&out) {
@@ -949,8 +959,10 @@ impl Loop {
                                         "bad chunked body from {}: {e}",
                                         c.peer.addr
                                     ));
+                                    let minor = b.head.minor_version;
+                                    let to_head = b.head.method() == "HEAD";
                                     c.consume(data.len());
-                                    self.answer_error(c, e.status(), 1);
+                                    self.answer_error_to(c, e.status(), minor, to_head);
                                     continue;
                                 }
                             }
@@ -1094,9 +1106,16 @@ impl Loop {
 
     /// `answer_error` for a request whose head we have: to HEAD, no content.
     fn answer_head_error(&mut self, c: &mut Conn, status: u16, head: &RequestHead) {
+        self.answer_error_to(c, status, head.minor_version, head.method() == "HEAD");
+    }
+
+    /// `answer_error`, without the content when the request was a HEAD
+    /// (RFC 9110 §9.3.2: a response to HEAD never has content, an error
+    /// answer included).
+    fn answer_error_to(&mut self, c: &mut Conn, status: u16, minor: u8, to_head: bool) {
         let before = c.wbuf.len();
-        self.answer_error(c, status, head.minor_version);
-        if head.method() == "HEAD" {
+        self.answer_error(c, status, minor);
+        if to_head {
             let answer = &c.wbuf[before..];
             let end = before + crate::http::response::for_method(answer, true).len();
             c.wbuf.truncate(end);
@@ -1112,6 +1131,7 @@ impl Loop {
         let req = ReqInfo {
             minor: head.minor_version,
             is_head: head.method() == "HEAD",
+            is_connect: head.method() == "CONNECT",
             // The request that reaches max_requests is this worker's last:
             // its response says `Connection: close` (as Gunicorn's).
             keep_alive: head.keep_alive

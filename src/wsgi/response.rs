@@ -94,6 +94,9 @@ impl Framing {
 pub struct ReqInfo {
     pub minor: u8,
     pub is_head: bool,
+    /// A CONNECT request: a 2xx answer to it switches the connection to a
+    /// tunnel, which a WSGI server cannot carry.
+    pub is_connect: bool,
     /// The server is willing to keep the connection (client asked for it,
     /// and we are not draining).
     pub keep_alive: bool,
@@ -367,7 +370,15 @@ impl SrState {
         let req = self.req;
         let code = self.code;
         let mut add_length = None;
-        let framing = if code == 205 {
+        let tunnel = req.is_connect && (200..300).contains(&code);
+        let framing = if tunnel {
+            // RFC 9110 §9.3.6: a 2xx to CONNECT has no Content-Length or
+            // Transfer-Encoding, and whatever follows its head is tunnel
+            // data (RFC 9112 §6.3). There is no tunnel to give: the head
+            // goes out alone, then the connection closes.
+            remove_content_length(&mut self.headers);
+            Framing::NoBody
+        } else if code == 205 {
             // RFC 9110 §15.3.6: no content; the length says so.
             add_length = Some(0);
             Framing::NoBody
@@ -395,6 +406,7 @@ impl SrState {
             Framing::Close
         };
         let keep_alive = req.keep_alive
+            && !tunnel
             && !self.app_wants_close
             && framing != Framing::Close
             && !req.stopping.is_some_and(|f| f.load(Ordering::Relaxed));
@@ -990,6 +1002,20 @@ pub struct Outcome {
 pub fn log_py_error(py: Python<'_>, err: &PyErr, context: &str) {
     let tb = super::format_py_err(py, err);
     crate::log::error(&format!("{context}\n{}", tb.trim_end()));
+}
+
+/// Drop `Content-Length: ...\r\n` lines from a serialized header block.
+fn remove_content_length(headers: &mut Vec<u8>) {
+    let mut kept = Vec::with_capacity(headers.len());
+    for line in headers.split_inclusive(|&b| b == b'\n') {
+        let is_cl = line
+            .get(..15)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"));
+        if !is_cl {
+            kept.extend_from_slice(line);
+        }
+    }
+    *headers = kept;
 }
 
 /// Lists and tuples (the common case) have no close(); asking would raise

@@ -29,6 +29,11 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]
 
+    if method == "CONNECT":
+        # An app that says yes to a tunnel (with a length and a body of its own).
+        start_response("200 Connection Established", [("Content-Length", "7")])
+        return [b"tunnel?"]
+
     if path == "/environ":
         safe = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
         body = json.dumps(safe).encode()
