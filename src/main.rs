@@ -228,7 +228,7 @@ fn serve(opts: config::Options) -> i32 {
                 Err(e) => {
                     log::critical(&e.to_string());
                     if let Some(n) = &notifier {
-                        let _ = n.errno_status(libc::EBADF, &e.to_string());
+                        let _ = n.errno_status(e.errno(), &e.to_string());
                     }
                     return 1;
                 }
@@ -244,7 +244,7 @@ fn serve(opts: config::Options) -> i32 {
                 Err(e) => {
                     log::critical(&format!("Cannot listen: {e}"));
                     if let Some(n) = &notifier {
-                        let _ = n.errno_status(libc::EADDRINUSE, &format!("cannot listen: {e}"));
+                        let _ = n.errno_status(e.errno, &format!("cannot listen: {e}"));
                     }
                     return 1;
                 }

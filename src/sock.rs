@@ -182,13 +182,44 @@ fn bind_unix(path: &PathBuf, backlog: i32) -> std::io::Result<OwnedFd> {
 /// Open every socket the settings ask for. `activated` holds what systemd
 /// passed (already validated); with no explicit `--bind` all of those are
 /// served, otherwise `fd://NAME|N` picks among them or among inherited fds.
+/// Why the sockets could not be opened, and the errno for systemd's ERRNO=
+/// (the system call's own; EINVAL for a bad bind address).
+#[derive(Debug)]
+pub struct ListenError {
+    pub errno: i32,
+    msg: String,
+}
+
+impl From<String> for ListenError {
+    fn from(msg: String) -> ListenError {
+        ListenError {
+            errno: libc::EINVAL,
+            msg,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+/// An `io::Error` of binding `spec`, with its errno.
+fn bind_error(spec: &str, e: std::io::Error) -> ListenError {
+    ListenError {
+        errno: e.raw_os_error().unwrap_or(libc::EINVAL),
+        msg: format!("bind {spec:?}: {e}"),
+    }
+}
+
 pub fn open_listeners(
     bind_specs: &[String],
     bind_is_default: bool,
     backlog: i32,
     reuse_port: bool,
     activated: Vec<ActivatedSocket>,
-) -> Result<Vec<Listener>, String> {
+) -> Result<Vec<Listener>, ListenError> {
     let mut out = Vec::new();
     if bind_is_default && !activated.is_empty() {
         for a in activated {
@@ -214,8 +245,7 @@ pub fn open_listeners(
                 let first = *addrs
                     .first()
                     .ok_or_else(|| format!("bind {spec:?}: no address"))?;
-                let fd = bind_tcp(first, backlog, reuse_port)
-                    .map_err(|e| format!("bind {spec:?}: {e}"))?;
+                let fd = bind_tcp(first, backlog, reuse_port).map_err(|e| bind_error(spec, e))?;
                 let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
                 out.push(Listener {
                     fd,
@@ -225,7 +255,7 @@ pub fn open_listeners(
                 });
             }
             BindSpec::Unix(path) => {
-                let fd = bind_unix(&path, backlog).map_err(|e| format!("bind {spec:?}: {e}"))?;
+                let fd = bind_unix(&path, backlog).map_err(|e| bind_error(spec, e))?;
                 out.push(Listener {
                     fd,
                     addr: ListenAddr::Unix(path.display().to_string()),
@@ -265,9 +295,17 @@ pub fn open_listeners(
                 match ok {
                     Ok(true) => {}
                     Ok(false) => {
-                        return Err(format!("bind {spec:?}: fd {n} is not a listening socket"));
+                        return Err(ListenError {
+                            errno: libc::ENOTSOCK,
+                            msg: format!("bind {spec:?}: fd {n} is not a listening socket"),
+                        });
                     }
-                    Err(e) => return Err(format!("bind {spec:?}: fd {n}: {e}")),
+                    Err(e) => {
+                        return Err(ListenError {
+                            errno: e as i32,
+                            msg: format!("bind {spec:?}: fd {n}: {e}"),
+                        });
+                    }
                 }
                 // SAFETY: fd n is open (getsockopt succeeded) and was handed to
                 // us by our parent; from here on we own it.

@@ -387,3 +387,78 @@ def test_journald_large_entry_uses_memfd(tmp_path):
     finally:
         s.close()
         j.close()
+
+
+def test_watchdog_pings_through_a_long_request_within_timeout(notify_socket):
+    """A worker inside an app call younger than --timeout is alive (its loop runs the app
+    inline and cannot beat): the watchdog keeps pinging, so systemd does not abort the
+    service in the middle of a request Gunicorn's rules allow."""
+    s = start(["-w", "1", "-t", "20", "basic:app"],
+              {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        notify_socket.wait_for("READY=1")
+        th = threading.Thread(target=lambda: s.request("GET", "/sleep?5", timeout=20))
+        th.start()
+        time.sleep(1)
+        mark = time.monotonic()
+        time.sleep(3)  # the worker's last beat is now older than the watchdog period
+        pings = [t for t, m in notify_socket.messages if "WATCHDOG=1" in m.split("\n")
+                 and t > mark]
+        th.join(20)
+        assert len(pings) >= 4, pings
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 0.8, pings
+    finally:
+        s.close()
+
+
+def test_crash_loop_at_start_stops_extending_the_start_timeout(notify_socket, tmp_path):
+    """EXTEND_TIMEOUT_USEC says the start makes progress; workers that die right after
+    they start make none, so TimeoutStartSec= must be left to fire."""
+    (tmp_path / "dies.py").write_text("import os\nos._exit(1)\n")
+    s = Server(["-b", "127.0.0.1:0", "--chdir", str(tmp_path), "dies:app"], APPS,
+               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+    try:
+        s.wait_log("keep dying", timeout=10)
+        time.sleep(7)  # more than one 5 s extension period
+        assert s.proc.poll() is None, s.log()
+        msgs = [m for _, m in notify_socket.messages]
+        assert not any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in msgs), msgs
+        assert "READY=1" not in "\n".join(msgs).split("\n")
+    finally:
+        s.close()
+
+
+def test_hup_while_starting_reloads_after_ready(notify_socket, tmp_path):
+    """sd_notify: RELOADING=1 ... READY=1 is a reload of a started service. A HUP that
+    arrives before the first READY=1 is carried out after it, not before it."""
+    (tmp_path / "slowapp.py").write_text(
+        "import time\ntime.sleep(3)\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n    return [b'ok']\n")
+    s = Server(["-b", "127.0.0.1:0", "-w", "2", "--chdir", str(tmp_path), "slowapp:app"],
+               APPS, {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+    try:
+        s.wait_log("Listening at")
+        time.sleep(1)  # the workers are importing
+        assert "READY=1" not in "\n".join(m for _, m in notify_socket.messages).split("\n")
+        s.kill(signal.SIGHUP)
+        first = notify_socket.wait_for("READY=1", timeout=30)
+        rel = notify_socket.wait_for("RELOADING=1", after=first + 1, timeout=30)
+        notify_socket.wait_for("READY=1", after=rel + 1, timeout=30)
+        lines = "\n".join(m for _, m in notify_socket.messages[:first]).split("\n")
+        assert "RELOADING=1" not in lines, (lines, s.log())
+        s.wait_log("Reload complete")
+    finally:
+        s.close()
+
+
+def test_bind_failure_reports_the_real_errno(notify_socket, tmp_path):
+    """ERRNO= carries the failing call's errno: a unix socket in a missing directory is
+    ENOENT (2), not EADDRINUSE."""
+    s = Server(["-b", f"unix:{tmp_path}/missing/dir/s.sock", "basic:app"], APPS,
+               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+    try:
+        assert s.proc.wait(10) == 1
+        notify_socket.wait_for("ERRNO=2", timeout=5)
+    finally:
+        s.close()

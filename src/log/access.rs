@@ -99,8 +99,14 @@ impl AccessFormat {
                             Atom::Unknown
                         }
                     } else if let Some(h) = name.strip_prefix('{') {
-                        let (key, kind) = h.split_at(h.len().saturating_sub(2));
-                        match kind {
+                        let cut = h.len().saturating_sub(2);
+                        let (key, kind) = if h.is_char_boundary(cut) {
+                            h.split_at(cut)
+                        } else {
+                            (h, "")
+                        };
+                        // Gunicorn lower-cases the whole key: `{X-Id}I` too.
+                        match kind.to_ascii_lowercase().as_str() {
                             "}i" => Atom::RequestHeader(key.to_string()),
                             "}o" => Atom::ResponseHeader(key.to_string()),
                             "}e" => {
@@ -369,6 +375,11 @@ mod tests {
         AccessFormat::compile("%(m)s %(U)s %(q)s %(D)s %({content-type}o)s %({x-missing}i)s 100%%")
             .format(&r, &mut s);
         assert_eq!(s, "GET /a b=1 1500 text/plain - 100%");
+        // the suffix in capitals too (Gunicorn lower-cases the whole key);
+        // a key ending inside a multi-byte character is just unknown
+        let mut s = String::new();
+        AccessFormat::compile("%({user-agent}I)s %({X-A}O)s %({é)s").format(&r, &mut s);
+        assert_eq!(s, "curl/8 b -");
         // env atoms by (case-insensitive) key, unknown atoms as '-'
         let f = AccessFormat::compile("%({wsgi.url_scheme}e)s %({NOPE}e)s %(zz)s %(x)s %({a}q)s");
         assert_eq!(f.env_keys(), ["wsgi.url_scheme", "nope"]);

@@ -103,12 +103,17 @@ pub struct Master {
     watchdog: Option<Duration>,
     last_watchdog: Instant,
     ready_sent: bool,
+    /// A HUP that came before the first READY=1: done once it is sent.
+    hup_pending: bool,
     last_status: String,
     last_status_at: Instant,
     /// When EXTEND_TIMEOUT_USEC was last sent while the workers boot.
     last_extend_at: Instant,
     /// Consecutive workers that died soon after starting (crash loop).
     quick_deaths: u32,
+    /// A worker was killed for not booting within --timeout: the start
+    /// no longer asks systemd for more time (EXTEND_TIMEOUT_USEC).
+    boot_timed_out: bool,
     next_spawn_at: Instant,
     exit_code: i32,
     preloaded: Option<pyo3::Py<pyo3::PyAny>>,
@@ -222,10 +227,12 @@ impl Master {
             watchdog,
             last_watchdog: Instant::now() - Duration::from_secs(3600),
             ready_sent: false,
+            hup_pending: false,
             last_status: String::new(),
             last_status_at: Instant::now(),
             last_extend_at: Instant::now(),
             quick_deaths: 0,
+            boot_timed_out: false,
             next_spawn_at: Instant::now(),
             exit_code: 0,
             preloaded: None,
@@ -541,6 +548,14 @@ impl Master {
                 }
                 self.mode = Mode::Running;
             }
+            Mode::Running if !self.ready_sent && self.notifier.is_some() => {
+                // Still starting under systemd: it has no READY=1 yet, so
+                // RELOADING=1 now would come before it. Reload once the
+                // workers serve.
+                log::info("Handling signal: hup; reloading once the first workers serve");
+                self.hup_pending = true;
+                return;
+            }
             Mode::Running => log::info("Handling signal: hup; reloading"),
         }
         self.notify(|n| n.reloading());
@@ -808,6 +823,7 @@ impl Master {
                 // show where it hangs.
                 _ if w.state == WorkerState::Booting => {
                     (w.spawned.elapsed() > Duration::from_millis(timeout_ms)).then(|| {
+                        self.boot_timed_out = true;
                         format!(
                             "it did not finish booting (importing the app) within {}s",
                             self.settings.timeout
@@ -1020,10 +1036,22 @@ impl Master {
             log::info(&format!("All {serving} workers are serving"));
             self.update_status(true);
             self.notify(|n| n.ready());
+            if std::mem::take(&mut self.hup_pending) {
+                self.begin_reload();
+            }
         } else if self.notifier.is_some() {
             // Slow imports: keep systemd's start timeout from firing. Each
-            // message grants 15 s from now; one every 5 s while booting.
-            if self.last_extend_at.elapsed() >= Duration::from_secs(5) {
+            // message grants 15 s from now; one every 5 s while a worker
+            // boots. Not while workers crash at start or after an import
+            // ran past --timeout: that is no progress, and TimeoutStartSec=
+            // is then the operator's limit.
+            let progress = self.quick_deaths < 2
+                && !self.boot_timed_out
+                && self
+                    .workers
+                    .values()
+                    .any(|w| w.state == WorkerState::Booting);
+            if progress && self.last_extend_at.elapsed() >= Duration::from_secs(5) {
                 self.last_extend_at = Instant::now();
                 self.notify(|n| n.extend_timeout(Duration::from_secs(15)));
                 self.update_status(true);
@@ -1086,9 +1114,18 @@ impl Master {
         }
         let now = now_ms();
         let fresh_ms = (wd.as_millis() as u64).max(2000);
+        let timeout_ms = self.settings.timeout * 1000;
+        // Alive: a worker whose loop beat lately, or one inside an app call
+        // younger than --timeout (its loop runs the app inline and cannot
+        // beat meanwhile; past --timeout check_timeouts kills it; with
+        // --timeout 0 any length of request is allowed).
         let alive = self.workers.values().any(|w| {
             let s = self.scoreboard.slot(w.slot);
-            s.state() == STATE_READY && now.saturating_sub(s.last_beat_ms()) < fresh_ms
+            s.state() == STATE_READY
+                && (now.saturating_sub(s.last_beat_ms()) < fresh_ms
+                    || s.oldest_busy().is_some_and(|(since, _)| {
+                        timeout_ms == 0 || now.saturating_sub(since) <= timeout_ms
+                    }))
         });
         if alive {
             self.notify(|n| n.watchdog());

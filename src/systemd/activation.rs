@@ -154,6 +154,20 @@ impl fmt::Display for ActivationError {
     }
 }
 
+impl ActivationError {
+    /// The errno for systemd's ERRNO=: the failed call's own, EBADF for an
+    /// fd that is not open or not a socket we can use, EINVAL for a
+    /// malformed variable.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ActivationError::BadVar { .. } | ActivationError::NameCount { .. } => libc::EINVAL,
+            ActivationError::NotOpen { .. } => libc::EBADF,
+            ActivationError::Unsupported { .. } => libc::ENOTSOCK,
+            ActivationError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
 impl std::error::Error for ActivationError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
