@@ -275,6 +275,7 @@ struct FileOptions {
     limit_request_fields: Option<usize>,
     limit_request_field_size: Option<usize>,
     forwarded_allow_ips: Option<OneOrMany>,
+    secure_scheme_headers: Option<BTreeMap<String, String>>,
     proxy_protocol: Option<Switch>,
     proxy_allow_ips: Option<OneOrMany>,
     errorlog: Option<String>,
@@ -541,6 +542,14 @@ impl AllowIps {
 }
 
 /// The validated settings every part of the server reads.
+/// Gunicorn's default secure_scheme_headers (sorted, as a config file's
+/// table is read, so --print-config shows one order).
+pub const DEFAULT_SECURE_SCHEME_HEADERS: &[(&str, &str)] = &[
+    ("X-FORWARDED-PROTO", "https"),
+    ("X-FORWARDED-PROTOCOL", "ssl"),
+    ("X-FORWARDED-SSL", "on"),
+];
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub wsgi_app: String,
@@ -564,6 +573,9 @@ pub struct Settings {
     pub root_path: String,
     pub limits: Limits,
     pub forwarded_allow_ips: AllowIps,
+    /// Gunicorn's secure_scheme_headers: (header name, value meaning https),
+    /// believed from a forwarded_allow_ips peer only.
+    pub secure_scheme_headers: Vec<(String, String)>,
     pub proxy_protocol: ProxyProtocol,
     pub proxy_allow_ips: AllowIps,
     pub errorlog: String,
@@ -954,6 +966,25 @@ impl Settings {
             },
         };
         let forwarded_allow_ips = AllowIps::parse("forwarded_allow_ips", &allow)?;
+        let secure_scheme_headers = match file.secure_scheme_headers {
+            Some(map) => {
+                let mut v = Vec::new();
+                for (name, value) in map {
+                    if !crate::http::response::valid_header_name(name.as_bytes()) {
+                        return Err(err(
+                            "secure_scheme_headers",
+                            format!("{name:?} is not a header name"),
+                        ));
+                    }
+                    v.push((name, value));
+                }
+                v
+            }
+            None => DEFAULT_SECURE_SCHEME_HEADERS
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
         let allow = match &cli.proxy_allow_ips {
             Some(s) => split(s),
             None => match file.proxy_allow_ips {
@@ -1067,6 +1098,7 @@ impl Settings {
             root_path,
             limits,
             forwarded_allow_ips,
+            secure_scheme_headers,
             proxy_protocol,
             proxy_allow_ips,
             errorlog: cli
@@ -1158,6 +1190,17 @@ impl Settings {
             (
                 "forwarded_allow_ips",
                 Some(self.forwarded_allow_ips.describe()),
+            ),
+            (
+                "secure_scheme_headers",
+                Some(format!(
+                    "{{{}}}",
+                    self.secure_scheme_headers
+                        .iter()
+                        .map(|(n, v)| format!("{} = {}", q(n), q(v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             ),
             ("proxy_protocol", Some(q(self.proxy_protocol.name()))),
             ("proxy_allow_ips", Some(self.proxy_allow_ips.describe())),

@@ -103,7 +103,6 @@ pub const SETTINGS: &[Setting] = &[
     value("tmp_upload_dir", &[]),
     // HTTP parsing: ferricorn's rules are fixed (src/http/request.rs)
     value("forwarder_headers", &["--forwarder-headers"]),
-    value("secure_scheme_headers", &[]),
     value("header_map", &["--header-map"]),
     flag("strip_header_spaces", &["--strip-header-spaces"]),
     flag(

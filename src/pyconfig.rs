@@ -48,6 +48,7 @@ pub const KNOWN: &[&str] = &[
     "limit_request_fields",
     "limit_request_field_size",
     "forwarded_allow_ips",
+    "secure_scheme_headers",
     "proxy_protocol",
     "proxy_allow_ips",
     "errorlog",

@@ -145,13 +145,17 @@ def test_valid_content_length_with_ows_is_served(srv):
 
 # ---- Transfer-Encoding -----------------------------------------------------
 
-@pytest.mark.parametrize("te", ["chunked, gzip", "gzip", "chunked, chunked", "chunked;q=1", ""])
+@pytest.mark.parametrize("te", ["chunked, gzip", "gzip", "chunked, chunked", "chunked;q=1", "",
+                                "identity", "foo", "chunked, foo", "foo, chunked, chunked"])
 def test_te_not_ending_in_single_chunked_is_400(srv, te):
+    # RFC 9112 §6.3: chunked not the final coding is a 400 (MUST), known coding or not
     srv.rejected(post([f"Transfer-Encoding: {te}"], b"3\r\nabc\r\n0\r\n\r\n" + SMUGGLED), 400)
 
 
-@pytest.mark.parametrize("te", ["gzip, chunked", "identity", "deflate, chunked", "foo, chunked"])
+@pytest.mark.parametrize("te", ["gzip, chunked", "identity, chunked", "deflate, chunked",
+                                "foo, chunked"])
 def test_unknown_or_unsupported_te_is_501(srv, te):
+    # RFC 9112 §6.1: framed by a final chunked, but a coding we do not decode
     srv.rejected(post([f"Transfer-Encoding: {te}"], b"3\r\nabc\r\n0\r\n\r\n"), 501)
 
 

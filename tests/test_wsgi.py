@@ -6,11 +6,12 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import time
 
 import pytest
 
-from conftest import APPS, Server
+from conftest import APPS, BIN, Server
 from wire import (connect, dechunk, exchange, parse_responses, read_until_close, recv_response, recv_until,
                   request_bytes)
 
@@ -727,6 +728,29 @@ def test_conflicting_scheme_headers_are_400(start_server):
     ex = exchange(t.port, request_bytes("GET", "/environ", [("X-Forwarded-Proto", "https"),
                                                              ("X-Forwarded-Ssl", "off"), ("Connection", "close")]))
     assert ex.status == 200
+
+
+def test_secure_scheme_headers_setting(start_server, tmp_path):
+    """Gunicorn's secure_scheme_headers (a config file setting): the headers, and the value
+    meaning https, that a trusted proxy's request may carry; they replace the default
+    X-Forwarded-Proto/-Ssl/-Protocol, and an empty one trusts none."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("secure_scheme_headers = {'X-SCHEME': 'https'}\n")
+    s = start_server("basic:app", "-c", str(conf))
+    assert scheme(s, {"X-Scheme": "https"})[0] == "https"
+    assert scheme(s, {"X-Scheme": "http"})[0] == "http"
+    assert scheme(s, {"X-Forwarded-Proto": "https"})[0] == "http", "not one of the configured"
+    toml = tmp_path / "none.toml"
+    toml.write_text("secure_scheme_headers = {}\n")
+    t = start_server("basic:app", "-c", str(toml))
+    for h in ({"X-Forwarded-Proto": "https"}, {"X-Forwarded-Ssl": "on"},
+              {"X-Forwarded-Protocol": "ssl"}):
+        assert scheme(t, h)[0] == "http", h
+    bad = tmp_path / "bad.toml"
+    bad.write_text("secure_scheme_headers = {'X Bad' = 'https'}\n")
+    r = subprocess.run([BIN, "--check-config", "-c", str(bad), "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "secure_scheme_headers" in r.stderr, r.stderr
 
 
 def test_forwarded_allow_ips_network(start_server):

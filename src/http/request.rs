@@ -881,18 +881,19 @@ impl TransferCodings {
         Ok(())
     }
 
-    /// RFC 9112 §6.1/§6.3, in this order: an unknown coding is a 501; a
-    /// framing that does not end in exactly one `chunked` is a 400 (the body
-    /// length cannot be determined); a known coding we do not decode is 501.
+    /// RFC 9112 §6.3 then §6.1, in this order: a framing that does not end
+    /// in exactly one `chunked` is a 400 (the body length cannot be
+    /// determined: a MUST, whatever the codings are); then a coding we do
+    /// not know, or know but do not decode, is a 501 (a SHOULD).
     fn finish(&self) -> Result<BodyKind, HttpError> {
-        if self.unknown {
-            Err(HttpError::NotImplemented("unknown transfer coding"))
-        } else if !self.last_is_chunked {
+        if !self.last_is_chunked {
             Err(HttpError::BadRequest(
                 "chunked is not the final transfer coding",
             ))
         } else if self.chunked_count > 1 {
             Err(HttpError::BadRequest("chunked applied more than once"))
+        } else if self.unknown {
+            Err(HttpError::NotImplemented("unknown transfer coding"))
         } else if self.unimplemented {
             Err(HttpError::NotImplemented("unsupported transfer coding"))
         } else {
@@ -1800,7 +1801,10 @@ mod tests {
         assert_eq!(te("chunked, gzip"), Err(400));
         assert_eq!(te("gzip, chunked"), Err(501));
         assert_eq!(te("deflate,chunked"), Err(501));
-        assert_eq!(te("identity"), Err(501));
+        // RFC 9112 §6.3 before §6.1: chunked not final is a 400, known or not
+        assert_eq!(te("identity"), Err(400));
+        assert_eq!(te("foo"), Err(400));
+        assert_eq!(te("chunked, foo"), Err(400));
         assert_eq!(te("identity, chunked"), Err(501));
         assert_eq!(te("foo, chunked"), Err(501));
         assert_eq!(te("chunked, chunked"), Err(400));

@@ -192,6 +192,7 @@ pub fn run(
             libc::fcntl(*fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
+    environ::set_secure_scheme_headers(&settings.secure_scheme_headers);
     let bases = Python::attach(|py| -> PyResult<Vec<Py<PyDict>>> {
         lst.iter()
             .map(|(_, a)| {

@@ -429,17 +429,31 @@ pub fn split_target(target: &str) -> (&str, &str) {
     }
 }
 
-/// Gunicorn's default secure_scheme_headers: whether this header line (if
-/// it is one of them) says https (true) or http (false).
+/// The worker's secure_scheme_headers (Gunicorn's default until the worker
+/// sets its settings' list).
+static SECURE_SCHEME_HEADERS: std::sync::OnceLock<Vec<(String, String)>> =
+    std::sync::OnceLock::new();
+
+/// Use `headers` (name, value meaning https) as the secure_scheme_headers;
+/// once, when the worker starts.
+pub fn set_secure_scheme_headers(headers: &[(String, String)]) {
+    let _ = SECURE_SCHEME_HEADERS.set(headers.to_vec());
+}
+
+/// Whether this header line, if it is one of the secure_scheme_headers,
+/// says https (true) or http (false).
 fn forwarded_scheme(name: &str, value: &[u8]) -> Option<bool> {
-    // By length first: most names are none of the three.
-    let want: &[u8] = match name.len() {
-        17 if name.eq_ignore_ascii_case("x-forwarded-proto") => b"https",
-        15 if name.eq_ignore_ascii_case("x-forwarded-ssl") => b"on",
-        20 if name.eq_ignore_ascii_case("x-forwarded-protocol") => b"ssl",
-        _ => return None,
-    };
-    Some(value.trim_ascii().eq_ignore_ascii_case(want))
+    let list = SECURE_SCHEME_HEADERS.get_or_init(|| {
+        crate::config::DEFAULT_SECURE_SCHEME_HEADERS
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    });
+    // By length first: most names are none of them.
+    let (_, want) = list
+        .iter()
+        .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))?;
+    Some(value.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
 }
 
 impl EnvCache {
