@@ -61,10 +61,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print the man page (roff) or a shell completion script to stdout.
+    /// Print the man page (roff) or a shell completion script to stdout, or
+    /// write the man pages of ferricorn and its subcommands into DIR.
     Generate {
-        /// man, bash, zsh or fish
+        /// man, bash, zsh, fish, or man-pages (with DIR)
         what: String,
+        /// Where man-pages writes ferricorn.1 and ferricorn-SUBCOMMAND.1.
+        dir: Option<PathBuf>,
     },
     /// Write a systemd socket+service pair named NAME for one app.
     SystemdUnits(UnitArgs),

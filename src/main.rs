@@ -40,7 +40,7 @@ fn main() {
     let argv = config::pin_optional_values(without_gunicorn_only_flags(argv));
     let cli = Cli::parse_from(argv);
     match cli.command {
-        Some(Command::Generate { what }) => std::process::exit(generate(&what)),
+        Some(Command::Generate { what, dir }) => std::process::exit(generate(&what, dir)),
         Some(Command::SystemdUnits(args)) => std::process::exit(units::write(&args)),
         None => {}
     }
@@ -102,10 +102,22 @@ fn flags_taking_a_value() -> Vec<String> {
     out
 }
 
-fn generate(what: &str) -> i32 {
+fn generate(what: &str, dir: Option<std::path::PathBuf>) -> i32 {
     let mut cmd = Cli::command();
     let mut out = std::io::stdout();
     match what {
+        "man-pages" => {
+            // ferricorn.1 names ferricorn-generate(1) and
+            // ferricorn-systemd-units(1): write those too.
+            let Some(dir) = dir else {
+                eprintln!("ferricorn: generate man-pages: give the directory to write them to");
+                return EXIT_CONFIG_ERROR;
+            };
+            if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
+                eprintln!("ferricorn: generate man-pages: {}: {e}", dir.display());
+                return 1;
+            }
+        }
         "man" => {
             if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
                 eprintln!("ferricorn: {e}");
@@ -122,7 +134,9 @@ fn generate(what: &str) -> i32 {
             clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "ferricorn", &mut out)
         }
         other => {
-            eprintln!("ferricorn: generate: unknown target {other:?} (man, bash, zsh, fish)");
+            eprintln!(
+                "ferricorn: generate: unknown target {other:?} (man, man-pages DIR, bash, zsh, fish)"
+            );
             return EXIT_CONFIG_ERROR;
         }
     }
@@ -253,6 +267,21 @@ fn serve(opts: config::Options) -> i32 {
     };
     if handoff.is_none() {
         log::info(&format!("Starting ferricorn {}", env!("CARGO_PKG_VERSION")));
+        // Unix sockets we bound belong to the workers' user and group, as
+        // Gunicorn's do (the umask sets who else may connect).
+        let ours = listeners
+            .iter()
+            .filter(|l| l.owns_path)
+            .filter_map(|l| match &l.addr {
+                sock::ListenAddr::Unix(p) => Some(p.as_str()),
+                _ => None,
+            });
+        if let Err(e) = privileges::chown_to_workers(&settings, ours) {
+            log::critical(&format!(
+                "Cannot give the unix socket to --user/--group: {e}"
+            ));
+            return 1;
+        }
     }
     for l in &listeners {
         log::info(&format!(

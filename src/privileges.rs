@@ -99,6 +99,24 @@ pub fn check(s: &Settings) -> Result<(), String> {
 /// master (as root) after it opened or reopened them; a no-op without
 /// `--user`/`--group` or when not running as root.
 pub fn chown_logs(s: &Settings) -> Result<(), String> {
+    let paths = [Some(s.errorlog.as_str()), s.accesslog.as_deref()];
+    chown_to_workers(
+        s,
+        paths
+            .into_iter()
+            .flatten()
+            .filter(|p| *p != "-" && !p.is_empty()),
+    )
+}
+
+/// Give `paths` to the user and group the workers run as (`--user`,
+/// `--group`), when root starts us with them; otherwise nothing. Gunicorn
+/// does this to the log files and to the unix sockets it binds, so a
+/// `-m 007 -u www-data -g www-data` socket is the workers' group's.
+pub fn chown_to_workers<'a>(
+    s: &Settings,
+    paths: impl IntoIterator<Item = &'a str>,
+) -> Result<(), String> {
     if (s.user.is_none() && s.group.is_none()) || !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
@@ -109,11 +127,7 @@ pub fn chown_logs(s: &Settings) -> Result<(), String> {
         (None, Some(u)) => Some(u.gid),
         (None, None) => None,
     };
-    let paths = [Some(s.errorlog.as_str()), s.accesslog.as_deref()];
-    for p in paths.into_iter().flatten() {
-        if p == "-" || p.is_empty() {
-            continue;
-        }
+    for p in paths {
         nix::unistd::chown(p, uid, gid).map_err(|e| format!("chown {p}: {e}"))?;
     }
     Ok(())

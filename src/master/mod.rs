@@ -758,7 +758,10 @@ impl Master {
                     }
                 }
             } else if !expected && !matches!(self.mode, Mode::Stopping { .. }) {
-                if w.spawned.elapsed() < QUICK_DEATH {
+                if code == Some(0) && w.state == WorkerState::Serving {
+                    // A clean exit after serving (TERM sent to one worker by
+                    // hand) is replaced at once: not a crash.
+                } else if w.spawned.elapsed() < QUICK_DEATH {
                     self.quick_deaths += 1;
                 } else {
                     self.quick_deaths = 0;

@@ -71,6 +71,9 @@ struct Shared {
     conns: Table,
     /// When a loop last swept idle connections (one loop per second does).
     last_sweep_ms: AtomicU64,
+    /// When this worker started draining (0: not yet): an idle keep-alive
+    /// connection gets DRAIN_GRACE_MS from then to send its next request.
+    drain_started_ms: AtomicU64,
     /// A Python config defines pre_request or post_request (src/wsgi/hooks.rs).
     request_hooks: bool,
     /// The response's headers are kept for someone (access log, post_request).
@@ -251,6 +254,7 @@ pub fn run(
         shut: (0..nlisteners).map(|_| AtomicBool::new(false)).collect(),
         conns: Table::new(capacity),
         last_sweep_ms: AtomicU64::new(now_ms()),
+        drain_started_ms: AtomicU64::new(0),
         request_hooks: crate::wsgi::hooks::around_requests(),
         want_headers: access_on || crate::wsgi::hooks::wants_response(),
     }));
@@ -402,6 +406,14 @@ struct Loop {
 /// a request for 19-23 ms; with this budget, 3.5-4.3 ms.
 const SWEEP_CLOSE_BUDGET: usize = 64;
 
+/// How long a draining worker (max_requests, --reload, TERM) keeps an idle
+/// keep-alive connection open for the request its client may be sending
+/// right now. Closing at once loses that request to HTTP's keep-alive race
+/// (the client sees the connection closed without a response) for every
+/// busy client of a recycling worker; this serves it, with
+/// `Connection: close`. An idle pooled connection costs the drain this much.
+const DRAIN_GRACE_MS: u64 = 300;
+
 fn new_epoll() -> std::io::Result<OwnedFd> {
     // SAFETY: epoll_create1 returns a new fd or -1.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -523,8 +535,15 @@ impl Loop {
                     self.sh.ep.as_raw_fd(),
                     events.as_mut_ptr(),
                     events.len() as i32,
-                    // an unfinished sweep goes on as soon as the events are served
-                    if self.sweep_from.is_some() { 0 } else { 1000 },
+                    // an unfinished sweep goes on as soon as the events are
+                    // served; draining, the sweep closes what the grace ends
+                    if self.sweep_from.is_some() {
+                        0
+                    } else if self.draining() {
+                        50
+                    } else {
+                        1000
+                    },
                 )
             };
             let now = now_ms();
@@ -573,6 +592,12 @@ impl Loop {
                 self.sweep_from = self.sweep(now, resume.unwrap_or(0));
             }
             if self.draining() {
+                let _ = self.sh.drain_started_ms.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 if self.sh.draining.load(Ordering::Relaxed) {
                     // Our own decision (max_requests, --reload): tell the
                     // master, which starts the replacement now.
@@ -717,6 +742,10 @@ impl Loop {
             30_000
         };
         let draining = self.draining();
+        let drain_started = match self.sh.drain_started_ms.load(Ordering::Relaxed) {
+            0 => now,
+            t => t,
+        };
         let mut closed = 0;
         for (idx, slot) in self.sh.conns.slots.iter().enumerate().skip(from) {
             if closed == SWEEP_CLOSE_BUDGET {
@@ -728,11 +757,19 @@ impl Loop {
             let Some(c) = guard.as_ref() else { continue };
             let idle = now.saturating_sub(c.last_active_ms);
             let close = match &c.phase {
-                // Draining: idle keep-alive connections close now; one
-                // that was accepted (or holds part of a request) gets at
-                // most the keep-alive time to deliver its request.
+                // Draining: idle keep-alive connections close once the
+                // grace is over (DRAIN_GRACE_MS); one that was accepted (or
+                // holds part of a request) gets at most the keep-alive time
+                // to deliver its request.
                 Phase::Idle if c.buffered().is_empty() && c.requests > 0 => {
-                    draining || idle >= keepalive_ms
+                    let quiet_since = c.last_active_ms.max(drain_started);
+                    // A request that arrived and is not read yet is left to
+                    // its event, which serves it (closing on it would reset
+                    // the connection under the client).
+                    (draining
+                        && now.saturating_sub(quiet_since) >= DRAIN_GRACE_MS
+                        && !has_unread_input(c.raw()))
+                        || idle >= keepalive_ms
                 }
                 Phase::Idle if c.buffered().is_empty() => {
                     idle >= if draining {
@@ -858,7 +895,10 @@ impl Loop {
                         release_stream(s);
                     }
                     r.run_post_request();
-                    let keep_alive = r.keep_alive && !self.draining();
+                    // A response that promised keep-alive keeps it while
+                    // draining too: the connection waits out the grace for
+                    // a request the client may already be sending.
+                    let keep_alive = r.keep_alive;
                     // Every close after a response is staged (RFC 9112
                     // §9.6): half-close, then read until the client closes
                     // (2 s at most). Closing at once with a pipelined
@@ -877,13 +917,13 @@ impl Loop {
                 Phase::Idle => {
                     if c.buffered().is_empty() {
                         // Draining: a request that already arrived is
-                        // served (with `Connection: close`), and a fresh
-                        // connection gets to send its first one (sweep
-                        // bounds the wait); only an idle keep-alive
-                        // connection is closed at once.
+                        // served (with `Connection: close`); a fresh
+                        // connection gets to send its first one, an idle
+                        // keep-alive one its next (sweep bounds the wait).
                         match c.read_some(now) {
                             Io::Ok => continue,
-                            Io::Blocked => return !(self.draining() && c.requests > 0),
+                            // draining, the sweep closes it after the grace
+                            Io::Blocked => return true,
                             Io::Closed => return false,
                         }
                     }
@@ -1348,6 +1388,22 @@ fn pump(
 }
 
 /// Call the result's close() and drop its Python references (GIL held).
+/// Whether the client has sent bytes we have not read (one peek, no wait).
+fn has_unread_input(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv(2) of at most one byte into our buffer; MSG_PEEK leaves
+    // it in the socket for the loop that serves the connection.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr() as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
 fn release_stream(s: Stream) {
     Python::attach(|py| {
         let result = match s {

@@ -6,6 +6,7 @@ FERRICORN_E2E_DEB names one.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -122,7 +123,10 @@ def test_deb_contents(deb):
                  "/usr/share/doc/ferricorn/README.md", "/usr/share/doc/ferricorn/DEPLOY.md",
                  "/usr/share/doc/ferricorn/SIGNALS.md", "/usr/share/doc/ferricorn/SYSTEMD.md",
                  "/usr/share/doc/ferricorn/TUNING.md", "/usr/share/doc/ferricorn/GUNICORN.md",
-                 "/usr/share/doc/ferricorn/rust-crates-licenses.txt.gz"):
+                 "/usr/share/doc/ferricorn/rust-crates-licenses.txt.gz",
+                 # the pages ferricorn.1 names in its SUBCOMMANDS section
+                 "/usr/share/man/man1/ferricorn-systemd-units.1.gz",
+                 "/usr/share/man/man1/ferricorn-generate.1.gz"):
         assert path in files, f"{path} not in the package"
     assert re.fullmatch(r"ferricorn_[0-9][^_]*_amd64\.deb", deb.name), deb.name
     assert dpkg_field(deb, "Package") == "ferricorn"
@@ -131,6 +135,19 @@ def test_deb_contents(deb):
     control = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], stdout=subprocess.PIPE,
                              text=True).stdout
     assert "/etc/ferricorn/example.toml" in control
+    # md5sums for dpkg --verify / debsums: every file but the conffiles, each sum right
+    sums = subprocess.run(["dpkg-deb", "-I", str(deb), "md5sums"], stdout=subprocess.PIPE,
+                          text=True, check=True).stdout
+    listed = {line.split(None, 1)[1] for line in sums.splitlines()}
+    regular = {line.split()[-1].lstrip("./") for line in listing.splitlines()
+               if line.startswith("-")}
+    assert listed == regular - {"etc/ferricorn/example.toml"}, listed ^ regular
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                         check=True).stdout
+    binary = subprocess.run(["tar", "-xO", "./usr/bin/ferricorn"], input=tar,
+                            stdout=subprocess.PIPE, check=True).stdout
+    want = [l.split()[0] for l in sums.splitlines() if l.endswith(" usr/bin/ferricorn")]
+    assert want == [hashlib.md5(binary).hexdigest()]
 
 
 def test_deb_version_names_its_release(deb, suite, tmp_path):
@@ -172,6 +189,11 @@ def test_deb_depends_on_debian_libpython(deb, suite, tmp_path):
         assert re.search(rf"\b{re.escape(lib)} \(>= ", depends), \
             f"Depends lacks {lib} (binary not built against {suite.name}'s Python?): {depends}"
         assert re.fullmatch(rf"python{re.escape(suite.python)} \(= \S+\)", static), static
+        # Policy 12.5: the copyright file carries the built-in CPython's license
+        copyright = (tmp_path / "usr/share/doc/ferricorn/copyright").read_text()
+        assert "Files: cpython/*" in copyright and "PSF-2.0" in copyright, copyright[:800]
+        assert "PYTHON SOFTWARE FOUNDATION LICENSE" in copyright.upper()
+        assert "dynamically" not in copyright
     others = set(re.findall(r"\blibpython3\.\d+\b", depends)) - {f"libpython{suite.python}"}
     assert not others, f"{suite.name}'s package depends on {others}: {depends}"
 
