@@ -29,6 +29,15 @@ use config::{Cli, Command, EXIT_CONFIG_ERROR, Settings};
 use systemd::notify::{self, Notifier};
 
 fn main() {
+    // Rust's runtime catches SIGSEGV/SIGBUS to report stack overflows, and
+    // returns from a signal that is not a fault, so `kill -SEGV` left a
+    // worker running (faulthandler chains to it). As Python processes do,
+    // die of them: faulthandler still prints the stacks first.
+    // SAFETY: setting two signals' dispositions before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
     master::remember_exe();
     let argv = match env_args::argv() {
         Ok(argv) => argv,
@@ -297,6 +306,13 @@ fn serve(opts: config::Options) -> i32 {
         settings.threads,
         if settings.threads == 1 { "" } else { "s" }
     ));
+    if settings.reload && settings.preload && handoff.is_none() {
+        log::warning(
+            "--reload with --preload: the app is imported once, in the master, so a change \
+             restarts the workers on the code already loaded; send HUP to load the new code \
+             (Gunicorn documents the two as incompatible)",
+        );
+    }
     if let Some(p) = &settings.pidfile {
         if let Err(e) = pidfile::create(p) {
             log::critical(&e);

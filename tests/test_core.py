@@ -60,6 +60,7 @@ def test_import_error_exits_3_with_traceback():
     )
     assert p.returncode == 3, p.stderr
     assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
+    assert "Reason: Worker failed to boot." in p.stderr, "Gunicorn's halt reason"
 
 
 @pytest.mark.parametrize("spec,why", [("basic:no_such_app", "Failed to find attribute"),
@@ -75,6 +76,8 @@ def test_app_object_not_found_exits_4(spec, why, preload):
     assert why in p.stderr and "Traceback" not in p.stderr, p.stderr
     # Not a respawn loop: each of the two workers failed once at most.
     assert p.stderr.count("Failed to load application") <= 2
+    if not preload:
+        assert "Reason: App failed to load." in p.stderr, "Gunicorn's halt reason"
 
 
 def test_config_error_names_the_key():

@@ -295,7 +295,7 @@ def test_worker_abort_on_timeout(tmp_path, start_server, preload):
     names = [e[0] for e in events(out)]
     assert names.index("worker_abort") < names.index("worker_exit")
     s.wait_log("WORKER TIMEOUT")
-    s.wait_log(re.escape(f"Worker exiting (pid: {first}) with status 1"))
+    s.wait_log(re.escape(f"Worker (pid:{first}) exited with code 1"))
     assert "sleep" in s.log(), "faulthandler's dump of the stuck stack"
     wait_events(out, "post_worker_init", 2)
     st, _, body = s.request("GET", "/")

@@ -1038,3 +1038,21 @@ def test_requests_on_keepalive_connections_survive_worker_recycling(start_server
     # server's buffer must never be reset. Allow the race a little, not the buffered case.
     assert len(done) + len(failures) == 320
     assert len(failures) <= 8, (len(failures), failures[:5])
+
+
+def test_worker_sent_segv_dies_and_is_replaced(start_server):
+    """A Python process dies of SIGSEGV/SIGBUS (after faulthandler's dump); so does a
+    worker: the master logs it and replaces it, as for a real crash."""
+    s = start_server("basic:app", "-w", "1")
+    for sig in (signal.SIGSEGV, signal.SIGBUS):
+        (w,) = s.worker_pids()
+        os.kill(w, sig)
+        wait_for(lambda: not alive(w), 5.0, what=f"the worker to die of {sig.name}")
+        s.wait_log(rf"Worker \(pid:{w}\) was terminated by signal {sig.name}")
+        wait_for(lambda: len(s.worker_pids()) == 1, 5.0, what="a new worker")
+        wait_for(lambda: s.request()[0] == 200, 5.0, what="serving again")
+
+
+def test_reload_with_preload_is_warned_about(start_server):
+    s = start_server("basic:app", "--reload", "--preload")
+    assert "--reload with --preload" in s.log()

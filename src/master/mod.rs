@@ -703,11 +703,14 @@ impl Master {
                     } else {
                         LogLevel::Error
                     };
-                    log::event(
-                        lvl,
-                        &format!("Worker exiting (pid: {pid}) with status {c}"),
-                        &fields,
-                    );
+                    // Gunicorn's words: the worker's own line for a clean
+                    // exit, the arbiter's for any other code.
+                    let msg = if c == 0 {
+                        format!("Worker exiting (pid: {pid})")
+                    } else {
+                        format!("Worker (pid:{pid}) exited with code {c}")
+                    };
+                    log::event(lvl, &msg, &fields);
                 }
                 (None, Some(s)) => {
                     fields.push(("SIGNAL", s.as_str().to_string()));
@@ -745,6 +748,12 @@ impl Master {
                         log::critical(
                             "Worker failed to boot: the application could not be loaded. Shutting down.",
                         );
+                        // Gunicorn's HaltServer reason, for those who grep for it.
+                        log::info(if status == crate::config::EXIT_APP_NOT_FOUND {
+                            "Reason: App failed to load."
+                        } else {
+                            "Reason: Worker failed to boot."
+                        });
                         self.notify(|n| {
                             n.errno_status(libc::ENOEXEC, "application failed to load; see the log")
                         });
