@@ -1056,3 +1056,22 @@ def test_worker_sent_segv_dies_and_is_replaced(start_server):
 def test_reload_with_preload_is_warned_about(start_server):
     s = start_server("basic:app", "--reload", "--preload")
     assert "--reload with --preload" in s.log()
+
+
+def test_silent_worker_is_killed_after_timeout(start_server):
+    """Gunicorn's --timeout: "Workers silent for more than this many seconds are killed
+    and restarted." A stopped worker (no heartbeat, no request) is replaced soon after
+    its -t 2 seconds."""
+    s = start_server("basic:app", "-w", "1", "-t", "2")
+    (w,) = s.worker_pids()
+    t0 = time.monotonic()
+    os.kill(w, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not alive(w), 8.0, what="the silent worker killed")
+    finally:
+        if alive(w):
+            os.kill(w, signal.SIGCONT)
+    took = time.monotonic() - t0
+    assert took < 6.0, took
+    s.wait_log(r"WORKER TIMEOUT")
+    wait_for(lambda: s.request()[0] == 200, 5.0, what="serving again")

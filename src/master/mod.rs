@@ -846,7 +846,11 @@ impl Master {
                     "request {desc} ran longer than {}s",
                     self.settings.timeout
                 )),
-                _ if now.saturating_sub(slot.last_beat_ms()) > timeout_ms.max(10_000) => {
+                // Silent: its loops beat at least once a second when idle,
+                // so past --timeout (2 s at least) it is hung (Gunicorn:
+                // "workers silent for more than this many seconds are
+                // killed and restarted").
+                _ if now.saturating_sub(slot.last_beat_ms()) > timeout_ms.max(2_000) => {
                     Some(format!(
                         "its event loop has not run for {}s",
                         now.saturating_sub(slot.last_beat_ms()) / 1000
