@@ -247,8 +247,7 @@ fn run_in_child(
         let run = || -> PyResult<String> {
             if let Some(sp) = site_packages {
                 // the app's venv, as the venv Gunicorn runs from
-                py.import("site")?
-                    .call_method1("addsitedir", (sp.display().to_string(),))?;
+                crate::wsgi::add_site_dir(py, sp)?;
             }
             let module = PyModule::from_code(
                 py,

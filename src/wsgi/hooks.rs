@@ -407,12 +407,8 @@ fn call_in_child(
             .as_deref()
             .and_then(|v| super::venv_site_packages(v).ok())
         {
-            Python::attach(|py| {
-                py.import("site")
-                    .and_then(|m| m.call_method1("addsitedir", (sp.display().to_string(),)))
-                    .map(drop)
-            })
-            .map_err(|e| Python::attach(|py| super::format_py_err(py, &e)))?;
+            Python::attach(|py| super::add_site_dir(py, &sp))
+                .map_err(|e| Python::attach(|py| super::format_py_err(py, &e)))?;
         }
     }
     Python::attach(|py| {

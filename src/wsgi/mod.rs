@@ -81,6 +81,14 @@ pub fn prepare_process(s: &Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// Put a virtualenv's site-packages on sys.path as `site` does (its .pth
+/// files too): the app's imports, a Python config's and its hooks'.
+pub fn add_site_dir(py: Python<'_>, site_packages: &Path) -> PyResult<()> {
+    py.import("site")?
+        .call_method1("addsitedir", (site_packages.display().to_string(),))?;
+    Ok(())
+}
+
 /// Start CPython and make the app importable (cwd, --pythonpath, venv).
 pub fn init_interpreter(s: &Settings) -> Result<(), String> {
     let site_packages = match &s.virtualenv {
@@ -101,8 +109,7 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
             path.insert(i + 1, p.display().to_string())?;
         }
         if let (Some(sp), Some(venv)) = (&site_packages, &s.virtualenv) {
-            py.import("site")?
-                .call_method1("addsitedir", (sp.display().to_string(),))?;
+            add_site_dir(py, sp)?;
             sys.setattr("prefix", venv.display().to_string())?;
             sys.setattr("exec_prefix", venv.display().to_string())?;
         }
