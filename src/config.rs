@@ -787,19 +787,20 @@ impl Settings {
         let venv = cli
             .virtualenv
             .clone()
-            .or_else(|| virtualenv_from_env(&getenv));
+            .or_else(|| virtualenv_from_env(&getenv))
+            .map(|v| start_dir().join(v));
+        // The master works in --chdir once the settings are read (as
+        // Gunicorn's), so a HUP finds a relative -c where the start did.
         let file = match &cli.config {
-            Some(p) => load_file(p, venv.as_deref())?,
+            Some(p) => load_file(&from_start_dir_spec(p), venv.as_deref())?,
             // As Gunicorn: without -c, ./gunicorn.conf.py (where the server
             // is started, before --chdir) is read when it exists.
-            None if Path::new(DEFAULT_PY_CONFIG).is_file() => {
+            None if start_dir().join(DEFAULT_PY_CONFIG).is_file() => {
                 crate::log::info(&format!(
                     "Reading {DEFAULT_PY_CONFIG} from {} (Gunicorn's default config file; -c picks another)",
-                    std::env::current_dir()
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_default()
+                    start_dir().display()
                 ));
-                load_file(Path::new(DEFAULT_PY_CONFIG), venv.as_deref())?
+                load_file(&start_dir().join(DEFAULT_PY_CONFIG), venv.as_deref())?
             }
             None => FileOptions::default(),
         };
@@ -889,7 +890,8 @@ impl Settings {
             .virtualenv
             .clone()
             .or(file.virtualenv)
-            .or_else(|| virtualenv_from_env(getenv));
+            .or_else(|| virtualenv_from_env(getenv))
+            .map(|v| start_dir().join(v));
         if let Some(v) = &virtualenv {
             if !v.join("pyvenv.cfg").is_file() {
                 return Err(err(
@@ -898,7 +900,20 @@ impl Settings {
                 ));
             }
         }
-        let chdir = cli.chdir.clone().or(file.chdir);
+        // Absolute: the master changes into it, and a HUP reads it again.
+        let chdir = cli
+            .chdir
+            .clone()
+            .or(file.chdir)
+            .map(|d| start_dir().join(d));
+        // Relative to --chdir, as Gunicorn's (it changes directory before
+        // it writes the file); absolute, so the file removed at the end is
+        // the one written whatever a HUP changes.
+        let pidfile = cli
+            .pidfile
+            .clone()
+            .or(file.pidfile)
+            .map(|p| chdir.as_deref().unwrap_or(start_dir()).join(p));
         if let Some(d) = &chdir {
             if !d.is_dir() {
                 return Err(err("chdir", format!("{} is not a directory", d.display())));
@@ -1123,7 +1138,7 @@ impl Settings {
             user: cli.user.clone().or(file.user),
             group: cli.group.clone().or(file.group),
             umask,
-            pidfile: cli.pidfile.clone().or(file.pidfile),
+            pidfile,
             proc_name,
             body_buffer_size: cli
                 .body_buffer_size
@@ -1267,6 +1282,28 @@ fn from_start_dir(p: &str) -> String {
         return p.to_string();
     }
     start_dir().join(p).display().to_string()
+}
+
+/// A config spec (`PATH`, `file:PATH`, `python:MODULE`) with a relative
+/// path made absolute against the directory ferricorn was started in.
+fn from_start_dir_spec(spec: &Path) -> PathBuf {
+    let text = spec.to_string_lossy();
+    if text.starts_with("python:") {
+        return spec.to_path_buf();
+    }
+    match text.strip_prefix("file:") {
+        Some(p) => PathBuf::from(format!("file:{}", from_start_dir(p))),
+        None => start_dir().join(spec),
+    }
+}
+
+/// Move the process into `--chdir` (or back to where it started, when a
+/// HUP's settings drop it), as Gunicorn does right after reading its
+/// settings: relative log files, the pid file and unix socket paths are
+/// then where a Gunicorn user expects them.
+pub fn enter_working_dir(s: &Settings) -> Result<(), ConfigError> {
+    let d = s.chdir.as_deref().unwrap_or(start_dir());
+    std::env::set_current_dir(d).map_err(|e| err("chdir", format!("{}: {e}", d.display())))
 }
 
 /// The working directory at the first settings load (the start).

@@ -214,6 +214,14 @@ fn serve(opts: config::Options) -> i32 {
             return EXIT_CONFIG_ERROR;
         }
     };
+    if let Err(e) = config::enter_working_dir(&settings) {
+        eprintln!("Error: {e}");
+        if checking {
+            return 1;
+        }
+        config_failed(&e.to_string());
+        return EXIT_CONFIG_ERROR;
+    }
     if checking {
         return check_config(&opts, &settings);
     }

@@ -185,6 +185,10 @@ pub fn evaluate(
     match forked.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(rd);
+            // The file runs where ferricorn was started, on a HUP too (the
+            // master has moved to --chdir by then): its relative paths and
+            // `python:MODULE` mean what they meant at the start.
+            let _ = std::env::set_current_dir(crate::config::start_dir());
             let (code, out) = match run_in_child(source, site_packages) {
                 Ok(text) => (0, text),
                 Err(e) => (1, e),

@@ -213,6 +213,30 @@ fn bind_error(spec: &str, e: std::io::Error) -> ListenError {
     }
 }
 
+/// Gunicorn's patience with a port still held (an old server exiting, a
+/// restart racing its predecessor): five tries, a second apart, each
+/// failure logged, before giving up.
+const BIND_TRIES: u32 = 5;
+
+fn retry_in_use<T>(
+    spec: &str,
+    mut bind: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut tries = 1;
+    loop {
+        match bind() {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && tries < BIND_TRIES => {
+                crate::log::error(&format!("Connection in use: {spec}"));
+                crate::log::error(&format!("connection to {spec} failed: {e}"));
+                crate::log::debug("Retrying in 1 second.");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn open_listeners(
     bind_specs: &[String],
     bind_is_default: bool,
@@ -245,7 +269,8 @@ pub fn open_listeners(
                 let first = *addrs
                     .first()
                     .ok_or_else(|| format!("bind {spec:?}: no address"))?;
-                let fd = bind_tcp(first, backlog, reuse_port).map_err(|e| bind_error(spec, e))?;
+                let fd = retry_in_use(spec, || bind_tcp(first, backlog, reuse_port))
+                    .map_err(|e| bind_error(spec, e))?;
                 let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
                 out.push(Listener {
                     fd,

@@ -2,7 +2,9 @@
 import json
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -310,10 +312,29 @@ def test_reuse_port_lets_two_servers_share_a_port(start_server):
         if len(pids) == 2:
             break
     assert len(pids) == 2, "the kernel never picked the second server"
-    # Without it (Gunicorn's default) the port is refused.
+    # Without it (Gunicorn's default) the port is refused, after five tries
+    # a second apart.
+    t = time.monotonic()
     p = subprocess.run([BIN, "-b", f"127.0.0.1:{first.port}", "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "Address already in use" in p.stderr
+    assert p.stderr.count("Connection in use") == 4, p.stderr
+    assert time.monotonic() - t > 3.5
+
+
+def test_a_port_in_use_is_retried_as_gunicorn_does(start_server):
+    # Gunicorn tries a port that is in use five times, a second apart (an
+    # old server still exiting), logging "Connection in use", then gives up
+    # with status 1.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    threading.Timer(1.5, held.close).start()
+    s = start_server("basic:app", "-b", f"127.0.0.1:{port}", bind=False)
+    assert s.port == port
+    assert s.request("GET", "/")[0] == 200
+    assert f"Connection in use: 127.0.0.1:{port}" in s.log()
 
 
 def test_term_is_graceful(start_server):

@@ -815,6 +815,63 @@ def test_pidfile_and_process_titles(start_server, tmp_path):
     assert not pidfile.exists()
 
 
+def test_relative_paths_are_relative_to_chdir(start_server, tmp_path):
+    # Gunicorn changes into --chdir right after reading its settings, so a
+    # relative pid file, log file or unix socket lands there, not where
+    # the server was started. The config file itself is found from the
+    # start directory, on a HUP too.
+    start, app = tmp_path / "start", tmp_path / "app"
+    start.mkdir()
+    app.mkdir()
+    shutil.copy(APPS / "basic.py", app / "basic.py")
+    (start / "c.toml").write_text('proc_name = "one"\n')
+    s = start_server("basic:app", "-c", "c.toml", "--chdir", "../app", "-p", "app.pid",
+                     "--error-logfile", "error.log", "--access-logfile", "access.log",
+                     "-b", "unix:app.sock", cwd=start, ready=False)
+    err = app / "error.log"
+    wait_for(lambda: err.exists() and "workers are serving" in err.read_text(), 20, what="boot")
+    s.port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", err.read_text()).group(1))
+    assert (app / "app.pid").read_text().strip() == str(s.pid)
+    assert get(s.port, "/")[0] == 200
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(5)
+    c.connect(str(app / "app.sock"))
+    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert c.recv(100).startswith(b"HTTP/1.1 200 ")
+    c.close()
+    wait_for(lambda: (app / "access.log").exists() and "GET / " in (app / "access.log").read_text(),
+             5, what="the access log in --chdir")
+    assert sorted(p.name for p in start.iterdir()) == ["c.toml"]
+    (start / "c.toml").write_text('proc_name = "two"\n')
+    s.kill(signal.SIGHUP)
+    wait_for(lambda: "Reload complete" in err.read_text(), 15, what="the reload")
+    assert "Reload:" not in err.read_text()
+    assert args_of(s.pid) == "ferricorn: master [two]"
+    assert s.stop() == 0
+    assert not (app / "app.pid").exists() and not (app / "app.sock").exists()
+
+
+def test_hup_moves_the_pidfile_and_renames_the_title(start_server, tmp_path):
+    # Gunicorn's reload unlinks the old pid file, writes the new one and
+    # sets the title from the new proc_name.
+    conf = tmp_path / "c.toml"
+    conf.write_text('pidfile = "a.pid"\nproc_name = "first"\n')
+    shutil.copy(APPS / "basic.py", tmp_path / "basic.py")
+    s = start_server("basic:app", "-w", "1", "-c", str(conf), "--chdir", str(tmp_path))
+    assert (tmp_path / "a.pid").read_text().strip() == str(s.pid)
+    assert args_of(s.pid) == "ferricorn: master [first]"
+    conf.write_text('pidfile = "b.pid"\nproc_name = "second"\n')
+    s.kill(signal.SIGHUP)
+    s.wait_log(r"Reload complete", timeout=15)
+    assert not (tmp_path / "a.pid").exists()
+    assert (tmp_path / "b.pid").read_text().strip() == str(s.pid)
+    assert args_of(s.pid) == "ferricorn: master [second]"
+    wait_for(lambda: [args_of(w) for w in s.worker_pids()] == ["ferricorn: worker [second]"], 10,
+             what="the new generation's title")
+    assert s.stop() == 0
+    assert not (tmp_path / "b.pid").exists()
+
+
 def test_pidfile_of_a_live_process_is_refused_and_not_removed(start_server, tmp_path):
     # As Gunicorn's: a pid file naming a live process means another
     # instance owns it (two sharing one would remove each other's file).

@@ -582,9 +582,25 @@ impl Master {
                     );
                 }
                 let workers = s.workers;
+                if let Err(e) = crate::config::enter_working_dir(&s) {
+                    log::error(&format!("Reload: {e}"));
+                }
                 if let Err(e) = log::init(&s) {
                     log::error(&format!("reloading log settings: {e}"));
                 }
+                // As Gunicorn's reload: the old pid file goes, the new one
+                // is written, the title names the new proc_name.
+                if s.pidfile != self.settings.pidfile {
+                    if let Some(old) = &self.settings.pidfile {
+                        crate::pidfile::remove(old);
+                    }
+                    if let Some(new) = &s.pidfile {
+                        if let Err(e) = crate::pidfile::create(new) {
+                            log::error(&format!("Reload: {e}"));
+                        }
+                    }
+                }
+                crate::proctitle::set(&format!("ferricorn: master [{}]", s.proc_name));
                 self.settings = s;
                 self.own_logs();
                 // Gunicorn's order: the new settings (num_workers), then on_reload.
