@@ -456,6 +456,56 @@ def test_reload_restarts_workers_on_source_change(start_server, tmp_path):
     assert "reloadme.py modified" in s.log()
 
 
+def test_reload_serves_500_while_the_code_does_not_import(start_server, tmp_path):
+    # Gunicorn's reloader, after a SyntaxError, keeps the worker up with an
+    # app that fails every request, and watches the broken file. Ours
+    # answers 500 without the traceback (that goes to the log only) and does
+    # the same for any exception raised while importing, in a module the
+    # app imports too.
+    src = tmp_path / "reloadme.py"
+    helper = tmp_path / "helper.py"
+    helper.write_text("WORD = b'v1'\n")
+    src.write_text(
+        "import helper\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [helper.WORD]\n"
+    )
+    s = start_server("reloadme:app", "--reload", "--chdir", str(tmp_path), cwd=tmp_path,
+                     env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+    def body_becomes(want):
+        deadline = time.monotonic() + 10
+        got = None
+        while time.monotonic() < deadline and got != want:
+            time.sleep(0.1)
+            try:
+                got = s.request()
+                got = (got[0], got[2])
+            except OSError:
+                pass
+        return got
+
+    src.write_text("def app(environ, start_response)\n    pass\n")
+    assert body_becomes((500, b"Internal Server Error\n")) == (500, b"Internal Server Error\n")
+    log = s.wait_log(r"answering 500 until a watched file changes")
+    assert "SyntaxError" in log and "exited with code" not in log
+    src.write_text(
+        "import helper\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [helper.WORD]\n"
+    )
+    assert body_becomes((200, b"v1")) == (200, b"v1")
+    # An exception in an imported module: that module is watched.
+    helper.write_text("WORD = b'v2'\nraise RuntimeError('half-written')\n")
+    assert body_becomes((500, b"Internal Server Error\n")) == (500, b"Internal Server Error\n")
+    helper.write_text("WORD = b'v2'\n")
+    assert body_becomes((200, b"v2")) == (200, b"v2")
+    assert "half-written" in s.log()
+    assert s.proc.poll() is None
+
+
 def test_reload_extra_files_and_patterns(start_server, tmp_path):
     # --reload-extra-file, as Gunicorn: files the app reads (templates, configs) restart the
     # workers too; glob patterns (** recursive) are relative to where the server started.

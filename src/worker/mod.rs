@@ -151,10 +151,10 @@ pub fn run(
         exit(0);
     }
     MASTER_PID.store(master.as_raw(), Ordering::Relaxed);
-    let app = match preloaded {
+    let (app, watch_also) = match preloaded {
         Some(app) => {
             boot_hooks(&settings, age, master.as_raw());
-            app
+            (app, Vec::new())
         }
         None => boot_python(&settings, age, master.as_raw()),
     };
@@ -260,7 +260,9 @@ pub fn run(
     }));
     set_accepting(shared, true);
     if shared.settings.reload {
-        reload::spawn(&shared.settings.reload_extra_files, move |path| {
+        let mut watch = shared.settings.reload_extra_files.clone();
+        watch.extend(watch_also);
+        reload::spawn(&watch, move |path| {
             crate::log::info(&format!("Worker reloading: {path} modified"));
             shared.draining.store(true, Ordering::Relaxed);
             signals::wake();
@@ -286,7 +288,9 @@ pub fn run(
 
 /// Start CPython in this process and import the app; on failure print the
 /// traceback and exit with the documented status (the master then stops).
-fn boot_python(settings: &Settings, age: u64, master: i32) -> Py<PyAny> {
+/// The app, and with `--reload` after an import that raised, the files to
+/// watch besides the imported modules (the app is then a 500 stand-in).
+fn boot_python(settings: &Settings, age: u64, master: i32) -> (Py<PyAny>, Vec<String>) {
     if let Err(e) =
         crate::wsgi::prepare_process(settings).and_then(|_| crate::wsgi::init_interpreter(settings))
     {
@@ -295,10 +299,31 @@ fn boot_python(settings: &Settings, age: u64, master: i32) -> Py<PyAny> {
     }
     boot_hooks(settings, age, master);
     match Python::attach(|py| {
-        crate::wsgi::load_app(py, &settings.wsgi_app).map_err(|e| (e.exit_status(), e.describe(py)))
+        crate::wsgi::load_app(py, &settings.wsgi_app).map_err(|e| {
+            let stand_in = match &e {
+                crate::wsgi::LoadError::Raised(err) if settings.reload => {
+                    crate::wsgi::fail_app(py, err)
+                        .map_err(|x| crate::log::error(&format!("--reload stand-in: {x}")))
+                        .ok()
+                }
+                _ => None,
+            };
+            (e.exit_status(), e.describe(py), stand_in)
+        })
     }) {
-        Ok(app) => app,
-        Err((status, tb)) => {
+        Ok(app) => (app, Vec::new()),
+        Err((_, tb, Some((fail_app, files)))) => {
+            crate::log::error(&format!(
+                "Failed to load application {:?}:\n{}",
+                settings.wsgi_app,
+                tb.trim_end()
+            ));
+            crate::log::warning(
+                "--reload: answering 500 until a watched file changes (the traceback is above)",
+            );
+            (fail_app, files)
+        }
+        Err((status, tb, None)) => {
             // To stderr, not the native journal socket: we exit right away,
             // and journald can attribute a dead sender's datagram to no unit,
             // while a stderr stream connection always belongs to the unit.

@@ -189,6 +189,44 @@ impl LoadError {
     }
 }
 
+/// `--reload` after an import that raised, as Gunicorn's reloader does with
+/// a SyntaxError: the worker stays up and answers every request with this
+/// 500 (the traceback goes to the log, never to the client) until a file it
+/// watches changes, so the fix is picked up at once.
+const FAIL_APP: &std::ffi::CStr = c"
+def fail_app(environ, start_response):
+    body = b'Internal Server Error\\n'
+    start_response('500 Internal Server Error',
+                   [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])
+    return [body]
+
+def raised_in(exc):
+    import os
+    files = []
+    if isinstance(exc, SyntaxError) and exc.filename:
+        files.append(exc.filename)
+    tb = exc.__traceback__
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return sorted({os.path.abspath(f) for f in files if os.path.isfile(f)})
+";
+
+/// The stand-in app for a failed import under `--reload`, and the files the
+/// exception came from (the broken module is not in `sys.modules`, so the
+/// reloader must be told to watch it).
+pub fn fail_app(py: Python<'_>, raised: &PyErr) -> PyResult<(Py<PyAny>, Vec<String>)> {
+    let globals = pyo3::types::PyDict::new(py);
+    py.run(FAIL_APP, Some(&globals), None)?;
+    let app = globals.get_item("fail_app")?.expect("defined above");
+    let files = globals
+        .get_item("raised_in")?
+        .expect("defined above")
+        .call1((raised.value(py),))?
+        .extract()?;
+    Ok((app.unbind(), files))
+}
+
 /// Import `module:callable` (or call `module:factory(...)`).
 pub fn load_app(py: Python<'_>, spec: &str) -> Result<Py<PyAny>, LoadError> {
     let (module, obj) = spec.split_once(':').unwrap_or((spec, "application"));
