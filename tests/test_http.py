@@ -494,6 +494,9 @@ def test_request_line_limit(srv):
     srv.rejected(request_line(4095) + b"\r\nHost: localhost\r\n\r\n", 414)
     # Never completed: still answered, not buffered forever.
     srv.rejected(request_line(9000)[:-9], 414)
+    # Long by its method: 501 (RFC 9112 §3); by junk after the target: 400.
+    srv.rejected(b"G" * 5000 + b" / HTTP/1.1\r\nHost: localhost\r\n\r\n", 501)
+    srv.rejected(b"GET / HTTP/1.1" + b"x" * 5000 + b"\r\nHost: localhost\r\n\r\n", 400)
 
 
 def fields_request(n):

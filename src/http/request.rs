@@ -452,7 +452,8 @@ fn parse_after_empty_lines<'b>(
             if let Some(path) = req.path
                 && request_line_len(rest, path) > bounds.request_line
             {
-                return Err(HttpError::UriTooLong);
+                let len = request_line_len(rest, path).min(rest.len());
+                return Err(line_too_long(&rest[..len]));
             }
             Err(HttpError::FieldsTooLarge("too many header fields"))
         }
@@ -480,6 +481,24 @@ fn offset(base: &[u8], p: *const u8) -> usize {
 #[inline]
 fn request_line_len(rest: &[u8], path: &str) -> usize {
     offset(rest, path.as_ptr()) + path.len() + b" HTTP/1.x".len()
+}
+
+/// A request line over the limit, by what makes it long: the target is a
+/// 414 (RFC 9112 §3, a MUST), the method a 501 (the same section, a
+/// SHOULD: longer than any method we implement), anything after the
+/// target a malformed line (400). The longest part is taken to be at fault.
+fn line_too_long(line: &[u8]) -> HttpError {
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next().map_or(0, <[u8]>::len);
+    let target = parts.next().map_or(0, <[u8]>::len);
+    let rest = parts.next().map_or(0, <[u8]>::len);
+    if method >= target && method >= rest {
+        HttpError::NotImplemented("method too long")
+    } else if target >= rest {
+        HttpError::UriTooLong
+    } else {
+        HttpError::BadRequest("malformed request line")
+    }
 }
 
 /// Is a line that has no LF yet already longer than `limit`? The last byte
@@ -514,12 +533,12 @@ fn check_incomplete(buf: &[u8], start: usize, bounds: &Bounds) -> Result<(), Htt
     let window = &rest[..rest.len().min(bounds.request_line + 2)];
     let Some(lf) = find_lf(window) else {
         if open_line_exceeds(window, bounds.request_line) {
-            return Err(HttpError::UriTooLong);
+            return Err(line_too_long(window));
         }
         return Ok(());
     };
     if closed_line_len(&rest[..=lf]) > bounds.request_line {
-        return Err(HttpError::UriTooLong);
+        return Err(line_too_long(&rest[..lf]));
     }
     let mut pos = lf + 1;
     let mut count = 0usize;
@@ -567,7 +586,7 @@ fn version_error(
     let end = tail.iter().position(|&b| b == b'\r' || b == b'\n');
     let line_len = vstart + end.unwrap_or(tail.len());
     if line_len > bounds.request_line {
-        return Err(HttpError::UriTooLong);
+        return Err(line_too_long(&rest[..line_len]));
     }
     let is_digit = |b: Option<&u8>| b.is_some_and(u8::is_ascii_digit);
     match end {
@@ -921,7 +940,7 @@ fn build_head(
     // the terminator, and we insist on the latter.
     let rl_len = request_line_len(rest, path);
     if rl_len > bounds.request_line {
-        return Err(HttpError::UriTooLong);
+        return Err(line_too_long(&rest[..rl_len]));
     }
     if rest[rl_len] != b'\r' || rest[n - 2] != b'\r' {
         return Err(HttpError::BadRequest("bare LF line ending"));
@@ -1894,6 +1913,14 @@ mod tests {
             status(&[&line_of(5000)[..4990], b" HTTP/2.0\r\n\r\n"].concat()),
             414
         );
+        // Too long by its method (501, RFC 9112 §3) or by junk after the
+        // target (400), complete or still arriving.
+        let long_method = [&[b'G'; 5000][..], b" / HTTP/1.1"].concat();
+        assert_eq!(status(&[&long_method[..], tail].concat()), 501);
+        assert_eq!(status(&long_method[..4500]), 501);
+        let long_version = [&b"GET / HTTP/1.1"[..], &[b'x'; 5000]].concat();
+        assert_eq!(status(&[&long_version[..], tail].concat()), 400);
+        assert_eq!(status(&long_version), 400);
         // Too-long line plus too many headers: 414 wins.
         let lim = Limits {
             request_line: 10,
