@@ -92,6 +92,17 @@ pub struct Listener {
     pub owns_path: bool,
 }
 
+impl Listener {
+    /// Close it, and remove its socket file if we created one.
+    pub fn close(self) {
+        if self.owns_path {
+            if let ListenAddr::Unix(p) = &self.addr {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ListenAddr {
     Tcp(SocketAddr),
@@ -361,6 +372,110 @@ pub fn open_listeners(
         ));
     }
     Ok(out)
+}
+
+/// What `rebind` made of the running sockets.
+pub struct Rebound {
+    /// The new list, in the order of the new `bind`.
+    pub listeners: Vec<Listener>,
+    /// Open before, named no more: the caller closes them.
+    pub dropped: Vec<Listener>,
+}
+
+/// HUP with a changed `bind`, as Gunicorn's reload. A socket the new list
+/// names that is open already is kept as it is (its queue and the
+/// connections in it stay: re-binding it would fail while the old workers
+/// hold it), the others are bound now, once each (no waiting on a port in
+/// use: the master would not handle signals meanwhile). `fd://` can only
+/// name a socket the master already holds. On failure nothing changes:
+/// `current` comes back with the reason.
+pub fn rebind(
+    current: Vec<Listener>,
+    new_specs: &[String],
+    backlog: i32,
+    reuse_port: bool,
+) -> Result<Rebound, (Vec<Listener>, ListenError)> {
+    let mut old: Vec<Option<Listener>> = current.into_iter().map(Some).collect();
+    // Each with where it came from: Some(index in `old`) when kept.
+    let mut out: Vec<(Option<usize>, Listener)> = Vec::new();
+    let mut failure = None;
+    for spec in new_specs {
+        let parsed = match BindSpec::parse(spec) {
+            Ok(p) => p,
+            Err(e) => {
+                failure = Some(ListenError::from(format!("bind {spec:?}: {e}")));
+                break;
+            }
+        };
+        let held = old.iter().position(|l| {
+            l.as_ref().is_some_and(|l| match &parsed {
+                BindSpec::Fd(sel) => {
+                    l.name == *spec
+                        || l.name == *sel
+                        || sel.parse::<RawFd>().ok() == Some(l.fd.as_raw_fd())
+                }
+                _ => l.name == *spec,
+            })
+        });
+        if let Some(i) = held {
+            out.extend(old[i].take().map(|l| (Some(i), l)));
+            continue;
+        }
+        let opened = match parsed {
+            BindSpec::Tcp(hp) => hp
+                .to_socket_addrs()
+                .map_err(|e| ListenError::from(format!("bind {spec:?}: cannot resolve: {e}")))
+                .and_then(|mut a| {
+                    a.next()
+                        .ok_or_else(|| ListenError::from(format!("bind {spec:?}: no address")))
+                })
+                .and_then(|a| bind_tcp(a, backlog, reuse_port).map_err(|e| bind_error(spec, e)))
+                .and_then(|fd| {
+                    let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
+                    Ok(Listener {
+                        fd,
+                        addr,
+                        name: spec.clone(),
+                        owns_path: false,
+                    })
+                }),
+            BindSpec::Unix(path) => bind_unix(&path, backlog)
+                .map_err(|e| bind_error(spec, e))
+                .map(|fd| Listener {
+                    fd,
+                    addr: ListenAddr::Unix(path.display().to_string()),
+                    name: spec.clone(),
+                    owns_path: true,
+                }),
+            BindSpec::Fd(_) => Err(ListenError::from(format!(
+                "bind {spec:?}: on a reload, fd:// can only name a socket the master already \
+                 holds (restart to take a new one)"
+            ))),
+        };
+        match opened {
+            Ok(l) => out.push((None, l)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Undo: the kept sockets go back to their places; those bound
+        // just now are closed (and a unix socket's file removed).
+        for (origin, l) in out {
+            match origin {
+                Some(i) => old[i] = Some(l),
+                None => l.close(),
+            }
+        }
+        return Err((old.into_iter().flatten().collect(), e));
+    }
+    let dropped = old.into_iter().flatten().collect();
+    Ok(Rebound {
+        listeners: out.into_iter().map(|(_, l)| l).collect(),
+        dropped,
+    })
 }
 
 /// Take over a listening socket inherited across the in-place upgrade.

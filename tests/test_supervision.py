@@ -872,6 +872,60 @@ def test_hup_moves_the_pidfile_and_renames_the_title(start_server, tmp_path):
     assert not (tmp_path / "b.pid").exists()
 
 
+def unix_get(path):
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(5)
+    try:
+        c.connect(str(path))
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return c.recv(100)
+    finally:
+        c.close()
+
+
+def test_hup_with_another_bind_listens_on_the_new_list(start_server, tmp_path):
+    # Gunicorn's reload: when the configured addresses change, the new
+    # workers listen on the new ones and the old ones are closed. An
+    # address named before and after keeps its socket.
+    conf = tmp_path / "c.toml"
+    conf.write_text('bind = ["unix:a.sock", "unix:kept.sock"]\n')
+    shutil.copy(APPS / "basic.py", tmp_path / "basic.py")
+    s = start_server("basic:app", "-w", "1", "-c", str(conf), "--chdir", str(tmp_path), bind=False)
+    assert unix_get(tmp_path / "a.sock").startswith(b"HTTP/1.1 200 ")
+    kept_inode = (tmp_path / "kept.sock").stat().st_ino
+    (old_worker,) = s.worker_pids()
+
+    conf.write_text('bind = ["unix:kept.sock", "127.0.0.1:0"]\n')
+    s.kill(signal.SIGHUP)
+    log = s.wait_log(r"Reload complete", timeout=15)
+    wait_for(lambda: not alive(old_worker), 10, what="the old worker to go")
+    assert not (tmp_path / "a.sock").exists()
+    assert (tmp_path / "kept.sock").stat().st_ino == kept_inode
+    assert unix_get(tmp_path / "kept.sock").startswith(b"HTTP/1.1 200 ")
+    port = int(re.findall(r"Listening at: http://127\.0\.0\.1:(\d+)", log)[-1])
+    assert get(port, "/")[0] == 200
+    assert "Reload: cannot listen" not in log
+
+    # An address that cannot be bound: the running list stays, and so
+    # does the next reload's idea of it.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        conf.write_text('bind = ["unix:c.sock", "127.0.0.1:%d"]\n' % taken.getsockname()[1])
+        s.kill(signal.SIGHUP)
+        log = s.wait_log(r"Reload complete", timeout=15, count=2)
+        assert re.search(r"Reload: cannot listen: bind .*127\.0\.0\.1:%d.*keeping the sockets"
+                         % taken.getsockname()[1], log), log
+        assert not (tmp_path / "c.sock").exists()
+        assert unix_get(tmp_path / "kept.sock").startswith(b"HTTP/1.1 200 ")
+        assert get(port, "/")[0] == 200
+    finally:
+        taken.close()
+    assert s.stop() == 0
+    assert not (tmp_path / "kept.sock").exists()
+
+
 def test_pidfile_of_a_live_process_is_refused_and_not_removed(start_server, tmp_path):
     # As Gunicorn's: a pid file naming a live process means another
     # instance owns it (two sharing one would remove each other's file).

@@ -576,14 +576,14 @@ impl Master {
                 return;
             }
             Ok(s) => {
-                if s.bind != self.settings.bind {
-                    log::warning(
-                        "bind changed in the config; sockets are kept (restart the service to rebind)",
-                    );
-                }
                 let workers = s.workers;
                 if let Err(e) = crate::config::enter_working_dir(&s) {
                     log::error(&format!("Reload: {e}"));
+                }
+                // After the chdir: a relative unix: path is taken from the new one.
+                let mut s = s;
+                if s.bind != self.settings.bind {
+                    self.rebind(&mut s);
                 }
                 if let Err(e) = log::init(&s) {
                     log::error(&format!("reloading log settings: {e}"));
@@ -616,6 +616,45 @@ impl Master {
             generation: self.generation,
         };
         self.reload_started = Some(Instant::now());
+    }
+
+    /// HUP with another `bind`: the new generation listens on the new
+    /// list, as after Gunicorn's reload. The old workers keep the sockets
+    /// they hold until they are retired; the master closes its copy of
+    /// those no longer named now (and removes their unix socket files), so
+    /// new workers never see them. If a new address cannot be bound,
+    /// nothing changes and the running list is kept.
+    fn rebind(&mut self, s: &mut Settings) {
+        let current = std::mem::take(&mut self.listeners);
+        match crate::sock::rebind(current, &s.bind, s.backlog, s.reuse_port) {
+            Ok(r) => {
+                self.listeners = r.listeners;
+                for l in r.dropped {
+                    log::info(&format!("Closing listener: {}", l.addr));
+                    l.close();
+                }
+                let paths = self.listeners.iter().filter(|l| l.owns_path).filter_map(|l| {
+                    match &l.addr {
+                        crate::sock::ListenAddr::Unix(p) => Some(p.as_str()),
+                        _ => None,
+                    }
+                });
+                if let Err(e) = crate::privileges::chown_to_workers(s, paths) {
+                    log::error(&format!("Reload: {e}"));
+                }
+                for l in &self.listeners {
+                    log::info(&format!("Listening at: {} ({})", l.addr, std::process::id()));
+                }
+            }
+            Err((current, e)) => {
+                self.listeners = current;
+                log::error(&format!(
+                    "Reload: cannot listen: {e}; keeping the sockets of the running configuration"
+                ));
+                s.bind = self.settings.bind.clone();
+                s.bind_is_default = self.settings.bind_is_default;
+            }
+        }
     }
 
     /// All workers of the new generation serve: retire the old ones.
