@@ -165,14 +165,30 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        let len = self.rbuf.len();
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let io = self.recv_into(&mut buf, usize::MAX, now);
+        self.rbuf = buf;
+        io
+    }
+
+    /// One `recv` of at most `max` bytes into `dst`'s spare capacity
+    /// (which the caller reserved). A request body goes straight into its
+    /// buffer this way, not through the read buffer and a copy.
+    pub fn recv_into(&mut self, dst: &mut Vec<u8>, max: usize, now: u64) -> Io {
+        if self.eof {
+            return Io::Closed;
+        }
+        if !self.readable {
+            return Io::Blocked;
+        }
+        let spare = (dst.capacity() - dst.len()).min(max);
+        let len = dst.len();
         // SAFETY: recv writes at most `spare` bytes into the vector's
         // reserved, uninitialised tail; we then extend len by what it wrote.
         let n = unsafe {
             libc::recv(
                 self.raw(),
-                self.rbuf.as_mut_ptr().add(len) as *mut libc::c_void,
+                dst.as_mut_ptr().add(len) as *mut libc::c_void,
                 spare,
                 0,
             )
@@ -180,7 +196,7 @@ impl Conn {
         if n > 0 {
             let n = n as usize;
             // SAFETY: the kernel initialised n bytes.
-            unsafe { self.rbuf.set_len(len + n) };
+            unsafe { dst.set_len(len + n) };
             if n < spare && !self.rdhup {
                 // A short read drained the socket; the next arrival raises
                 // a new edge (see module docs).
@@ -190,6 +206,9 @@ impl Conn {
             return Io::Ok;
         }
         if n == 0 {
+            if spare == 0 {
+                return Io::Ok;
+            }
             self.eof = true;
             return Io::Closed;
         }

@@ -1054,7 +1054,33 @@ impl Loop {
                         }
                         continue;
                     }
-                    match c.read_some(now) {
+                    // A body of known length that fits in memory is read
+                    // straight into its buffer (one copy fewer), at most
+                    // what is left of it, so a pipelined request behind it
+                    // stays in the socket for the read buffer.
+                    let lent = match &mut c.phase {
+                        Phase::Body(b) if c.rpos == c.rbuf.len() => match b.reader {
+                            BodyReader::Length(left) => b.sink.lend(left).map(|v| (v, left)),
+                            BodyReader::Chunked(_) => None,
+                        },
+                        _ => None,
+                    };
+                    let io = match lent {
+                        Some((mut mem, left)) => {
+                            let before = mem.len();
+                            let io = c.recv_into(&mut mem, left as usize, now);
+                            let got = mem.len() - before;
+                            if let Phase::Body(b) = &mut c.phase {
+                                b.sink.put_back(mem, got);
+                                if let BodyReader::Length(left) = &mut b.reader {
+                                    *left -= got as u64;
+                                }
+                            }
+                            io
+                        }
+                        None => c.read_some(now),
+                    };
+                    match io {
                         Io::Ok => {}
                         Io::Blocked => return true,
                         Io::Closed => return false,

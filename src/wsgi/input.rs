@@ -71,6 +71,24 @@ impl BodySink {
         Ok(())
     }
 
+    /// The in-memory buffer with room for `max` more bytes, lent out so
+    /// the socket can be read straight into it; None once the body is
+    /// spooled or would outgrow `--body-buffer-size`. Give it back with
+    /// `put_back`.
+    pub fn lend(&mut self, max: u64) -> Option<Vec<u8>> {
+        if self.file.is_some() || self.mem.len() as u64 + max > self.limit as u64 {
+            return None;
+        }
+        self.mem.reserve(max as usize);
+        Some(std::mem::take(&mut self.mem))
+    }
+
+    /// The buffer `lend` gave, now `got` bytes longer.
+    pub fn put_back(&mut self, mem: Vec<u8>, got: usize) {
+        self.mem = mem;
+        self.len += got as u64;
+    }
+
     /// The body is complete: hand it over, rewound, for `wsgi.input`.
     pub fn finish(self) -> std::io::Result<Body> {
         match self.file {
@@ -134,15 +152,13 @@ impl State {
         self.body.len() - self.pos
     }
 
-    fn take(&mut self, n: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
-        let n = n.min(self.remaining()) as usize;
+    /// Fill `out` from the current position (the caller sized it to at
+    /// most `remaining()`), and move past it.
+    fn fill(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let n = out.len();
         match &self.body {
-            Body::Mem(v) => out.extend_from_slice(&v[self.pos as usize..self.pos as usize + n]),
-            Body::File { file, .. } => {
-                let start = out.len();
-                out.resize(start + n, 0);
-                file.read_exact_at(&mut out[start..], self.pos)?;
-            }
+            Body::Mem(v) => out.copy_from_slice(&v[self.pos as usize..self.pos as usize + n]),
+            Body::File { file, .. } => file.read_exact_at(out, self.pos)?,
         }
         self.pos += n as u64;
         Ok(())
@@ -230,14 +246,10 @@ impl Input {
     /// read(size=-1): up to `size` bytes; all the rest when negative/None.
     #[pyo3(signature = (size = None))]
     fn read<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out = Vec::new();
-        {
-            let mut s = self.state.lock().unwrap();
-            let n = size_arg(size).min(s.remaining());
-            out.reserve(n as usize);
-            s.take(n, &mut out)?;
-        }
-        Ok(PyBytes::new(py, &out))
+        // Copied once, from the body straight into the new bytes object.
+        let mut s = self.state.lock().unwrap();
+        let n = size_arg(size).min(s.remaining()) as usize;
+        PyBytes::new_with(py, n, |buf| s.fill(buf).map_err(PyErr::from))
     }
 
     #[pyo3(signature = (size = None))]
