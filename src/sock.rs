@@ -557,4 +557,46 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn rebind_keeps_what_is_still_named_and_undoes_a_failure() {
+        let dir = std::env::temp_dir().join(format!("ferricorn-rebind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = format!("unix:{}", dir.join("a.sock").display());
+        let b = format!("unix:{}", dir.join("b.sock").display());
+        let c = format!("unix:{}", dir.join("c.sock").display());
+        let cur = open_listeners(&[a.clone(), b.clone()], false, 16, false, vec![]).unwrap();
+        let b_fd = cur[1].fd.as_raw_fd();
+
+        // b kept (same socket), c bound, a dropped for the caller to close.
+        let r = rebind(cur, &[b.clone(), c.clone()], 16, false).unwrap();
+        let names: Vec<_> = r.listeners.iter().map(|l| l.name.clone()).collect();
+        assert_eq!(names, [b.clone(), c.clone()]);
+        assert_eq!(r.listeners[0].fd.as_raw_fd(), b_fd);
+        assert_eq!(r.dropped.len(), 1);
+        assert_eq!(r.dropped[0].name, a);
+        for l in r.dropped {
+            l.close();
+        }
+        assert!(!dir.join("a.sock").exists());
+
+        // A port that is taken: nothing changes, what was bound on the way
+        // (d.sock) is closed and its file removed.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap().to_string();
+        let d = format!("unix:{}", dir.join("d.sock").display());
+        let (back, e) = match rebind(r.listeners, &[d, busy.clone(), b.clone()], 16, false) {
+            Err(x) => x,
+            Ok(_) => panic!("bound a port in use"),
+        };
+        assert_eq!(e.errno, libc::EADDRINUSE, "{e}");
+        let names: Vec<_> = back.iter().map(|l| l.name.clone()).collect();
+        assert_eq!(names, [b, c]);
+        assert_eq!(back[0].fd.as_raw_fd(), b_fd);
+        assert!(!dir.join("d.sock").exists());
+        for l in back {
+            l.close();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
