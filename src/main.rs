@@ -286,13 +286,7 @@ fn serve(opts: config::Options) -> i32 {
         log::info(&format!("Starting ferricorn {}", env!("CARGO_PKG_VERSION")));
         // Unix sockets we bound belong to the workers' user and group, as
         // Gunicorn's do (the umask sets who else may connect).
-        let ours = listeners
-            .iter()
-            .filter(|l| l.owns_path)
-            .filter_map(|l| match &l.addr {
-                sock::ListenAddr::Unix(p) => Some(p.as_str()),
-                _ => None,
-            });
+        let ours = listeners.iter().filter_map(|l| l.owned_path());
         if let Err(e) = privileges::chown_to_workers(&settings, ours) {
             log::critical(&format!(
                 "Cannot give the unix socket to --user/--group: {e}"

@@ -93,12 +93,18 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The unix socket file we created for it (ours to chown and remove).
+    pub fn owned_path(&self) -> Option<&str> {
+        match &self.addr {
+            ListenAddr::Unix(p) if self.owns_path => Some(p),
+            _ => None,
+        }
+    }
+
     /// Close it, and remove its socket file if we created one.
     pub fn close(self) {
-        if self.owns_path {
-            if let ListenAddr::Unix(p) = &self.addr {
-                let _ = std::fs::remove_file(p);
-            }
+        if let Some(p) = self.owned_path() {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -248,6 +254,43 @@ fn retry_in_use<T>(
     }
 }
 
+/// Bind a `host:port` spec (its first address), named by the spec. With
+/// `patient`, a port in use is tried again as Gunicorn does (`retry_in_use`).
+fn open_tcp(
+    spec: &str,
+    hp: &str,
+    backlog: i32,
+    reuse_port: bool,
+    patient: bool,
+) -> Result<Listener, ListenError> {
+    let first = hp
+        .to_socket_addrs()
+        .map_err(|e| format!("bind {spec:?}: cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("bind {spec:?}: no address"))?;
+    let bind = || bind_tcp(first, backlog, reuse_port);
+    let fd = if patient { retry_in_use(spec, bind) } else { bind() }
+        .map_err(|e| bind_error(spec, e))?;
+    let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
+    Ok(Listener {
+        fd,
+        addr,
+        name: spec.to_string(),
+        owns_path: false,
+    })
+}
+
+/// Bind a `unix:` spec; the socket file is ours to remove.
+fn open_unix(spec: &str, path: &PathBuf, backlog: i32) -> Result<Listener, ListenError> {
+    let fd = bind_unix(path, backlog).map_err(|e| bind_error(spec, e))?;
+    Ok(Listener {
+        fd,
+        addr: ListenAddr::Unix(path.display().to_string()),
+        name: spec.to_string(),
+        owns_path: true,
+    })
+}
+
 pub fn open_listeners(
     bind_specs: &[String],
     bind_is_default: bool,
@@ -272,33 +315,8 @@ pub fn open_listeners(
     let mut activated = activated;
     for spec in bind_specs {
         match BindSpec::parse(spec).map_err(|e| format!("bind {spec:?}: {e}"))? {
-            BindSpec::Tcp(hp) => {
-                let addrs: Vec<SocketAddr> = hp
-                    .to_socket_addrs()
-                    .map_err(|e| format!("bind {spec:?}: cannot resolve: {e}"))?
-                    .collect();
-                let first = *addrs
-                    .first()
-                    .ok_or_else(|| format!("bind {spec:?}: no address"))?;
-                let fd = retry_in_use(spec, || bind_tcp(first, backlog, reuse_port))
-                    .map_err(|e| bind_error(spec, e))?;
-                let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
-                out.push(Listener {
-                    fd,
-                    addr,
-                    name: spec.clone(),
-                    owns_path: false,
-                });
-            }
-            BindSpec::Unix(path) => {
-                let fd = bind_unix(&path, backlog).map_err(|e| bind_error(spec, e))?;
-                out.push(Listener {
-                    fd,
-                    addr: ListenAddr::Unix(path.display().to_string()),
-                    name: spec.clone(),
-                    owns_path: true,
-                });
-            }
+            BindSpec::Tcp(hp) => out.push(open_tcp(spec, &hp, backlog, reuse_port, true)?),
+            BindSpec::Unix(path) => out.push(open_unix(spec, &path, backlog)?),
             BindSpec::Fd(sel) => {
                 let chosen: Vec<RawFd> = activation::select(&activated, &sel)
                     .map(|v| v.iter().map(|a| a.fd.as_raw_fd()).collect())
@@ -422,31 +440,8 @@ pub fn rebind(
             continue;
         }
         let opened = match parsed {
-            BindSpec::Tcp(hp) => hp
-                .to_socket_addrs()
-                .map_err(|e| ListenError::from(format!("bind {spec:?}: cannot resolve: {e}")))
-                .and_then(|mut a| {
-                    a.next()
-                        .ok_or_else(|| ListenError::from(format!("bind {spec:?}: no address")))
-                })
-                .and_then(|a| bind_tcp(a, backlog, reuse_port).map_err(|e| bind_error(spec, e)))
-                .and_then(|fd| {
-                    let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
-                    Ok(Listener {
-                        fd,
-                        addr,
-                        name: spec.clone(),
-                        owns_path: false,
-                    })
-                }),
-            BindSpec::Unix(path) => bind_unix(&path, backlog)
-                .map_err(|e| bind_error(spec, e))
-                .map(|fd| Listener {
-                    fd,
-                    addr: ListenAddr::Unix(path.display().to_string()),
-                    name: spec.clone(),
-                    owns_path: true,
-                }),
+            BindSpec::Tcp(hp) => open_tcp(spec, &hp, backlog, reuse_port, false),
+            BindSpec::Unix(path) => open_unix(spec, &path, backlog),
             BindSpec::Fd(_) => Err(ListenError::from(format!(
                 "bind {spec:?}: on a reload, fd:// can only name a socket the master already \
                  holds (restart to take a new one)"

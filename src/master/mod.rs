@@ -633,12 +633,7 @@ impl Master {
                     log::info(&format!("Closing listener: {}", l.addr));
                     l.close();
                 }
-                let paths = self.listeners.iter().filter(|l| l.owns_path).filter_map(|l| {
-                    match &l.addr {
-                        crate::sock::ListenAddr::Unix(p) => Some(p.as_str()),
-                        _ => None,
-                    }
-                });
+                let paths = self.listeners.iter().filter_map(|l| l.owned_path());
                 if let Err(e) = crate::privileges::chown_to_workers(s, paths) {
                     log::error(&format!("Reload: {e}"));
                 }
@@ -1244,12 +1239,8 @@ impl Master {
     }
 
     fn cleanup(&mut self) {
-        for l in &self.listeners {
-            if l.owns_path {
-                if let crate::sock::ListenAddr::Unix(p) = &l.addr {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+        for p in self.listeners.iter().filter_map(|l| l.owned_path()) {
+            let _ = std::fs::remove_file(p);
         }
         if let Some(p) = &self.settings.pidfile {
             crate::pidfile::remove(p);

@@ -37,13 +37,11 @@ pub enum Framing {
 impl Framing {
     /// Append `data` framed; returns how many payload bytes were taken.
     pub fn frame(&mut self, data: &[u8], out: &mut Vec<u8>) -> u64 {
+        if let Some(n) = self.take_plain(data.len()) {
+            out.extend_from_slice(&data[..n]);
+            return n as u64;
+        }
         match self {
-            Framing::Length { remaining } => {
-                let n = (*remaining).min(data.len() as u64);
-                out.extend_from_slice(&data[..n as usize]);
-                *remaining -= n;
-                n
-            }
             Framing::Chunked => {
                 if !data.is_empty() {
                     use std::io::Write;
@@ -53,18 +51,16 @@ impl Framing {
                 }
                 data.len() as u64
             }
-            Framing::Close => {
-                out.extend_from_slice(data);
-                data.len() as u64
-            }
-            Framing::NoBody => 0,
+            // Length and Close were taken by take_plain above.
+            Framing::Length { .. } | Framing::Close | Framing::NoBody => 0,
         }
     }
 
     /// For a block the framing sends as it is (Content-Length or close
     /// delimited): count it and say how much of it may go (Content-Length
     /// cuts the excess). None when the framing adds bytes (chunked) or
-    /// there is no body: then `frame` does the work.
+    /// there is no body. `frame` and the direct send in `pump_iter` both
+    /// count through here.
     pub fn take_plain(&mut self, len: usize) -> Option<usize> {
         match self {
             Framing::Length { remaining } => {
