@@ -205,7 +205,8 @@ def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # ProcessLookupError: the process went away between open and read
         return False
     return state not in ("Z", "X")
 
