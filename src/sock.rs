@@ -235,10 +235,7 @@ fn bind_error(spec: &str, e: std::io::Error) -> ListenError {
 /// failure logged, before giving up.
 const BIND_TRIES: u32 = 5;
 
-fn retry_in_use<T>(
-    spec: &str,
-    mut bind: impl FnMut() -> std::io::Result<T>,
-) -> std::io::Result<T> {
+fn retry_in_use<T>(spec: &str, mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
     let mut tries = 1;
     loop {
         match bind() {
@@ -269,8 +266,12 @@ fn open_tcp(
         .next()
         .ok_or_else(|| format!("bind {spec:?}: no address"))?;
     let bind = || bind_tcp(first, backlog, reuse_port);
-    let fd = if patient { retry_in_use(spec, bind) } else { bind() }
-        .map_err(|e| bind_error(spec, e))?;
+    let fd = if patient {
+        retry_in_use(spec, bind)
+    } else {
+        bind()
+    }
+    .map_err(|e| bind_error(spec, e))?;
     let addr = listen_addr_of(fd.as_raw_fd()).map_err(|e| e.to_string())?;
     Ok(Listener {
         fd,

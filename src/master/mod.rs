@@ -638,7 +638,11 @@ impl Master {
                     log::error(&format!("Reload: {e}"));
                 }
                 for l in &self.listeners {
-                    log::info(&format!("Listening at: {} ({})", l.addr, std::process::id()));
+                    log::info(&format!(
+                        "Listening at: {} ({})",
+                        l.addr,
+                        std::process::id()
+                    ));
                 }
             }
             Err((current, e)) => {

@@ -1464,7 +1464,11 @@ pub fn pump_iter(
                             // (one copy fewer); keep only what the socket
                             // did not take.
                             *sent += n as u64;
-                            let went = if n == 0 { 0 } else { send_slice(py, sock, &data[..n]) };
+                            let went = if n == 0 {
+                                0
+                            } else {
+                                send_slice(py, sock, &data[..n])
+                            };
                             if went < n {
                                 out.extend_from_slice(&data[went..n]);
                                 return Ok(false);
