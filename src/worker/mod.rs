@@ -600,17 +600,18 @@ impl Loop {
                 // switches between them only at its tick (4 ms with HZ=250),
                 // so a request that lands on the waiting one waits a whole
                 // tick: hello world, two workers and wrk on this 2-core box,
-                // p99 4.3-5.0 ms whenever the two workers shared a core.
-                // Yielding hands the CPU over at a request boundary instead
-                // (p99 1.0-3.6 ms, same req/s; the rest is wrk sharing a core
-                // with a worker, and wrk does not yield), for one cheap
+                // p99 3.4-5.0 ms in nine runs (4.5 when the workers shared a
+                // core). Yielding hands the CPU over at a request boundary
+                // instead (p99 1.4-3.6 ms in nine runs, same req/s; the rest
+                // is wrk sharing a core with a worker, and wrk does not
+                // yield), for one cheap
                 // syscall per batch (under load a batch is about four
                 // requests); it returns at once when nothing else is waiting
                 // to run. Batches that only moved bytes (a body arriving, a
                 // response being flushed) do not count. Not with --threads:
                 // there a batch is one event, and the yield went to a sibling
                 // loop that then waited for the GIL (Flask, 2 workers x 4
-                // threads: 10-25% fewer req/s).
+                // threads: 6-33% fewer req/s in three rounds).
                 requests_seen = self.sh.slot.requests();
                 // SAFETY: sched_yield takes no arguments and cannot fail.
                 unsafe { libc::sched_yield() };
