@@ -592,7 +592,8 @@ impl Loop {
                     self.drive(tok as usize, now);
                 }
             }
-            if yield_after_batch && self.sh.slot.requests() != requests_seen {
+            let requests = self.sh.slot.requests();
+            if yield_after_batch && requests != requests_seen {
                 // A lone loop gives the CPU up after every batch that ran the
                 // app. Busy workers often share a CPU (with each other, with
                 // a proxy on the same host, with more workers than cores);
@@ -604,15 +605,14 @@ impl Loop {
                 // core). Yielding hands the CPU over at a request boundary
                 // instead (p99 1.4-3.6 ms in nine runs, same req/s; the rest
                 // is wrk sharing a core with a worker, and wrk does not
-                // yield), for one cheap
-                // syscall per batch (under load a batch is about four
-                // requests); it returns at once when nothing else is waiting
-                // to run. Batches that only moved bytes (a body arriving, a
-                // response being flushed) do not count. Not with --threads:
-                // there a batch is one event, and the yield went to a sibling
-                // loop that then waited for the GIL (Flask, 2 workers x 4
-                // threads: 6-33% fewer req/s in three rounds).
-                requests_seen = self.sh.slot.requests();
+                // yield), for one cheap syscall per batch (under load a batch
+                // is about four requests); it returns at once when nothing
+                // else is waiting to run. Batches that only moved bytes (a
+                // body arriving, a response being flushed) do not count. Not
+                // with --threads: there a batch is one event, and the yield
+                // went to a sibling loop that then waited for the GIL (Flask,
+                // 2 workers x 4 threads: 6-33% fewer req/s in three rounds).
+                requests_seen = requests;
                 // SAFETY: sched_yield takes no arguments and cannot fail.
                 unsafe { libc::sched_yield() };
             }
