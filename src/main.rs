@@ -2,6 +2,7 @@
 //! parse the command line, load settings, open sockets, run the master.
 //! See ARCHITECTURE.md for the map.
 
+mod balance;
 mod config;
 mod env_args;
 mod gunicorn_only;

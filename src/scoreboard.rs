@@ -226,6 +226,14 @@ impl Slot {
             .store(0, Ordering::Release);
     }
 
+    /// Whether one of the worker's first `threads` application threads is
+    /// outside the app (so the worker could serve a new connection now).
+    pub fn has_idle_thread(&self, threads: usize) -> bool {
+        self.threads[..threads.clamp(1, TRACKED_THREADS)]
+            .iter()
+            .any(|t| t.busy_since_ms.load(Ordering::Relaxed) == 0)
+    }
+
     /// The oldest app call in progress: (started ms, request description).
     pub fn oldest_busy(&self) -> Option<(u64, String)> {
         let mut best: Option<(u64, String)> = None;

@@ -209,6 +209,11 @@ impl Master {
                 0,
             ),
         };
+        // The table workers share to balance accepts (src/balance.rs);
+        // without it they still serve, only unbalanced.
+        if let Err(e) = crate::balance::init(scoreboard.capacity()) {
+            crate::log::warning(&format!("accept balancing table: {e}"));
+        }
         let target = settings.workers;
         Ok(Master {
             cli,
@@ -747,6 +752,7 @@ impl Master {
             // announcement yet.
             let planned = self.scoreboard.slot(w.slot).state() == STATE_LEAVING && code == Some(0);
             self.scoreboard.release(w.slot);
+            crate::balance::reset(w.slot);
             let expected = w.state == WorkerState::Retiring || planned;
             let mut fields = vec![("WORKER_PID", pid.to_string())];
             match (code, signal) {
@@ -1025,6 +1031,7 @@ impl Master {
             .scoreboard
             .claim(generation)
             .ok_or("heartbeat table is full")?;
+        crate::balance::reset(slot);
         let settings = self.settings.clone();
         let master = nix::unistd::getpid();
         self.spawned += 1;
@@ -1061,12 +1068,18 @@ impl Master {
                 let sb_slot: &'static crate::scoreboard::Slot =
                     unsafe { &*(self.scoreboard.slot(slot) as *const crate::scoreboard::Slot) };
                 sb_slot.set_pid(std::process::id() as i32);
+                // SAFETY: as for the slot: the scoreboard outlives the child.
+                let scoreboard: &'static crate::scoreboard::Scoreboard =
+                    unsafe { &*(&self.scoreboard as *const crate::scoreboard::Scoreboard) };
+                let balance = (settings.workers > 1)
+                    .then(|| crate::balance::Mine::new(slot, settings.threads, scoreboard))
+                    .flatten();
                 if nix::unistd::getppid() != master {
                     unsafe { libc::_exit(0) };
                 }
                 crate::proctitle::set(&format!("ferricorn: worker [{}]", settings.proc_name));
                 let app = self.preloaded.take();
-                crate::worker::run(settings, &self.listeners, sb_slot, app, age);
+                crate::worker::run(settings, &self.listeners, sb_slot, balance, app, age);
             }
             Ok(ForkResult::Parent { child }) => {
                 self.scoreboard.slot(slot).set_pid(child.as_raw());

@@ -27,6 +27,7 @@ use std::time::Instant;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::balance::Taking;
 use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::{BodyKind, RequestHead, parse_head_into};
@@ -65,6 +66,12 @@ struct Shared {
     /// `accepting_lock`, so the epoll registrations match the flag.
     accepting: AtomicBool,
     accepting_lock: Mutex<()>,
+    /// Our entry in the table that balances accepts between workers
+    /// (src/balance.rs); `None` with one worker.
+    balance: Option<crate::balance::Mine>,
+    /// While not accepting because a sibling holds fewer connections: when
+    /// to take part again at the latest (ms; 0 = not stepped back).
+    stepped_back_until_ms: AtomicU64,
     /// Per listener: the master shut it down (stop), so accept(2) fails
     /// with EINVAL; it stays out of the epoll set from then on.
     shut: Vec<AtomicBool>,
@@ -134,6 +141,7 @@ pub fn run(
     settings: Settings,
     listeners: &[Listener],
     slot: &'static Slot,
+    balance: Option<crate::balance::Mine>,
     preloaded: Option<Py<PyAny>>,
     age: u64,
 ) -> ! {
@@ -251,6 +259,8 @@ pub fn run(
         ep,
         accepting: AtomicBool::new(false),
         accepting_lock: Mutex::new(()),
+        balance,
+        stepped_back_until_ms: AtomicU64::new(0),
         shut: (0..nlisteners).map(|_| AtomicBool::new(false)).collect(),
         conns: Table::new(capacity),
         last_sweep_ms: AtomicU64::new(now_ms()),
@@ -470,8 +480,31 @@ fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io:
 /// EPOLLEXCLUSIVE: one worker is woken per new connection, and within the
 /// worker one loop.
 fn set_accepting(sh: &Shared, on: bool) {
+    let taking = if on { Taking::Yes } else { Taking::No };
+    register_listeners(sh, on, taking, 0);
+}
+
+/// Leave the next connections to a sibling that holds fewer (see
+/// src/balance.rs), for at most PAUSE_MS.
+fn step_back(sh: &Shared, now: u64) {
+    let until = now + crate::balance::PAUSE_MS;
+    register_listeners(sh, false, Taking::SteppedBack, until);
+}
+
+/// The one place that changes the listeners' registration, holding
+/// `accepting_lock` so the flags match the epoll set; `taking` is what the
+/// siblings see, `stepped_back_until` is 0 unless stepping back.
+fn register_listeners(sh: &Shared, on: bool, taking: Taking, stepped_back_until: u64) {
     let _guard = sh.accepting_lock.lock().unwrap_or_else(|e| e.into_inner());
     if sh.accepting.load(Ordering::Relaxed) == on {
+        if !on && taking == Taking::No {
+            // Stepped back, and now full or draining: no longer a place
+            // for the siblings to leave connections to.
+            sh.stepped_back_until_ms.store(0, Ordering::Relaxed);
+            if let Some(b) = &sh.balance {
+                b.set_taking(Taking::No);
+            }
+        }
         return;
     }
     for li in 0..sh.listeners.len() {
@@ -488,6 +521,32 @@ fn set_accepting(sh: &Shared, on: bool) {
         }
     }
     sh.accepting.store(on, Ordering::Relaxed);
+    sh.stepped_back_until_ms
+        .store(stepped_back_until, Ordering::Relaxed);
+    if let Some(b) = &sh.balance {
+        b.set_taking(taking);
+    }
+}
+
+/// Whether a worker that is not accepting should be: not full, not
+/// draining (the caller checks), and not stepped back, or stepped back but
+/// no longer ahead of a sibling, or for long enough.
+fn should_resume(sh: &Shared, now: u64) -> bool {
+    let live = sh.conns.live();
+    if live >= sh.settings.worker_connections {
+        return false;
+    }
+    match sh.stepped_back_until_ms.load(Ordering::Relaxed) {
+        0 => true,
+        until => now >= until || !sh.balance.as_ref().is_some_and(|b| b.ahead(live)),
+    }
+}
+
+/// Keep our entry in the balancing table in step with the connection count.
+fn publish_live(sh: &Shared) {
+    if let Some(b) = &sh.balance {
+        b.set_live(sh.conns.live());
+    }
 }
 
 /// Add listener `li` to the worker's epoll (EPOLLEXCLUSIVE), or remove it.
@@ -513,7 +572,10 @@ fn listener_ctl(sh: &Shared, li: usize, op: i32) -> std::io::Result<()> {
 /// while its siblings idle. Re-registering after an accept moves us to the
 /// back of that queue: the next connection goes to a sibling that is
 /// waiting, and to us only when none is. Costs two `epoll_ctl` per new
-/// connection, none per request.
+/// connection, none per request. Not enough alone: re-adding a listener
+/// that still has connections queued puts it straight into our own ready
+/// list, so while a burst lasts we keep winning the race against the
+/// sibling the kernel woke; `step_back` (src/balance.rs) covers that.
 fn to_the_back_of_the_queue(sh: &Shared, li: usize) {
     let _guard = sh.accepting_lock.lock().unwrap_or_else(|e| e.into_inner());
     if !sh.accepting.load(Ordering::Relaxed) {
@@ -568,6 +630,8 @@ impl Loop {
                         0
                     } else if self.draining() {
                         50
+                    } else if let Some(ms) = self.step_back_left() {
+                        ms
                     } else {
                         1000
                     },
@@ -658,12 +722,20 @@ impl Loop {
                 if self.sh.conns.live() == 0 {
                     return;
                 }
-            } else if self.sh.conns.live() < self.sh.settings.worker_connections
-                && !is_accepting(self.sh)
-            {
+            } else if !is_accepting(self.sh) && should_resume(self.sh, now) {
                 set_accepting(self.sh, true);
             }
         }
+    }
+
+    /// While stepped back from accepting (src/balance.rs): how long until
+    /// the step back ends, so that an idle loop wakes up to end it.
+    fn step_back_left(&self) -> Option<i32> {
+        let until = self.sh.stepped_back_until_ms.load(Ordering::Relaxed);
+        if until == 0 || is_accepting(self.sh) {
+            return None;
+        }
+        Some(until.saturating_sub(now_ms()).clamp(1, 1000) as i32)
     }
 
     fn on_wake(&mut self) {
@@ -754,8 +826,17 @@ impl Loop {
                 *guard = Some(conn);
             }
             sh.conns.live.fetch_add(1, Ordering::Relaxed);
+            publish_live(sh);
             if sh.settings.workers > 1 {
-                to_the_back_of_the_queue(sh, li);
+                if sh
+                    .balance
+                    .as_ref()
+                    .is_some_and(|b| b.ahead(sh.conns.live()))
+                {
+                    step_back(sh, now);
+                } else {
+                    to_the_back_of_the_queue(sh, li);
+                }
             }
             // Registered after the slot is filled: from here on any loop
             // may get its events. Registering a socket that already has
@@ -766,6 +847,7 @@ impl Loop {
                 let mut guard = slot.conn.lock().unwrap_or_else(|e| e.into_inner());
                 if guard.take().is_some() {
                     sh.conns.live.fetch_sub(1, Ordering::Relaxed);
+                    publish_live(sh);
                     sh.conns.give_back(idx);
                 }
                 continue;
@@ -858,6 +940,7 @@ impl Loop {
             }
             drop(c);
             self.sh.conns.live.fetch_sub(1, Ordering::Relaxed);
+            publish_live(self.sh);
             self.sh.conns.give_back(idx);
         }
     }
