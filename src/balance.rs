@@ -15,10 +15,15 @@
 //! after an accept, holds `SLACK` or more connections than a sibling which is
 //! taking new ones and has a thread free (not inside the app) steps back
 //! from the listening sockets: the next connections wake that sibling. The
-//! step back ends as soon as the worker is no longer ahead, and after
-//! `PAUSE_MS` at the latest, so nothing waits long on a sibling that turned
-//! busy in the meantime; when it ends, whatever is left in the accept queue
-//! is ours again. Only the workers of one master image see each other: after
+//! step back ends as soon as the worker is no longer ahead, when
+//! connections are still queued a millisecond later (the sibling is busy
+//! after all: a long batch of 1 MiB responses, say), and after `PAUSE_MS`
+//! at the latest; so nothing waits long on a sibling, and whatever is left
+//! in the accept queue is ours again. A worker that is not ahead takes up to
+//! 16 connections per wake-up and serves them after taking them, so a
+//! burst is shared out within milliseconds (64 connections to a 1 MiB
+//! endpoint: ~70 ms to take them all, balanced; 250 ms when each was
+//! served as it was taken). Only the workers of one master image see each other: after
 //! an in-place upgrade the adopted workers keep the old table, which only
 //! means they are not balanced against the new ones while they drain.
 
@@ -101,6 +106,19 @@ pub fn reset(i: usize) {
     t.used.fetch_max(i as u32 + 1, Ordering::Relaxed);
 }
 
+/// See `Mine::standing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A sibling that could take the next connection holds SLACK fewer:
+    /// step back.
+    Ahead,
+    /// Siblings could take connections, none far behind: go on accepting.
+    Level,
+    /// No sibling could take one now (all busy in the app, full, draining,
+    /// or none at all).
+    Alone,
+}
+
 /// A worker's view of the table: its own entry to write, its siblings' to read.
 pub struct Mine {
     index: usize,
@@ -136,26 +154,40 @@ impl Mine {
             .store(t as u32, Ordering::Relaxed);
     }
 
-    /// Whether a worker holding `live` connections should leave the next
-    /// ones to a sibling: one that takes connections (or stepped back for a
-    /// moment), holds at least SLACK fewer, and has a thread that is not
-    /// inside the app. The worker holding the fewest is never ahead, so one
-    /// of them always takes part (or returns within PAUSE_MS).
-    pub fn ahead(&self, live: usize) -> bool {
+    /// Where a worker holding `live` connections stands against the
+    /// siblings that could take a connection now: ones that take
+    /// connections (or stepped back for a moment) and have a thread that is
+    /// not inside the app.
+    pub fn standing(&self, live: usize) -> Standing {
         let t = TABLE.get().expect("checked in new");
         let live = live.min(u32::MAX as usize) as u32;
-        if live < SLACK {
-            return false;
-        }
         let used = (t.used.load(Ordering::Relaxed) as usize).min(t.entries.len());
-        (0..used).any(|i| {
-            let e = &t.entries[i];
-            i != self.index
+        let mut any = false;
+        for (i, e) in t.entries[..used].iter().enumerate() {
+            let available = i != self.index
                 && e.taking.load(Ordering::Relaxed) != Taking::No as u32
-                && e.live.load(Ordering::Relaxed) + SLACK <= live
                 && i < self.scoreboard.capacity()
-                && self.scoreboard.slot(i).has_idle_thread(self.threads)
-        })
+                && self.scoreboard.slot(i).has_idle_thread(self.threads);
+            if !available {
+                continue;
+            }
+            if e.live.load(Ordering::Relaxed) + SLACK <= live {
+                return Standing::Ahead;
+            }
+            any = true;
+        }
+        if any {
+            Standing::Level
+        } else {
+            Standing::Alone
+        }
+    }
+
+    /// Whether to leave the next connections to a sibling (see `standing`).
+    /// The worker holding the fewest is never ahead, so one of them always
+    /// takes part, or comes back within PAUSE_MS.
+    pub fn ahead(&self, live: usize) -> bool {
+        self.standing(live) == Standing::Ahead
     }
 }
 
@@ -175,12 +207,16 @@ mod tests {
         mb.set_live(3);
         // b is not taking connections: a keeps accepting however many it holds.
         assert!(!ma.ahead(40));
+        assert_eq!(ma.standing(40), Standing::Alone);
         mb.set_taking(Taking::Yes);
         assert!(!ma.ahead(4), "one ahead of b is within the slack");
+        assert_eq!(ma.standing(4), Standing::Level);
+        assert_eq!(ma.standing(0), Standing::Level);
         assert!(ma.ahead(5));
         // b is inside the app on its only thread: not a candidate.
         sb.slot(b).enter_app(0, &[b"GET /slow"], 1);
         assert!(!ma.ahead(5));
+        assert_eq!(ma.standing(5), Standing::Alone);
         sb.slot(b).leave_app(0);
         assert!(ma.ahead(5));
         mb.set_taking(Taking::SteppedBack);

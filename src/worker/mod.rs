@@ -27,7 +27,7 @@ use std::time::Instant;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::balance::Taking;
+use crate::balance::{Standing, Taking};
 use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::{BodyKind, RequestHead, parse_head_into};
@@ -538,8 +538,34 @@ fn should_resume(sh: &Shared, now: u64) -> bool {
     }
     match sh.stepped_back_until_ms.load(Ordering::Relaxed) {
         0 => true,
-        until => now >= until || !sh.balance.as_ref().is_some_and(|b| b.ahead(live)),
+        until => {
+            now >= until
+                || !sh.balance.as_ref().is_some_and(|b| b.ahead(live))
+                || (now > until - crate::balance::PAUSE_MS && connections_waiting(sh))
+        }
     }
+}
+
+/// Whether a listening socket has connections queued. Stepped back for a
+/// millisecond or more and they are still there: the sibling we left them
+/// to is busy (a long batch of events, say), so we take them after all
+/// rather than let them wait for it.
+fn connections_waiting(sh: &Shared) -> bool {
+    let mut fds: Vec<libc::pollfd> = sh
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(li, _)| !sh.shut[*li].load(Ordering::Relaxed))
+        .map(|(_, (fd, _))| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll(2) with a zero timeout on fds we hold, writing only the
+    // `revents` of the array we pass with its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    n > 0 && fds.iter().any(|p| p.revents & libc::POLLIN != 0)
 }
 
 /// Keep our entry in the balancing table in step with the connection count.
@@ -644,16 +670,27 @@ impl Loop {
                     crate::log::error(&format!("epoll_wait: {}", std::io::Error::last_os_error()));
                 }
             }
-            for ev in events.iter().take(n.max(0) as usize) {
+            let ready = &events[..n.max(0) as usize];
+            // New connections first: serving the batch can take a while
+            // (a 1 MiB response per connection), and a connection waiting
+            // in the accept queue meanwhile is latency nobody sees coming.
+            for ev in ready
+                .iter()
+                .filter(|ev| ev.u64 != TOK_WAKE && ev.u64 >= TOK_LISTEN)
+            {
+                self.accept((ev.u64 - TOK_LISTEN) as usize, now);
+            }
+            for ev in ready {
                 let tok = ev.u64;
                 let flags = ev.events;
                 if tok == TOK_WAKE {
                     self.on_wake();
                 } else if tok >= TOK_LISTEN {
-                    self.accept((tok - TOK_LISTEN) as usize, now);
+                    // taken above
                 } else if let Some(slot) = self.sh.conns.slots.get(tok as usize) {
                     slot.pending.fetch_or(flags | PENDING, Ordering::SeqCst);
                     self.drive(tok as usize, now);
+                    self.resume_if_due();
                 }
             }
             let requests = self.sh.slot.requests();
@@ -728,14 +765,38 @@ impl Loop {
         }
     }
 
-    /// While stepped back from accepting (src/balance.rs): how long until
-    /// the step back ends, so that an idle loop wakes up to end it.
+    /// Stepped back from accepting and in a long batch: take part again as
+    /// soon as we should (not only when the batch is over), and take what
+    /// is queued at once, since the listener's next event would only come
+    /// with the next `epoll_wait`.
+    fn resume_if_due(&mut self) {
+        if self.sh.stepped_back_until_ms.load(Ordering::Relaxed) == 0
+            || is_accepting(self.sh)
+            || self.draining()
+        {
+            return;
+        }
+        let now = now_ms();
+        if should_resume(self.sh, now) {
+            set_accepting(self.sh, true);
+            for li in 0..self.sh.listeners.len() {
+                if !self.sh.shut[li].load(Ordering::Relaxed) {
+                    self.accept(li, now);
+                }
+            }
+        }
+    }
+
+    /// While stepped back from accepting (src/balance.rs): how long an idle
+    /// loop may sleep before it looks again whether to take part.
     fn step_back_left(&self) -> Option<i32> {
         let until = self.sh.stepped_back_until_ms.load(Ordering::Relaxed);
         if until == 0 || is_accepting(self.sh) {
             return None;
         }
-        Some(until.saturating_sub(now_ms()).clamp(1, 1000) as i32)
+        // Every millisecond: the sibling we left the connections to may
+        // have stepped back too, and nothing else would wake us to see it.
+        Some(1)
     }
 
     fn on_wake(&mut self) {
@@ -762,12 +823,13 @@ impl Loop {
         let sh = self.sh;
         let (lfd, _) = sh.listeners[li];
         let several_loops = sh.settings.threads > 1;
-        // A few per wake-up when we are the only worker; one when there
-        // are siblings, so that a burst (a load generator or a proxy
-        // opening its pool) is shared with those woken beside us rather
-        // than drained by whoever runs first.
-        let batch = if sh.settings.workers > 1 { 1 } else { 16 };
-        for _ in 0..batch {
+        let siblings = sh.settings.workers > 1;
+        // Up to 16 per wake-up, as long as no sibling that could take
+        // connections is behind us (src/balance.rs); one when no sibling
+        // could take one now, so that a burst is shared with those that
+        // come free rather than drained by whoever runs first.
+        let mut took = 0;
+        for _ in 0..16 {
             // Even while draining, take what woke us: with EPOLLEXCLUSIVE
             // no other worker was woken for these connections, and they
             // would wait in the queue until the next one arrived. They are
@@ -811,7 +873,7 @@ impl Loop {
                     }
                     _ => crate::log::error(&format!("accept: {e}")),
                 }
-                return;
+                break;
             }
             // SAFETY: accept4 returned a new fd that we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -827,17 +889,26 @@ impl Loop {
             }
             sh.conns.live.fetch_add(1, Ordering::Relaxed);
             publish_live(sh);
-            if sh.settings.workers > 1 {
-                if sh
-                    .balance
-                    .as_ref()
-                    .is_some_and(|b| b.ahead(sh.conns.live()))
-                {
-                    step_back(sh, now);
-                } else {
-                    to_the_back_of_the_queue(sh, li);
+            took += 1;
+            // Whether to take another: settled before this connection is
+            // served, so that a sibling gets the next ones meanwhile.
+            let more = if !siblings {
+                true
+            } else if self.draining() {
+                false
+            } else {
+                match sh.balance.as_ref().map(|b| b.standing(sh.conns.live())) {
+                    Some(Standing::Level) => true,
+                    Some(Standing::Ahead) => {
+                        step_back(sh, now);
+                        false
+                    }
+                    Some(Standing::Alone) | None => {
+                        to_the_back_of_the_queue(sh, li);
+                        false
+                    }
                 }
-            }
+            };
             // Registered after the slot is filled: from here on any loop
             // may get its events. Registering a socket that already has
             // data queues an event at once, which wakes an idle loop.
@@ -850,17 +921,24 @@ impl Loop {
                     publish_live(sh);
                     sh.conns.give_back(idx);
                 }
-                continue;
+            } else if !several_loops && !(siblings && more) {
+                // The request is often already here: serve it without
+                // waiting for the epoll round-trip. Not while taking more
+                // in a burst: serving each as it comes would keep the rest
+                // in the queue (a 1 MiB response each: 64 connections took
+                // 250 ms to accept) while its first event has already been
+                // queued by registering it. Nor with several loops: its
+                // first event wakes an idle loop, and this one may be about
+                // to run the app for a while.
+                slot.pending.fetch_or(PENDING, Ordering::SeqCst);
+                self.drive(idx, now);
             }
-            if several_loops {
-                // Leave the connection to whichever loop its first event
-                // wakes: this one may be about to run the app for a while.
-                continue;
+            if !more {
+                return;
             }
-            // The request is often already here: serve it without waiting
-            // for the epoll round-trip.
-            slot.pending.fetch_or(PENDING, Ordering::SeqCst);
-            self.drive(idx, now);
+        }
+        if siblings && took > 0 {
+            to_the_back_of_the_queue(sh, li);
         }
     }
 
