@@ -23,9 +23,11 @@
 //! 16 connections per wake-up and serves them after taking them, so a
 //! burst is shared out within milliseconds (64 connections to a 1 MiB
 //! endpoint: ~70 ms to take them all, balanced; 250 ms when each was
-//! served as it was taken). Only the workers of one master image see each other: after
-//! an in-place upgrade the adopted workers keep the old table, which only
-//! means they are not balanced against the new ones while they drain.
+//! served as it was taken).
+//!
+//! Only the workers of one master image see each other: after an in-place
+//! upgrade the adopted workers keep the old table, which only means they
+//! are not balanced against the new ones while they drain.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -87,6 +89,7 @@ pub fn init(capacity: usize) -> std::io::Result<()> {
             nix::sys::mman::MapFlags::MAP_SHARED,
         )?
     };
+    // SAFETY: `base` points at capacity + 1 zeroed entries (above).
     let all: &'static [Entry] =
         unsafe { std::slice::from_raw_parts(base.as_ptr() as *const Entry, capacity + 1) };
     let _ = TABLE.set(Table {
