@@ -925,11 +925,11 @@ impl Loop {
                 // The request is often already here: serve it without
                 // waiting for the epoll round-trip. Not while taking more
                 // in a burst: serving each as it comes would keep the rest
-                // in the queue (a 1 MiB response each: 64 connections took
-                // 250 ms to accept) while its first event has already been
-                // queued by registering it. Nor with several loops: its
-                // first event wakes an idle loop, and this one may be about
-                // to run the app for a while.
+                // in the queue meanwhile (a 1 MiB response takes about a
+                // millisecond), and registering it has already queued its
+                // first event. Nor with several loops: its first event
+                // wakes an idle loop, and this one may be about to run the
+                // app for a while.
                 slot.pending.fetch_or(PENDING, Ordering::SeqCst);
                 self.drive(idx, now);
             }
