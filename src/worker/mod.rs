@@ -618,6 +618,11 @@ fn is_accepting(sh: &Shared) -> bool {
     sh.accepting.load(Ordering::Relaxed)
 }
 
+/// Out of the listeners for a moment in favour of a sibling (src/balance.rs).
+fn stepped_back(sh: &Shared) -> bool {
+    sh.stepped_back_until_ms.load(Ordering::Relaxed) != 0 && !is_accepting(sh)
+}
+
 impl Loop {
     fn new(sh: &'static Shared, thread: usize) -> Loop {
         Loop {
@@ -656,8 +661,11 @@ impl Loop {
                         0
                     } else if self.draining() {
                         50
-                    } else if let Some(ms) = self.step_back_left() {
-                        ms
+                    } else if stepped_back(self.sh) {
+                        // Look again every millisecond: the sibling we left
+                        // the connections to may have stepped back too, and
+                        // nothing else would wake us to see it.
+                        1
                     } else {
                         1000
                     },
@@ -770,10 +778,7 @@ impl Loop {
     /// is queued at once, since the listener's next event would only come
     /// with the next `epoll_wait`.
     fn resume_if_due(&mut self) {
-        if self.sh.stepped_back_until_ms.load(Ordering::Relaxed) == 0
-            || is_accepting(self.sh)
-            || self.draining()
-        {
+        if !stepped_back(self.sh) || self.draining() {
             return;
         }
         let now = now_ms();
@@ -785,18 +790,6 @@ impl Loop {
                 }
             }
         }
-    }
-
-    /// While stepped back from accepting (src/balance.rs): how long an idle
-    /// loop may sleep before it looks again whether to take part.
-    fn step_back_left(&self) -> Option<i32> {
-        let until = self.sh.stepped_back_until_ms.load(Ordering::Relaxed);
-        if until == 0 || is_accepting(self.sh) {
-            return None;
-        }
-        // Every millisecond: the sibling we left the connections to may
-        // have stepped back too, and nothing else would wake us to see it.
-        Some(1)
     }
 
     fn on_wake(&mut self) {
