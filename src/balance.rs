@@ -118,9 +118,12 @@ pub enum Standing {
     Ahead,
     /// Siblings could take connections, none far behind: go on accepting.
     Level,
-    /// No sibling could take one now (all busy in the app, full, draining,
-    /// or none at all).
+    /// Siblings take connections, but none could take one now (all busy in
+    /// the app): take one at a time, so that those coming free get a share.
     Alone,
+    /// No sibling takes connections at all (one worker, or the others are
+    /// booting, full or draining): nobody to share with.
+    Only,
 }
 
 /// A worker's view of the table: its own entry to write, its siblings' to read.
@@ -167,10 +170,13 @@ impl Mine {
         let live = live.min(u32::MAX as usize) as u32;
         let used = (t.used.load(Ordering::Relaxed) as usize).min(t.entries.len());
         let mut any = false;
+        let mut taking = false;
         for (i, e) in t.entries[..used].iter().enumerate() {
-            let available = i != self.index
-                && e.taking.load(Ordering::Relaxed) != Taking::No as u32
-                && i < self.scoreboard.capacity()
+            if i == self.index || e.taking.load(Ordering::Relaxed) == Taking::No as u32 {
+                continue;
+            }
+            taking = true;
+            let available = i < self.scoreboard.capacity()
                 && self.scoreboard.slot(i).has_idle_thread(self.threads);
             if !available {
                 continue;
@@ -182,8 +188,10 @@ impl Mine {
         }
         if any {
             Standing::Level
-        } else {
+        } else if taking {
             Standing::Alone
+        } else {
+            Standing::Only
         }
     }
 
@@ -211,7 +219,7 @@ mod tests {
         mb.set_live(3);
         // b is not taking connections: a keeps accepting however many it holds.
         assert!(!ma.ahead(40));
-        assert_eq!(ma.standing(40), Standing::Alone);
+        assert_eq!(ma.standing(40), Standing::Only);
         mb.set_taking(Taking::Yes);
         assert!(!ma.ahead(4), "one ahead of b is within the slack");
         assert_eq!(ma.standing(4), Standing::Level);
@@ -234,6 +242,7 @@ mod tests {
         assert!(!mb.ahead(1), "below the slack");
         ma.set_taking(Taking::No);
         assert!(!mb.ahead(40));
+        assert_eq!(mb.standing(40), Standing::Only);
         reset(b);
         assert!(!ma.ahead(5), "a reset entry is not taking connections");
     }

@@ -1071,9 +1071,9 @@ impl Master {
                 // SAFETY: as for the slot: the scoreboard outlives the child.
                 let scoreboard: &'static crate::scoreboard::Scoreboard =
                     unsafe { &*(&self.scoreboard as *const crate::scoreboard::Scoreboard) };
-                let balance = (settings.workers > 1)
-                    .then(|| crate::balance::Mine::new(slot, settings.threads, scoreboard))
-                    .flatten();
+                // Every worker gets its entry, `-w 1` too: TTIN can give
+                // it a sibling later (`Standing::Only` while it has none).
+                let balance = crate::balance::Mine::new(slot, settings.threads, scoreboard);
                 if nix::unistd::getppid() != master {
                     unsafe { libc::_exit(0) };
                 }

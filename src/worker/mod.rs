@@ -67,7 +67,7 @@ struct Shared {
     accepting: AtomicBool,
     accepting_lock: Mutex<()>,
     /// Our entry in the table that balances accepts between workers
-    /// (src/balance.rs); `None` with one worker.
+    /// (src/balance.rs); `None` only if the master could not map the table.
     balance: Option<crate::balance::Mine>,
     /// While not accepting because a sibling holds fewer connections: when
     /// to take part again at the latest (ms; 0 = not stepped back).
@@ -816,12 +816,12 @@ impl Loop {
         let sh = self.sh;
         let (lfd, _) = sh.listeners[li];
         let several_loops = sh.settings.threads > 1;
-        let siblings = sh.settings.workers > 1;
         // Up to 16 per wake-up, as long as no sibling that could take
         // connections is behind us (src/balance.rs); one when no sibling
         // could take one now, so that a burst is shared with those that
         // come free rather than drained by whoever runs first.
         let mut took = 0;
+        let mut siblings = false;
         for _ in 0..16 {
             // Even while draining, take what woke us: with EPOLLEXCLUSIVE
             // no other worker was woken for these connections, and they
@@ -885,21 +885,20 @@ impl Loop {
             took += 1;
             // Whether to take another: settled before this connection is
             // served, so that a sibling gets the next ones meanwhile.
-            let more = if !siblings {
-                true
-            } else if self.draining() {
-                false
-            } else {
-                match sh.balance.as_ref().map(|b| b.standing(sh.conns.live())) {
-                    Some(Standing::Level) => true,
-                    Some(Standing::Ahead) => {
-                        step_back(sh, now);
-                        false
-                    }
-                    Some(Standing::Alone) | None => {
-                        to_the_back_of_the_queue(sh, li);
-                        false
-                    }
+            let standing = sh.balance.as_ref().map(|b| b.standing(sh.conns.live()));
+            // Whether a sibling takes connections too (none with `-w 1`).
+            siblings = !matches!(standing, None | Some(Standing::Only));
+            let more = match standing {
+                None | Some(Standing::Only) => true,
+                _ if self.draining() => false,
+                Some(Standing::Level) => true,
+                Some(Standing::Ahead) => {
+                    step_back(sh, now);
+                    false
+                }
+                Some(Standing::Alone) => {
+                    to_the_back_of_the_queue(sh, li);
+                    false
                 }
             };
             // Registered after the slot is filled: from here on any loop
