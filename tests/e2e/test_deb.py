@@ -216,7 +216,7 @@ def test_00_package_installed(c, installed):
                  "/usr/share/bash-completion/completions/ferricorn",
                  "/usr/share/zsh/vendor-completions/_ferricorn",
                  "/usr/share/doc/ferricorn/copyright", "/usr/share/doc/ferricorn/changelog.Debian.gz",
-                 "/usr/share/doc/ferricorn/DEPLOY.md"):
+                 "/usr/share/doc/ferricorn/DEPLOY.md.gz"):
         assert c.run(f"test -e {path}", check=False).returncode == 0, f"{path} missing"
     conffiles = c.run("dpkg-query -W -f='${Conffiles}' ferricorn").stdout
     assert "/etc/ferricorn/example.toml" in conffiles

@@ -120,14 +120,21 @@ def test_deb_contents(deb):
                  "/usr/share/bash-completion/completions/ferricorn",
                  "/usr/share/zsh/vendor-completions/_ferricorn",
                  "/usr/share/doc/ferricorn/copyright", "/usr/share/doc/ferricorn/changelog.Debian.gz",
-                 "/usr/share/doc/ferricorn/README.md", "/usr/share/doc/ferricorn/DEPLOY.md",
-                 "/usr/share/doc/ferricorn/SIGNALS.md", "/usr/share/doc/ferricorn/SYSTEMD.md",
-                 "/usr/share/doc/ferricorn/TUNING.md", "/usr/share/doc/ferricorn/GUNICORN.md",
+                 "/usr/share/doc/ferricorn/README.md.gz", "/usr/share/doc/ferricorn/DEPLOY.md.gz",
+                 "/usr/share/doc/ferricorn/SIGNALS.md.gz", "/usr/share/doc/ferricorn/SYSTEMD.md.gz",
+                 "/usr/share/doc/ferricorn/TUNING.md.gz", "/usr/share/doc/ferricorn/GUNICORN.md.gz",
                  "/usr/share/doc/ferricorn/rust-crates-licenses.txt.gz",
                  # the pages ferricorn.1 names in its SUBCOMMANDS section
                  "/usr/share/man/man1/ferricorn-systemd-units.1.gz",
                  "/usr/share/man/man1/ferricorn-generate.1.gz"):
         assert path in files, f"{path} not in the package"
+    # Policy 12.3: documentation larger than 4 kB is compressed with gzip (the copyright
+    # file never is: 12.5)
+    for line in listing.splitlines():
+        path, size = line.split()[-1].lstrip("."), int(line.split()[2])
+        if (line.startswith("-") and path.startswith("/usr/share/doc/ferricorn/")
+                and path != "/usr/share/doc/ferricorn/copyright"):
+            assert path.endswith(".gz") or size <= 4096, (path, size)
     assert re.fullmatch(r"ferricorn_[0-9][^_]*_amd64\.deb", deb.name), deb.name
     assert dpkg_field(deb, "Package") == "ferricorn"
     depends = dpkg_field(deb, "Depends")
