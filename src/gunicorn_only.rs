@@ -194,7 +194,7 @@ pub fn judge(name: &str, value: &str) -> Verdict {
     match name {
         "certfile" | "keyfile" if truthy => Verdict::Refuse(
             "ferricorn does not terminate TLS: put a TLS proxy (nginx, HAProxy, ...) in front of \
-             it and bind ferricorn to 127.0.0.1 or a unix socket (see docs/DEPLOY.md)"
+             it and bind ferricorn to 127.0.0.1 or a unix socket (see DEPLOY.md: docs/ in the source, /usr/share/doc/ferricorn/ when installed)"
                 .into(),
         ),
         "daemon" if truthy => Verdict::Refuse(
