@@ -2,6 +2,10 @@
 //! parse the command line, load settings, open sockets, run the master.
 //! See ARCHITECTURE.md for the map.
 
+// Collapsing nested `if let`s needs let-chains, stable only since Rust
+// 1.88: kept nested rather than ask for a newer compiler for style.
+#![allow(clippy::collapsible_if)]
+
 mod balance;
 mod config;
 mod env_args;

@@ -52,7 +52,7 @@ extern "C" fn capture(
             let mut i = 0;
             loop {
                 let e = *envp.add(i);
-                if e.is_null() || e != end.add(1) as *const libc::c_char {
+                if e.is_null() || !std::ptr::eq(e, end.add(1)) {
                     break;
                 }
                 end = (e as *mut libc::c_char).add(libc::strlen(e));

@@ -93,8 +93,7 @@ pub fn reopen() -> std::io::Result<()> {
         Some("-") => 1,
         Some(path) => {
             let f = open_append(path)?;
-            let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-            fd
+            std::os::fd::IntoRawFd::into_raw_fd(f)
         }
     };
     let old = ACCESS_FD.swap(new_fd, Ordering::AcqRel);

@@ -382,7 +382,7 @@ fn set(
 
 /// Percent-decode a path into bytes (invalid escapes stay as they are).
 pub fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !s.iter().any(|&b| b == b'%') {
+    if !s.contains(&b'%') {
         return std::borrow::Cow::Borrowed(s);
     }
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
