@@ -742,9 +742,7 @@ impl Loop {
                 if is_accepting(self.sh) {
                     // Backstop for a wake-up lost to a worker that exited
                     // between being woken and accepting: look once a second.
-                    for li in 0..self.sh.listeners.len() {
-                        self.accept(li, now);
-                    }
+                    self.accept_from_every_listener(now);
                 }
             }
             let resume = self.sweep_from.take();
@@ -784,10 +782,16 @@ impl Loop {
         let now = now_ms();
         if should_resume(self.sh, now) {
             set_accepting(self.sh, true);
-            for li in 0..self.sh.listeners.len() {
-                if !self.sh.shut[li].load(Ordering::Relaxed) {
-                    self.accept(li, now);
-                }
+            self.accept_from_every_listener(now);
+        }
+    }
+
+    /// Take what is queued on each listener that is not shut down, without
+    /// waiting for its event.
+    fn accept_from_every_listener(&mut self, now: u64) {
+        for li in 0..self.sh.listeners.len() {
+            if !self.sh.shut[li].load(Ordering::Relaxed) {
+                self.accept(li, now);
             }
         }
     }
@@ -820,7 +824,8 @@ impl Loop {
         // connections is behind us (src/balance.rs); one when no sibling
         // could take one now, so that a burst is shared with those that
         // come free rather than drained by whoever runs first.
-        let mut took = 0;
+        // Whether a sibling takes connections too, as seen after our last
+        // accept (false while none was taken).
         let mut siblings = false;
         for _ in 0..16 {
             // Even while draining, take what woke us: with EPOLLEXCLUSIVE
@@ -882,11 +887,9 @@ impl Loop {
             }
             sh.conns.live.fetch_add(1, Ordering::Relaxed);
             publish_live(sh);
-            took += 1;
             // Whether to take another: settled before this connection is
             // served, so that a sibling gets the next ones meanwhile.
             let standing = sh.balance.as_ref().map(|b| b.standing(sh.conns.live()));
-            // Whether a sibling takes connections too (none with `-w 1`).
             siblings = !matches!(standing, None | Some(Standing::Only));
             let more = match standing {
                 None | Some(Standing::Only) => true,
@@ -929,7 +932,7 @@ impl Loop {
                 return;
             }
         }
-        if siblings && took > 0 {
+        if siblings {
             to_the_back_of_the_queue(sh, li);
         }
     }
