@@ -1,6 +1,6 @@
 """Real frameworks from PyPI, unmodified, in a virtualenv (the test venv
-made with /usr/bin/python3): a Flask app and a Django project created with
-`django-admin startproject`."""
+made with /usr/bin/python3): a Flask app, a Django project created with
+`django-admin startproject`, a Pyramid app and a Falcon app."""
 import hashlib
 import http.client
 import json
@@ -21,17 +21,23 @@ def have(module):
     return any(Path(VENV, "lib").glob(f"python3*/site-packages/{module}/__init__.py"))
 
 
-# ---- Flask ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def flask_server():
-    if not have("flask"):
-        pytest.fail(f"Flask is not installed in {VENV} (tests/run installs it)")
-    s = Server(["-b", "127.0.0.1:0", "--virtualenv", VENV, "-w", "2", "flaskapp:app"], APPS, {})
+def framework_server(module, name, app, *args):
+    """Yield a 2-worker server of `app` from tests/apps, after checking that
+    the framework's package `module` is in the test venv."""
+    if not have(module):
+        pytest.fail(f"{name} is not installed in {VENV} (tests/run installs it)")
+    s = Server(["-b", "127.0.0.1:0", "--virtualenv", VENV, "-w", "2", *args, app], APPS, {})
     try:
         yield s
     finally:
         s.close()
+
+
+# ---- Flask ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flask_server():
+    yield from framework_server("flask", "Flask", "flaskapp:app")
 
 
 def test_flask_routes(flask_server):
@@ -121,6 +127,176 @@ def test_flask_keepalive_and_head(flask_server):
     assert [r.status for r in rs] == [200, 200, 200] and rest == b""
     assert rs[1].body == b"" and int(rs[1].header("content-length")) > 0
     assert rs[2].body == b"user x"
+
+
+# ---- Pyramid ----------------------------------------------------------------
+
+def multipart(fields, files):
+    """A multipart/form-data body: (content_type, bytes)."""
+    boundary = "b" + uuid.uuid4().hex
+    out = b""
+    for name, value in fields:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                f"{value}\r\n").encode()
+    for name, filename, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", out
+
+
+def chunked_post(s, path, data, piece=10000, headers=None):
+    """POST `data` with Transfer-Encoding: chunked in `piece`-byte chunks."""
+    c = s.conn()
+    c.request("POST", path, body=iter([data[i:i + piece] for i in range(0, len(data), piece)]),
+              headers=headers or {}, encode_chunked=True)
+    r = c.getresponse()
+    out = r.status, r.read()
+    c.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def pyramid_server():
+    yield from framework_server("pyramid", "Pyramid", "pyramidapp:app")
+
+
+def test_pyramid_routes_and_json_renderer(pyramid_server):
+    s = pyramid_server
+    st, h, body = s.request("GET", "/")
+    assert (st, body) == (200, b"Hello from Pyramid")
+    assert h["content-type"] == "text/plain; charset=UTF-8"
+    st, h, body = s.request("GET", "/items/7?a=1&a=2&b=%C3%A9")
+    assert st == 200 and h["content-type"] == "application/json"
+    j = json.loads(body)
+    base = f"http://127.0.0.1:{s.port}"
+    assert j == {"id": "7", "params": {"a": ["1", "2"], "b": ["é"]},
+                 "url": f"{base}/items/7?a=1&a=2&b=%C3%A9", "application_url": base,
+                 "scheme": "http", "remote_addr": "127.0.0.1", "script_name": "",
+                 "path_info": "/items/7", "route_url": f"{base}/items/other"}
+    st, _, body = s.request("POST", "/items/3", body=json.dumps({"k": [1, "ż"]}).encode(),
+                            headers={"Content-Type": "application/json"})
+    assert st == 201 and json.loads(body) == {"id": "3", "received": {"k": [1, "ż"]}}
+    st, h, _ = s.request("GET", "/go")
+    assert st == 302 and h["location"] == f"{base}/items/redirected"
+    # Behind a trusted proxy (127.0.0.1 by default) the app's URLs say https.
+    st, _, body = s.request("GET", "/items/8", headers={"X-Forwarded-Proto": "https", "Host": "example.org"})
+    j = json.loads(body)
+    assert j["scheme"] == "https" and j["url"] == "https://example.org/items/8"
+
+
+def test_pyramid_request_bodies(pyramid_server):
+    s = pyramid_server
+    data = hashlib.sha256(b"seed").digest() * 12000  # 384000 bytes
+    digest = hashlib.sha256(data).hexdigest()
+    ctype, body = multipart([("name", "Ada"), ("tag", "x"), ("tag", "y")], [("upload", "f.bin", data)])
+    st, _, out = s.request("POST", "/form", body=body, headers={"Content-Type": ctype})
+    assert st == 200
+    assert json.loads(out) == {"name": "Ada", "tags": ["x", "y"],
+                               "file": {"filename": "f.bin", "size": len(data), "sha256": digest}}
+    # The same form sent chunked.
+    st, out = chunked_post(s, "/form", body, headers={"Content-Type": ctype})
+    assert st == 200 and json.loads(out)["file"]["sha256"] == digest
+    # A raw chunked body read through WebOb's body_file: all of it, no more.
+    st, out = chunked_post(s, "/raw", data, piece=7777, headers={"Content-Type": "application/octet-stream"})
+    assert st == 200
+    j = json.loads(out)
+    assert (j["size"], j["sha256"]) == (len(data), digest)
+    st, _, out = s.request("POST", "/raw", body=data[:1000], headers={"Content-Type": "application/octet-stream"})
+    assert json.loads(out) == {"size": 1000, "sha256": hashlib.sha256(data[:1000]).hexdigest(),
+                               "content_length": 1000}
+
+
+def test_pyramid_streaming_and_errors(pyramid_server):
+    s = pyramid_server
+    st, h, body = s.request("GET", "/stream")
+    assert st == 200 and body == "".join(f"row {i}\n" for i in range(1000)).encode()
+    st, _, body = s.request("GET", "/no/such/route")
+    assert st == 404
+    st, _, body = s.request("GET", "/missing")
+    assert st == 404 and b"no such thing" in body
+    st, _, body = s.request("POST", "/")
+    assert st == 200  # the home view takes any method
+    st, _, body = s.request("GET", "/teapot")
+    assert st == 418 and json.loads(body) == {"error": "short and stout"}
+    # An exception no view handles propagates out of the Pyramid app: the
+    # server answers 500, logs the traceback and tells the client nothing.
+    st, _, body = s.request("GET", "/boom")
+    assert st == 500 and b"secret detail" not in body and b"Traceback" not in body
+    log = s.wait_log(r"ZeroDivisionError: pyramid view failed")
+    assert "Traceback" in log
+    assert s.request("GET", "/")[0] == 200
+
+
+# ---- Falcon -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def falcon_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("falcon") / "data.bin"
+    path.write_bytes(hashlib.sha512(b"falcon").digest() * 5000)  # 320000 bytes
+    return path
+
+
+@pytest.fixture(scope="module")
+def falcon_server(falcon_data):
+    yield from framework_server("falcon", "Falcon", "falconapp:app", "-e", f"FALCON_DATA_FILE={falcon_data}")
+
+
+def test_falcon_resources_and_media(falcon_server):
+    s = falcon_server
+    st, h, body = s.request("GET", "/things/7?a=1&a=2&b=%C3%A9", headers={"X-Custom": "hi there"})
+    assert st == 200 and h["content-type"] == "application/json"
+    j = json.loads(body)
+    assert j == {"id": "7", "params": {"a": ["1", "2"], "b": "é"}, "header": "hi there",
+                 "uri": f"http://127.0.0.1:{s.port}/things/7?a=1&a=2&b=%C3%A9", "scheme": "http",
+                 "forwarded_scheme": "http", "remote_addr": "127.0.0.1",
+                 "access_route": ["127.0.0.1"], "content_length": None}
+    st, _, body = s.request("POST", "/things/9", body=json.dumps({"x": [1, 2]}).encode(),
+                            headers={"Content-Type": "application/json"})
+    assert st == 201 and json.loads(body) == {"id": "9", "received": {"x": [1, 2]}}
+    st, _, body = s.request("GET", "/things/8", headers={"X-Forwarded-Proto": "https"})
+    assert json.loads(body)["forwarded_scheme"] == "https"
+
+
+def test_falcon_streams(falcon_server, falcon_data):
+    s = falcon_server
+    data = falcon_data.read_bytes()
+    st, out = chunked_post(s, "/upload", data, piece=3333)
+    assert st == 200
+    j = json.loads(out)
+    assert (j["size"], j["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    st, _, out = s.request("POST", "/upload", body=b"")
+    assert st == 200 and json.loads(out)["size"] == 0
+    st, _, body = s.request("GET", "/stream")
+    assert st == 200 and body == "".join(f"row {i}\n" for i in range(1000)).encode()
+    # resp.set_stream with a real file: Falcon hands it to wsgi.file_wrapper.
+    st, h, body = s.request("GET", "/file")
+    assert st == 200 and body == data and h["content-length"] == str(len(data))
+
+
+def test_falcon_cookies_and_errors(falcon_server):
+    s = falcon_server
+    c = s.conn()
+    c.request("GET", "/cookie", headers={"Cookie": "c=v1; other=z"})
+    r = c.getresponse()
+    assert r.read() == b"cookie was v1"
+    cookies = r.msg.get_all("Set-Cookie")
+    assert sorted(x.split(";")[0] for x in cookies) == ["c=v2", "d=x"]
+    c.close()
+    st, h, body = s.request("GET", "/invalid")
+    assert st == 400 and json.loads(body) == {"title": "Bad thing", "description": "the thing was bad"}
+    st, _, body = s.request("GET", "/nowhere")
+    assert st == 404
+    st, _, body = s.request("DELETE", "/stream")
+    assert st == 405
+    # Falcon's own handler turns an unexpected exception into its 500 and
+    # logs the traceback through wsgi.errors, which reaches our log.
+    st, _, body = s.request("GET", "/boom")
+    assert st == 500 and b"secret detail" not in body
+    log = s.wait_log(r"ZeroDivisionError: falcon resource failed")
+    assert "Traceback" in log
+    assert s.request("GET", "/stream")[0] == 200
 
 
 # ---- the interpreter around the app ------------------------------------------
@@ -267,6 +443,10 @@ def test_django_view_and_json(django_server):
     st, _, body = s.request("POST", "/echo/", body=json.dumps({"k": [1, 2]}).encode(),
                             headers={"Content-Type": "application/json"})
     assert json.loads(body) == {"json": {"k": [1, 2]}}
+    # Django reads only CONTENT_LENGTH: a chunked body still reaches it.
+    st, body = chunked_post(s, "/echo/", json.dumps({"k": list(range(3000))}).encode(), piece=999,
+                            headers={"Content-Type": "application/json"})
+    assert st == 200 and json.loads(body) == {"json": {"k": list(range(3000))}}
     # wsgi.url_scheme from a trusted proxy makes request.is_secure() true.
     st, _, body = s.request("GET", "/info/", headers={"X-Forwarded-Proto": "https"})
     j = json.loads(body)
