@@ -232,7 +232,7 @@ pub struct Options {
     /// Switch worker processes to this group after binding.
     #[arg(short = 'g', long)]
     pub group: Option<String>,
-    /// umask for the server's processes: 0027 or 0o027 (octal), 0x17, 23 (decimal), as Gunicorn [default: 0]
+    /// umask for the unix socket files the server binds (in force only while binding, as Gunicorn's; the processes keep the umask they inherit): 0027 or 0o027 (octal), 0x17, 23 (decimal) [default: 0]
     #[arg(short = 'm', long)]
     pub umask: Option<String>,
     /// Write the master's PID to this file.

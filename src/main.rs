@@ -241,8 +241,6 @@ fn serve(opts: config::Options) -> i32 {
         config_failed(&msg);
         return EXIT_CONFIG_ERROR;
     }
-    // SAFETY: umask(2) cannot fail.
-    unsafe { libc::umask(settings.umask as libc::mode_t) };
 
     // systemd's variables are read once, then removed so the workers and
     // the app do not inherit them (NotifyAccess=main; LISTEN_PID is ours).
@@ -272,8 +270,7 @@ fn serve(opts: config::Options) -> i32 {
             match sock::open_listeners(
                 &settings.bind,
                 settings.bind_is_default,
-                settings.backlog,
-                settings.reuse_port,
+                sock::SocketOptions::of(&settings),
                 activated,
             ) {
                 Ok(l) => l,

@@ -24,7 +24,10 @@ pub fn create(path: &Path) -> Result<(), String> {
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
+    // -rw-r--r-- whatever the umask, as Gunicorn's.
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
     std::fs::write(&tmp, format!("{me}\n"))
+        .and_then(|()| std::fs::set_permissions(&tmp, mode))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);

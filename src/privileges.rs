@@ -1,5 +1,5 @@
-//! Dropping root after the sockets are bound (`--user`, `--group`), and
-//! the `--umask`. Workers drop before they import the app, so application
+//! Dropping root after the sockets are bound (`--user`, `--group`).
+//! Workers drop before they import the app, so application
 //! code never runs as root; the master keeps its privileges only to bind,
 //! re-exec and signal.
 

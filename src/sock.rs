@@ -18,6 +18,27 @@ use nix::sys::socket::{
 
 use crate::systemd::activation::{self, ActivatedSocket};
 
+/// How sockets are made: Gunicorn's `backlog`, `reuse_port` and `umask`.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketOptions {
+    pub backlog: i32,
+    pub reuse_port: bool,
+    /// In force only while a unix socket file is created (its mode is
+    /// 0777 & !umask), as in Gunicorn: the process keeps the umask it was
+    /// started with (systemd's `UMask=`), and so do the app's files.
+    pub umask: u32,
+}
+
+impl SocketOptions {
+    pub fn of(s: &crate::config::Settings) -> SocketOptions {
+        SocketOptions {
+            backlog: s.backlog,
+            reuse_port: s.reuse_port,
+            umask: s.umask,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindSpec {
     Tcp(String),
@@ -181,7 +202,7 @@ fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result
     Ok(fd)
 }
 
-fn bind_unix(path: &PathBuf, backlog: i32) -> std::io::Result<OwnedFd> {
+fn bind_unix(path: &PathBuf, backlog: i32, umask: u32) -> std::io::Result<OwnedFd> {
     // A stale socket file left by a crashed run would make bind fail with
     // EADDRINUSE; remove it only if it *is* a socket (never a regular file).
     if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -190,8 +211,14 @@ fn bind_unix(path: &PathBuf, backlog: i32) -> std::io::Result<OwnedFd> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let l = UnixListener::bind(path)?;
-    let fd: OwnedFd = l.into();
+    // SAFETY: umask(2) cannot fail. The master binds from its one thread
+    // (start-up, or a reload in its main loop), so nothing else creates
+    // files under the temporary mask.
+    let inherited = unsafe { libc::umask(umask as libc::mode_t) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; the inherited mask is back before anything else.
+    unsafe { libc::umask(inherited) };
+    let fd: OwnedFd = bound?.into();
     listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
     Ok(fd)
 }
@@ -256,8 +283,7 @@ fn retry_in_use<T>(spec: &str, mut bind: impl FnMut() -> std::io::Result<T>) -> 
 fn open_tcp(
     spec: &str,
     hp: &str,
-    backlog: i32,
-    reuse_port: bool,
+    opts: SocketOptions,
     patient: bool,
 ) -> Result<Listener, ListenError> {
     let first = hp
@@ -265,7 +291,7 @@ fn open_tcp(
         .map_err(|e| format!("bind {spec:?}: cannot resolve: {e}"))?
         .next()
         .ok_or_else(|| format!("bind {spec:?}: no address"))?;
-    let bind = || bind_tcp(first, backlog, reuse_port);
+    let bind = || bind_tcp(first, opts.backlog, opts.reuse_port);
     let fd = if patient {
         retry_in_use(spec, bind)
     } else {
@@ -282,8 +308,8 @@ fn open_tcp(
 }
 
 /// Bind a `unix:` spec; the socket file is ours to remove.
-fn open_unix(spec: &str, path: &PathBuf, backlog: i32) -> Result<Listener, ListenError> {
-    let fd = bind_unix(path, backlog).map_err(|e| bind_error(spec, e))?;
+fn open_unix(spec: &str, path: &PathBuf, opts: SocketOptions) -> Result<Listener, ListenError> {
+    let fd = bind_unix(path, opts.backlog, opts.umask).map_err(|e| bind_error(spec, e))?;
     Ok(Listener {
         fd,
         addr: ListenAddr::Unix(path.display().to_string()),
@@ -295,12 +321,26 @@ fn open_unix(spec: &str, path: &PathBuf, backlog: i32) -> Result<Listener, Liste
 pub fn open_listeners(
     bind_specs: &[String],
     bind_is_default: bool,
-    backlog: i32,
-    reuse_port: bool,
+    opts: SocketOptions,
     activated: Vec<ActivatedSocket>,
 ) -> Result<Vec<Listener>, ListenError> {
     let mut out = Vec::new();
-    if bind_is_default && !activated.is_empty() {
+    let selects = bind_specs
+        .iter()
+        .any(|b| matches!(BindSpec::parse(b), Ok(BindSpec::Fd(_))));
+    if !activated.is_empty() && (bind_is_default || !selects) {
+        // Gunicorn's rule: sockets passed by systemd replace the --bind
+        // addresses (the usual unit pairs a .socket with the same address
+        // in -b; binding it again would take the path from systemd's
+        // socket or fail on the port). Only fd:// picks among them.
+        if !bind_is_default {
+            crate::log::info(&format!(
+                "socket activation: serving the {} socket(s) systemd passed instead of \
+                 --bind {} (select some with -b fd://NAME to bind others as well)",
+                activated.len(),
+                bind_specs.join(", ")
+            ));
+        }
         for a in activated {
             let addr = listen_addr_of(a.fd.as_raw_fd())
                 .map_err(|e| format!("fd {}: {e}", a.fd.as_raw_fd()))?;
@@ -316,8 +356,8 @@ pub fn open_listeners(
     let mut activated = activated;
     for spec in bind_specs {
         match BindSpec::parse(spec).map_err(|e| format!("bind {spec:?}: {e}"))? {
-            BindSpec::Tcp(hp) => out.push(open_tcp(spec, &hp, backlog, reuse_port, true)?),
-            BindSpec::Unix(path) => out.push(open_unix(spec, &path, backlog)?),
+            BindSpec::Tcp(hp) => out.push(open_tcp(spec, &hp, opts, true)?),
+            BindSpec::Unix(path) => out.push(open_unix(spec, &path, opts)?),
             BindSpec::Fd(sel) => {
                 let chosen: Vec<RawFd> = activation::select(&activated, &sel)
                     .map(|v| v.iter().map(|a| a.fd.as_raw_fd()).collect())
@@ -411,8 +451,7 @@ pub struct Rebound {
 pub fn rebind(
     current: Vec<Listener>,
     new_specs: &[String],
-    backlog: i32,
-    reuse_port: bool,
+    opts: SocketOptions,
 ) -> Result<Rebound, (Vec<Listener>, ListenError)> {
     let mut old: Vec<Option<Listener>> = current.into_iter().map(Some).collect();
     // Each with where it came from: Some(index in `old`) when kept.
@@ -441,8 +480,8 @@ pub fn rebind(
             continue;
         }
         let opened = match parsed {
-            BindSpec::Tcp(hp) => open_tcp(spec, &hp, backlog, reuse_port, false),
-            BindSpec::Unix(path) => open_unix(spec, &path, backlog),
+            BindSpec::Tcp(hp) => open_tcp(spec, &hp, opts, false),
+            BindSpec::Unix(path) => open_unix(spec, &path, opts),
             BindSpec::Fd(_) => Err(ListenError::from(format!(
                 "bind {spec:?}: on a reload, fd:// can only name a socket the master already \
                  holds (restart to take a new one)"
@@ -545,9 +584,15 @@ mod tests {
         assert!(BindSpec::parse("[::1").is_err());
     }
 
+    const OPTS: SocketOptions = SocketOptions {
+        backlog: 16,
+        reuse_port: false,
+        umask: 0o022,
+    };
+
     #[test]
     fn binds_port_zero_and_reports_real_port() {
-        let l = open_listeners(&["127.0.0.1:0".into()], false, 16, false, vec![]).unwrap();
+        let l = open_listeners(&["127.0.0.1:0".into()], false, OPTS, vec![]).unwrap();
         match &l[0].addr {
             ListenAddr::Tcp(a) => assert_ne!(a.port(), 0),
             other => panic!("{other:?}"),
@@ -561,11 +606,11 @@ mod tests {
         let a = format!("unix:{}", dir.join("a.sock").display());
         let b = format!("unix:{}", dir.join("b.sock").display());
         let c = format!("unix:{}", dir.join("c.sock").display());
-        let cur = open_listeners(&[a.clone(), b.clone()], false, 16, false, vec![]).unwrap();
+        let cur = open_listeners(&[a.clone(), b.clone()], false, OPTS, vec![]).unwrap();
         let b_fd = cur[1].fd.as_raw_fd();
 
         // b kept (same socket), c bound, a dropped for the caller to close.
-        let r = rebind(cur, &[b.clone(), c.clone()], 16, false).unwrap();
+        let r = rebind(cur, &[b.clone(), c.clone()], OPTS).unwrap();
         let names: Vec<_> = r.listeners.iter().map(|l| l.name.clone()).collect();
         assert_eq!(names, [b.clone(), c.clone()]);
         assert_eq!(r.listeners[0].fd.as_raw_fd(), b_fd);
@@ -581,7 +626,7 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy = taken.local_addr().unwrap().to_string();
         let d = format!("unix:{}", dir.join("d.sock").display());
-        let (back, e) = match rebind(r.listeners, &[d, busy.clone(), b.clone()], 16, false) {
+        let (back, e) = match rebind(r.listeners, &[d, busy.clone(), b.clone()], OPTS) {
             Err(x) => x,
             Ok(_) => panic!("bound a port in use"),
         };

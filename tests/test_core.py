@@ -1,8 +1,11 @@
 """The basics a Gunicorn user relies on: start, serve, stop, errors."""
+import http.client
 import json
+import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -143,6 +146,43 @@ def test_umask_is_read_as_gunicorn_reads_it(given, octal):
     p = subprocess.run([BIN, "--print-config", "-m", given, "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and f'umask = "{octal}"' in p.stdout.splitlines(), (p.stdout, p.stderr)
+
+
+def umask_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("Umask:"))
+
+
+def test_umask_is_only_for_the_unix_socket(tmp_path, start_server):
+    """Gunicorn's --umask sets the mode of the unix socket file it binds and nothing else:
+    the master, the workers and so the app's files keep the umask the server was started
+    with (systemd's UMask=, a shell's). The pid file is -rw-r--r-- whatever the umask."""
+    sock = tmp_path / "app.sock"
+    pid = tmp_path / "app.pid"
+    made = tmp_path / "made-by-app"
+    (tmp_path / "touchapp.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        f"    open({str(made)!r}, 'w').close()\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n")
+    old = os.umask(0o027)
+    try:
+        s = start_server("touchapp:app", "-b", f"unix:{sock}", "-m", "0o007", "-p", str(pid),
+                         cwd=tmp_path, bind=False)
+    finally:
+        os.umask(old)
+    c = http.client.HTTPConnection("localhost", timeout=10)
+    c.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.sock.connect(str(sock))
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"ok"
+    c.close()
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o770  # 0777 & ~0007
+    assert stat.S_IMODE(os.stat(pid).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o640  # 0666 & ~0027: the inherited umask
+    assert umask_of(s.proc.pid) == "0027"
+    assert [umask_of(w) for w in s.worker_pids()] == ["0027"]
 
 
 def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):

@@ -96,6 +96,36 @@ def test_socket_activation_selects_by_name(activate, tmp_path):
     assert re.search(r"WARNING.*systemd passed fd \d+ \(name \"web\"\) but no --bind selects it", out), out
 
 
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_socket_activation_replaces_the_same_bind(activate, tmp_path, kind):
+    """Gunicorn's rule: when systemd passes sockets, they are served and the --bind
+    addresses (usually the same, as in Gunicorn's deploy guide) are not bound again: a
+    unix socket file stays systemd's (same inode, still there after the stop), a port is
+    not taken twice."""
+    if kind == "unix":
+        path = str(tmp_path / "app.sock")
+        listen, bind = path, f"unix:{path}"
+    else:
+        port = free_port()
+        listen, bind = f"127.0.0.1:{port}", f"127.0.0.1:{port}"
+    p = activate(["systemd-socket-activate", "-l", listen, "--fdname=web", BIN, "-w", "1",
+                  "-b", bind, "basic:app"])
+    time.sleep(0.3)
+    if kind == "unix":
+        inode = os.stat(path).st_ino
+        assert get(unix=path) == (200, b"Hello, World!")
+        assert os.stat(path).st_ino == inode
+    else:
+        assert get(port) == (200, b"Hello, World!")
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=15)[0].decode()
+    assert p.returncode == 0, out
+    assert "serving the 1 socket(s) systemd passed instead of --bind" in out, out
+    assert "Connection in use" not in out
+    if kind == "unix":
+        assert os.stat(path).st_ino == inode  # not removed: it is systemd's
+
+
 def test_socket_activation_unknown_name_is_an_error(activate):
     port = free_port()
     p = activate([

@@ -631,7 +631,7 @@ impl Master {
     /// nothing changes and the running list is kept.
     fn rebind(&mut self, s: &mut Settings) {
         let current = std::mem::take(&mut self.listeners);
-        match crate::sock::rebind(current, &s.bind, s.backlog, s.reuse_port) {
+        match crate::sock::rebind(current, &s.bind, crate::sock::SocketOptions::of(s)) {
             Ok(r) => {
                 self.listeners = r.listeners;
                 for l in r.dropped {

@@ -486,32 +486,64 @@ impl SrState {
         // Known before the headers: 204 and 205 drop the app's
         // Content-Length (RFC 9110 §8.6, §15.3.6).
         self.code = code;
-        let list = headers.cast::<PyList>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "headers must be a list, not {}",
-                type_name(headers)
-            ))
-        })?;
+        // PEP 3333 asks for a list of tuples; Gunicorn takes any sequence
+        // of pairs, and so do we for a tuple of them, or a [name, value]
+        // list (apps migrating from Gunicorn do send those).
+        let (list, tuple) = (
+            headers.cast::<PyList>().ok(),
+            headers.cast::<PyTuple>().ok(),
+        );
+        let len = match (list, tuple) {
+            (Some(l), _) => l.len(),
+            (None, Some(t)) => t.len(),
+            (None, None) => {
+                return Err(PyTypeError::new_err(format!(
+                    "headers must be a list of (name, value) tuples, not {}",
+                    type_name(headers)
+                )));
+            }
+        };
         // By index: nothing below runs Python code, so the list cannot
         // change under us.
-        for i in 0..list.len() {
-            // SAFETY: i < len, and the list is not mutated meanwhile.
-            let item = unsafe { list.get_item_unchecked(i) };
-            let t = item.cast::<PyTuple>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "each header must be a (name, value) tuple, not {}",
-                    type_name(&item)
-                ))
-            })?;
-            if let Some((line, kind)) = seen.header(t) {
+        for i in 0..len {
+            // SAFETY: i < len, and the list is not mutated meanwhile (a
+            // tuple never is).
+            let item = unsafe {
+                match list {
+                    Some(l) => l.get_item_unchecked(i),
+                    None => tuple.unwrap().get_borrowed_item_unchecked(i).to_owned(),
+                }
+            };
+            // A [name, value] list becomes a fresh tuple: validated each
+            // time, never remembered in `seen`.
+            let (t, fresh) = match item.cast_into::<PyTuple>() {
+                Ok(t) => (t, false),
+                Err(e) => {
+                    let item = e.into_inner();
+                    match item.cast::<PyList>() {
+                        Ok(pair) if pair.len() == 2 => {
+                            (PyTuple::new(item.py(), pair.iter())?, true)
+                        }
+                        _ => {
+                            return Err(PyTypeError::new_err(format!(
+                                "each header must be a (name, value) tuple, not {}",
+                                type_name(&item)
+                            )));
+                        }
+                    }
+                }
+            };
+            if let Some((line, kind)) = seen.header(&t) {
                 self.add_header(kind, line)?;
                 continue;
             }
             let start = self.headers.len();
-            let kind = self.check_header(t)?;
+            let kind = self.check_header(&t)?;
             let line = self.headers.split_off(start);
             self.add_header(kind, &line)?;
-            seen.add_header(t, line, kind);
+            if !fresh {
+                seen.add_header(&t, line, kind);
+            }
         }
         self.code = code;
         Ok(())
@@ -573,7 +605,7 @@ impl SrState {
         }
         if !valid_header_value(value) {
             return Err(PyValueError::new_err(format!(
-                "invalid value for header {:?}: control characters (CR/LF) are not allowed",
+                "invalid value for header {:?}: control characters (CR, LF, NUL...) are not allowed",
                 String::from_utf8_lossy(name)
             )));
         }
