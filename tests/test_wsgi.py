@@ -923,6 +923,30 @@ def test_what_gunicorn_sends_is_sent(srv, kind):
         assert ex.data.startswith(b"HTTP/1.1 200 OK\tfine\r\n")
 
 
+def test_early_hints(srv):
+    # Gunicorn's environ['wsgi.early_hints'] (RFC 8297): each call sends a 103 at once.
+    ex = exchange(srv.port, request_bytes("GET", "/hints")
+                  + request_bytes("GET", "/hints?late", [("Connection", "close")]))
+    rs, rest = parse_responses(ex.data, ["GET", "GET"], eof=ex.closed)
+    assert [r.status for r in rs] == [103, 103, 200, 200] and rest == b"", ex
+    assert rs[0].reason == "Early Hints"
+    assert [v for k, v in rs[0].headers] == ["</style.css>; rel=preload; as=style",
+                                            "</app.js>; rel=preload; as=script"]
+    assert rs[1].headers == [("link", "</font.woff2>; rel=preload; as=font")]
+    assert b"\r\nLink: </font.woff2>; rel=preload; as=font\r\n\r\n" in ex.data
+    assert rs[2].body == b"hinted"
+    # Once the response has begun, a hint is ignored (as Gunicorn's).
+    assert rs[3].body == b"started hinted" and b"late.css" not in ex.data
+    # HTTP/1.0 knows no 1xx: nothing but the response.
+    ex = exchange(srv.port, request_bytes("GET", "/hints", version="HTTP/1.0"))
+    (r,), rest = parse_responses(ex.data, ["GET"])
+    assert (r.status, r.body, rest) == (200, b"hinted", b"")
+    # A CR/LF in a hint is an error in the app: a 500, nothing injected.
+    ex = exchange(srv.port, request_bytes("GET", "/hints?bad"))
+    (r,), rest = parse_responses(ex.data, ["GET"])
+    assert r.status == 500 and b"X-Injected" not in ex.data and b"103" not in ex.data
+
+
 @pytest.mark.parametrize("status", ["100 Continue", "101 Switching Protocols", "103 Early Hints"])
 def test_informational_status_from_app_is_500(srv, status):
     # A WSGI app answers with a final response; a 1xx sent as the only

@@ -200,7 +200,7 @@ pub struct StartResponse {
 /// `start_response` and `write` as builtin functions (`PyCFunction`s)
 /// bound to a `StartResponse`: CPython calls them by vectorcall with the
 /// arguments in place, no tuple, no pyo3 argument parsing.
-struct MethodDefs(UnsafeCell<[ffi::PyMethodDef; 2]>);
+struct MethodDefs(UnsafeCell<[ffi::PyMethodDef; 3]>);
 // SAFETY: written only by the static initializer; CPython only reads it.
 unsafe impl Sync for MethodDefs {}
 
@@ -220,6 +220,14 @@ static METHODS: MethodDefs = MethodDefs(UnsafeCell::new([
         },
         ml_flags: ffi::METH_O,
         ml_doc: c"write(data): the legacy imperative body (PEP 3333)".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"early_hints".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: early_hints_meth_o,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"early_hints(headers): send a 103 Early Hints with these (name, value) pairs now (environ['wsgi.early_hints'], as Gunicorn's)".as_ptr(),
     },
 ]));
 
@@ -243,6 +251,7 @@ pub struct Responder {
     sr: Py<StartResponse>,
     start_response: Py<PyAny>,
     write: Py<PyAny>,
+    early_hints: Py<PyAny>,
 }
 
 impl Responder {
@@ -256,22 +265,25 @@ impl Responder {
         )?;
         let start_response = bound_method(&sr, 0)?.unbind();
         let write = bound_method(&sr, 1)?.unbind();
+        let early_hints = bound_method(&sr, 2)?.unbind();
         sr.get().write.store(write.as_ptr(), Ordering::Relaxed);
         Ok(Responder {
             sr: sr.unbind(),
             start_response,
             write,
+            early_hints,
         })
     }
 
-    /// Whether only this responder references its objects (the two
+    /// Whether only this responder references its objects (the three
     /// functions each hold one reference to the StartResponse).
     fn unshared(&self) -> bool {
         // SAFETY: reading the reference counts of live objects (GIL held).
         unsafe {
-            ffi::Py_REFCNT(self.sr.as_ptr()) == 3
+            ffi::Py_REFCNT(self.sr.as_ptr()) == 4
                 && ffi::Py_REFCNT(self.start_response.as_ptr()) == 1
                 && ffi::Py_REFCNT(self.write.as_ptr()) == 1
+                && ffi::Py_REFCNT(self.early_hints.as_ptr()) == 1
         }
     }
 
@@ -830,6 +842,64 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}")))
 }
 
+/// `environ['wsgi.early_hints'](headers)`, as Gunicorn's: a `103 Early
+/// Hints` interim response (RFC 8297) carrying `headers` (`(name, value)`
+/// pairs of str or bytes, typically `Link`), sent at once so a browser can
+/// start fetching what the page will need while the app still works on it.
+/// Ignored, as there, once the response has started (it would break the
+/// framing) and for an HTTP/1.0 client (it knows no 1xx). Names and values
+/// are checked as `start_response`'s.
+fn early_hints(py: Python<'_>, this: &StartResponse, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+    // Built before the state is locked: iterating may run Python code.
+    let mut out = b"HTTP/1.1 103 Early Hints\r\n".to_vec();
+    for pair in headers.try_iter()? {
+        let pair = pair?;
+        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "each early hint must be a (name, value) pair, not {}",
+                type_name(&pair)
+            ))
+        })?;
+        let (mut n, mut v) = (Vec::new(), Vec::new());
+        for (part, what, buf) in [
+            (&name, "early hint name", &mut n),
+            (&value, "early hint value", &mut v),
+        ] {
+            match part.cast::<PyBytes>() {
+                Ok(b) => buf.extend_from_slice(b.as_bytes()),
+                Err(_) => push_latin1(part, what, buf)?,
+            }
+        }
+        if !valid_header_name(&n) {
+            return Err(PyValueError::new_err(format!(
+                "invalid early hint name {:?}",
+                String::from_utf8_lossy(&n)
+            )));
+        }
+        if !valid_header_value(&v) {
+            return Err(PyValueError::new_err(format!(
+                "invalid value for early hint {:?}: control characters (CR, LF, NUL...) are not allowed",
+                String::from_utf8_lossy(&n)
+            )));
+        }
+        out.extend_from_slice(&n);
+        out.extend_from_slice(b": ");
+        // Only SP and HTAB are left to trim (RFC 9110 §5.5: not part of
+        // the value).
+        out.extend_from_slice(v.trim_ascii());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let st = this.state.lock().unwrap();
+    if st.committed.is_some() || st.handed_off || st.req.minor == 0 {
+        return Ok(());
+    }
+    let fd = st.req.fd;
+    drop(st);
+    py.detach(|| blocking_send(fd, &out))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}")))
+}
+
 /// What both C entry points share: CPython called us with the GIL held and
 /// `slf` bound to our StartResponse. Run `f` on it; an error becomes the
 /// raised exception, a panic a RuntimeError (never an unwind into C).
@@ -925,6 +995,20 @@ unsafe extern "C" fn write_meth_o(
     unsafe {
         on_start_response(slf, |py, sr| {
             write(py, sr.get(), Bound::ref_from_ptr(py, &data))?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
+/// C entry point of `early_hints` (METH_O).
+unsafe extern "C" fn early_hints_meth_o(
+    slf: *mut ffi::PyObject,
+    headers: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: `slf` is our StartResponse, `headers` a borrowed argument.
+    unsafe {
+        on_start_response(slf, |py, sr| {
+            early_hints(py, sr.get(), Bound::ref_from_ptr(py, &headers))?;
             Ok(py.None().into_ptr())
         })
     }
@@ -1144,6 +1228,13 @@ pub fn run_app(
     };
     let sr = r.sr.get();
     sr.state.lock().unwrap().reset(req);
+    if let Err(e) = environ.set_item(
+        pyo3::intern!(py, "wsgi.early_hints"),
+        r.early_hints.bind(py),
+    ) {
+        log_py_error(py, &e, "Error setting wsgi.early_hints");
+        return internal_error(req, out, start);
+    }
     let outcome = match app.call1((environ, r.start_response.bind(py))) {
         Ok(result) => {
             let mut outcome = frame_result(py, sr, &result, req, out, start);

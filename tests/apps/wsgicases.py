@@ -309,6 +309,22 @@ def app(environ, start_response):
         start_response(SAME_STATUS, SAME_LIST)
         return [b"x" * 5]
 
+    if path == "/hints":
+        # Gunicorn's wsgi.early_hints: 103 responses before the final one.
+        hints = environ["wsgi.early_hints"]
+        if q == "late":
+            write = start_response("200 OK", TEXT)
+            write(b"started ")
+            hints([("Link", "</late.css>; rel=preload")])  # ignored: the response began
+            return [b"hinted"]
+        if q == "bad":
+            hints([("Link", "</x.css>\r\nX-Injected: 1")])
+        hints([("Link", "</style.css>; rel=preload; as=style"),
+               (b"Link", b"</app.js>; rel=preload; as=script")])
+        hints([("Link", " </font.woff2>; rel=preload; as=font\t")])
+        start_response("200 OK", TEXT)
+        return [b"hinted"]
+
     if path == "/lenient":
         # Not what PEP 3333 asks of an app, but what Gunicorn sends.
         kind = q
