@@ -156,6 +156,10 @@ pub fn base_environ<'py>(
         py.get_type::<super::response::FileWrapper>(),
     )?;
     d.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    d.set_item(
+        "wsgi.early_hints",
+        pyo3::wrap_pyfunction!(super::response::early_hints_fn, py)?,
+    )?;
     d.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
     d.set_item(
         "SERVER_SOFTWARE",

@@ -200,7 +200,7 @@ pub struct StartResponse {
 /// `start_response` and `write` as builtin functions (`PyCFunction`s)
 /// bound to a `StartResponse`: CPython calls them by vectorcall with the
 /// arguments in place, no tuple, no pyo3 argument parsing.
-struct MethodDefs(UnsafeCell<[ffi::PyMethodDef; 3]>);
+struct MethodDefs(UnsafeCell<[ffi::PyMethodDef; 2]>);
 // SAFETY: written only by the static initializer; CPython only reads it.
 unsafe impl Sync for MethodDefs {}
 
@@ -220,14 +220,6 @@ static METHODS: MethodDefs = MethodDefs(UnsafeCell::new([
         },
         ml_flags: ffi::METH_O,
         ml_doc: c"write(data): the legacy imperative body (PEP 3333)".as_ptr(),
-    },
-    ffi::PyMethodDef {
-        ml_name: c"early_hints".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunction: early_hints_meth_o,
-        },
-        ml_flags: ffi::METH_O,
-        ml_doc: c"early_hints(headers): send a 103 Early Hints with these (name, value) pairs now (environ['wsgi.early_hints'], as Gunicorn's)".as_ptr(),
     },
 ]));
 
@@ -251,7 +243,6 @@ pub struct Responder {
     sr: Py<StartResponse>,
     start_response: Py<PyAny>,
     write: Py<PyAny>,
-    early_hints: Py<PyAny>,
 }
 
 impl Responder {
@@ -265,25 +256,22 @@ impl Responder {
         )?;
         let start_response = bound_method(&sr, 0)?.unbind();
         let write = bound_method(&sr, 1)?.unbind();
-        let early_hints = bound_method(&sr, 2)?.unbind();
         sr.get().write.store(write.as_ptr(), Ordering::Relaxed);
         Ok(Responder {
             sr: sr.unbind(),
             start_response,
             write,
-            early_hints,
         })
     }
 
-    /// Whether only this responder references its objects (the three
+    /// Whether only this responder references its objects (the two
     /// functions each hold one reference to the StartResponse).
     fn unshared(&self) -> bool {
         // SAFETY: reading the reference counts of live objects (GIL held).
         unsafe {
-            ffi::Py_REFCNT(self.sr.as_ptr()) == 4
+            ffi::Py_REFCNT(self.sr.as_ptr()) == 3
                 && ffi::Py_REFCNT(self.start_response.as_ptr()) == 1
                 && ffi::Py_REFCNT(self.write.as_ptr()) == 1
-                && ffi::Py_REFCNT(self.early_hints.as_ptr()) == 1
         }
     }
 
@@ -842,12 +830,32 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}")))
 }
 
+thread_local! {
+    /// The StartResponse of the app call running on this thread, while it
+    /// runs: what `wsgi.early_hints` (one function in every environ, set
+    /// in the listener's base dict, so a request pays nothing for it)
+    /// sends for. Elsewhere (another thread, after the call) it is None.
+    static CURRENT: std::cell::RefCell<Option<Py<StartResponse>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `environ['wsgi.early_hints']`: see `early_hints`.
+#[pyfunction]
+#[pyo3(name = "early_hints")]
+pub fn early_hints_fn(py: Python<'_>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+    let Some(sr) = CURRENT.with(|c| c.borrow().as_ref().map(|s| s.clone_ref(py))) else {
+        return Ok(());
+    };
+    early_hints(py, sr.get(), headers)
+}
+
 /// `environ['wsgi.early_hints'](headers)`, as Gunicorn's: a `103 Early
 /// Hints` interim response (RFC 8297) carrying `headers` (`(name, value)`
 /// pairs of str or bytes, typically `Link`), sent at once so a browser can
 /// start fetching what the page will need while the app still works on it.
 /// Ignored, as there, once the response has started (it would break the
-/// framing) and for an HTTP/1.0 client (it knows no 1xx). Names and values
+/// framing) and for an HTTP/1.0 client (it knows no 1xx); here also once
+/// the app has returned, and from a thread of the app's own. Names and values
 /// are checked as `start_response`'s.
 fn early_hints(py: Python<'_>, this: &StartResponse, headers: &Bound<'_, PyAny>) -> PyResult<()> {
     // Built before the state is locked: iterating may run Python code.
@@ -995,20 +1003,6 @@ unsafe extern "C" fn write_meth_o(
     unsafe {
         on_start_response(slf, |py, sr| {
             write(py, sr.get(), Bound::ref_from_ptr(py, &data))?;
-            Ok(py.None().into_ptr())
-        })
-    }
-}
-
-/// C entry point of `early_hints` (METH_O).
-unsafe extern "C" fn early_hints_meth_o(
-    slf: *mut ffi::PyObject,
-    headers: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: `slf` is our StartResponse, `headers` a borrowed argument.
-    unsafe {
-        on_start_response(slf, |py, sr| {
-            early_hints(py, sr.get(), Bound::ref_from_ptr(py, &headers))?;
             Ok(py.None().into_ptr())
         })
     }
@@ -1228,14 +1222,10 @@ pub fn run_app(
     };
     let sr = r.sr.get();
     sr.state.lock().unwrap().reset(req);
-    if let Err(e) = environ.set_item(
-        pyo3::intern!(py, "wsgi.early_hints"),
-        r.early_hints.bind(py),
-    ) {
-        log_py_error(py, &e, "Error setting wsgi.early_hints");
-        return internal_error(req, out, start);
-    }
-    let outcome = match app.call1((environ, r.start_response.bind(py))) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(r.sr.clone_ref(py)));
+    let called = app.call1((environ, r.start_response.bind(py)));
+    CURRENT.with(|c| c.borrow_mut().take());
+    let outcome = match called {
         Ok(result) => {
             let mut outcome = frame_result(py, sr, &result, req, out, start);
             match &mut outcome.stream {
