@@ -945,7 +945,7 @@ impl Settings {
         }
         let root_path = root_path.trim_end_matches('/').to_string();
 
-        let limits = Limits {
+        let mut limits = Limits {
             request_line: cli
                 .limit_request_line
                 .or(file.limit_request_line)
@@ -959,13 +959,18 @@ impl Settings {
                 .or(file.limit_request_field_size)
                 .unwrap_or(8190),
         };
-        if limits.request_line > 8190 {
-            // Gunicorn's documented maximum.
-            return Err(err("limit_request_line", "must be between 0 and 8190"));
-        }
-        if limits.fields > 32768 {
-            return Err(err("limit_request_fields", "must be at most 32768"));
-        }
+        // Past Gunicorn's maximums, Gunicorn uses the maximum: a config
+        // written for it starts here too, with a word about it.
+        let clamp = |key: &str, value: &mut usize, max: usize| {
+            if *value > max {
+                crate::log::warning(&format!(
+                    "{key} = {value} is over its maximum, {max}: using {max} (as Gunicorn)"
+                ));
+                *value = max;
+            }
+        };
+        clamp("limit_request_line", &mut limits.request_line, 8190);
+        clamp("limit_request_fields", &mut limits.fields, 32768);
 
         let split = |s: &str| {
             s.split(',')

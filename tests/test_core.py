@@ -148,6 +148,18 @@ def test_umask_is_read_as_gunicorn_reads_it(given, octal):
     assert p.returncode == 0 and f'umask = "{octal}"' in p.stdout.splitlines(), (p.stdout, p.stderr)
 
 
+def test_limits_past_gunicorns_maximum_are_clamped_as_gunicorn_does():
+    # Gunicorn uses 8190 for a larger limit_request_line (32768 fields at most): a
+    # config written for it starts, with a warning naming the key.
+    p = subprocess.run([BIN, "--print-config", "--limit-request-line", "9000",
+                        "--limit-request-fields", "40000", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "limit_request_line = 8190" in lines and "limit_request_fields = 32768" in lines
+    assert "limit_request_line = 9000 is over its maximum, 8190" in p.stderr + p.stdout
+
+
 def umask_of(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(line.split()[1] for line in f if line.startswith("Umask:"))

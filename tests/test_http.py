@@ -337,6 +337,17 @@ def test_two_host_headers_are_400(srv):
     srv.rejected(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400)
 
 
+def test_two_content_types_are_400(srv):
+    # RFC 9110 §5.3: Content-Type has one member; two would leave the body's
+    # meaning (and a multipart boundary) to whichever one the app picks.
+    srv.rejected(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
+                 b"content-type: application/json\r\nContent-Length: 2\r\n\r\n{}", 400)
+    srv.rejected(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\nContent-Type: a/b\r\n"
+                 b"Content-Length: 0\r\n\r\n", 400)
+    # Logged as Gunicorn logs a request it refuses, with the client's address.
+    srv.server.wait_log(r"WARNING.*Invalid request from ip=127\.0\.0\.1: .*duplicate Content-Type")
+
+
 @pytest.mark.parametrize("host", [b"a b", b"a/b", b"evil.example/x?", b"user@host", b"a#b", b'"q"', b"a\\b",
                                   b"caf\xc3\xa9.example", b"a\tb",
                                   # structure: a port is digits, brackets only around an IP literal

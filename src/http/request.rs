@@ -965,6 +965,7 @@ fn build_head(
     let mut content_length: Option<u64> = None;
     let mut te = TransferCodings::default();
     let mut hosts = 0u32;
+    let mut content_types = 0u32;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
@@ -1021,6 +1022,7 @@ fn build_head(
                 }
                 content_length = Some(parse_content_length(value)?);
             }
+            12 if name.eq_ignore_ascii_case("content-type") => content_types += 1,
             17 if name.eq_ignore_ascii_case("transfer-encoding") => te.add(value)?,
             _ => {}
         }
@@ -1030,8 +1032,14 @@ fn build_head(
         });
     }
 
+    // RFC 9110 §5.3: a field of one member cannot be repeated; two media
+    // types (a multipart boundary each) leave the body's meaning to
+    // whichever the reader picks. Gunicorn refuses them too.
     if hosts > 1 {
         return Err(HttpError::BadRequest("duplicate Host"));
+    }
+    if content_types > 1 {
+        return Err(HttpError::BadRequest("duplicate Content-Type"));
     }
     if hosts == 0 && minor == 1 {
         return Err(HttpError::BadRequest("missing Host"));
@@ -1686,6 +1694,11 @@ mod tests {
         assert_eq!(status(&get_with("Host: h\r\n")), 400);
         assert_eq!(status(&get_with("HOST: other\r\n")), 400);
         assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(
+            status(&get_with("Content-Type: a/b\r\ncontent-type: a/b\r\n")),
+            400
+        );
+        ok(&get_with("Content-Type: a/b\r\n"));
         ok(b"GET / HTTP/1.0\r\n\r\n");
         ok(b"GET / HTTP/1.1\r\nhost:\r\n\r\n");
         for h in [

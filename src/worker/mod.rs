@@ -1157,7 +1157,7 @@ impl Loop {
                             Io::Closed => return false,
                         },
                         Err(e) => {
-                            crate::log::debug(&format!("bad request from {}: {e}", c.peer.addr));
+                            invalid_request(&c.peer.addr, &e);
                             // The head did not parse, but a HEAD request
                             // still gets its answer without content.
                             let buffered = c.buffered();
@@ -1203,10 +1203,7 @@ impl Loop {
                                     (p.consumed, p.done)
                                 }
                                 Err(e) => {
-                                    crate::log::debug(&format!(
-                                        "bad chunked body from {}: {e}",
-                                        c.peer.addr
-                                    ));
+                                    invalid_request(&c.peer.addr, &e);
                                     let minor = b.head.minor_version;
                                     let to_head = b.head.method() == "HEAD";
                                     c.consume(data.len());
@@ -1303,10 +1300,7 @@ impl Loop {
             .ip
             .is_none_or(|ip| self.sh.settings.proxy_allow_ips.allows(&ip));
         if !allowed {
-            crate::log::debug(&format!(
-                "PROXY header from {}, not in proxy_allow_ips",
-                c.peer.addr
-            ));
+            invalid_request(&c.peer.addr, &"PROXY header from outside proxy_allow_ips");
             self.answer_error(c, 403, 1);
             return ProxyStep::Answered;
         }
@@ -1319,7 +1313,7 @@ impl Loop {
                 ProxyStep::Done
             }
             Err(e) => {
-                crate::log::debug(&format!("{e} from {}", c.peer.addr));
+                invalid_request(&c.peer.addr, &e);
                 self.answer_error(c, 400, 1);
                 ProxyStep::Answered
             }
@@ -1671,4 +1665,10 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> 
         }
         _ => None,
     }
+}
+
+/// A request we answer with a 4xx without calling the app: a warning with
+/// the client's address, worded as Gunicorn's (operators grep for it).
+fn invalid_request(ip: &str, why: &dyn std::fmt::Display) {
+    crate::log::warning(&format!("Invalid request from ip={ip}: {why}"));
 }
