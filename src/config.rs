@@ -48,6 +48,9 @@ stop, 1 on a runtime error, 2 for a configuration or usage error, 3 when importi
 application raised, 4 when the application object is not found in its module (as Gunicorn).",
     args_conflicts_with_subcommands = true,
     args_override_self = true,
+    // `-w -1` is a bad value for --workers (named in the error), not an
+    // unknown flag.
+    allow_negative_numbers = true,
     after_help = "FERRICORN_CMD_ARGS in the environment adds arguments (as Gunicorn's \
 GUNICORN_CMD_ARGS, which is read where FERRICORN_CMD_ARGS is not set); those on the command \
 line win."
@@ -872,8 +875,13 @@ impl Settings {
         }
 
         let mut env: Vec<(String, String)> = Vec::new();
-        let raw_env = file.raw_env.map(OneOrMany::into_vec).unwrap_or_default();
-        for kv in raw_env.iter().chain(cli.env.iter()) {
+        // As Gunicorn: `-e` on the command line replaces the file's raw_env
+        // (a setting given in both places takes the command line's value).
+        let raw_env = match cli.env.is_empty() {
+            true => file.raw_env.map(OneOrMany::into_vec).unwrap_or_default(),
+            false => cli.env.clone(),
+        };
+        for kv in &raw_env {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| err("env", format!("{kv:?} is not KEY=VALUE")))?;

@@ -91,6 +91,18 @@ def test_config_error_names_the_key():
     assert "`workers`" in p.stderr
 
 
+@pytest.mark.parametrize("args,named", [
+    (["-w", "-1"], "--workers"),              # a bad number, not an unknown flag '-1'
+    (["--keep-alive", "-1"], "--keep-alive"),
+    (["--error-logfile", "/nonexistent/dir/err.log"], 'errorlog "/nonexistent/dir/err.log"'),
+    (["--access-logfile", "/nonexistent/dir/a.log"], 'accesslog "/nonexistent/dir/a.log"'),
+])
+def test_bad_values_are_named(args, named):
+    p = subprocess.run([BIN, "-b", "127.0.0.1:0", *args, "basic:app"], cwd=APPS, capture_output=True,
+                       text=True, timeout=10)
+    assert p.returncode == 2 and named in p.stderr, p.stderr
+
+
 def test_check_config_exits_0_or_1_as_gunicorn():
     def check(*args):
         return subprocess.run([BIN, "--check-config", *args], cwd=APPS, capture_output=True,
@@ -258,6 +270,10 @@ def test_gunicorn_python_config_file(tmp_path, start_server):
     for want in ['bind = ["127.0.0.1:0"]', "workers = 2", "keepalive = 7", 'umask = "0027"',
                  'raw_env = ["A=1", "B=2"]', "preload_app = true"]:
         assert want in lines, p.stdout
+    # -e on the command line replaces the file's raw_env, as any setting given in both
+    p = subprocess.run([BIN, "--print-config", "-c", str(conf), "-e", "C=3", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert 'raw_env = ["C=3"]' in p.stdout.splitlines(), p.stdout
     assert "ferricorn does not have: worker_tmp_dir" in p.stderr and "WARNING" in p.stderr, p.stderr
     assert "worker_class" not in p.stderr, "sync is what ferricorn's workers are: nothing to warn of"
     assert "_helper" not in p.stderr and "multiprocessing" not in p.stderr

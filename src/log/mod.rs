@@ -79,7 +79,7 @@ pub fn init(s: &Settings) -> Result<(), String> {
 pub fn reopen() -> std::io::Result<()> {
     let (errorlog, accesslog) = PATHS.lock().unwrap().clone();
     if errorlog != "-" && !errorlog.is_empty() {
-        let f = open_append(&errorlog)?;
+        let f = open_append("errorlog", &errorlog)?;
         // SAFETY: dup2 onto stderr atomically replaces fd 2.
         unsafe { libc::dup2(f.as_raw_fd(), 2) };
         if CAPTURE_STDOUT.load(Ordering::Relaxed) {
@@ -92,7 +92,7 @@ pub fn reopen() -> std::io::Result<()> {
         None => -1,
         Some("-") => 1,
         Some(path) => {
-            let f = open_append(path)?;
+            let f = open_append("accesslog", path)?;
             std::os::fd::IntoRawFd::into_raw_fd(f)
         }
     };
@@ -104,7 +104,8 @@ pub fn reopen() -> std::io::Result<()> {
     Ok(())
 }
 
-fn open_append(path: &str) -> std::io::Result<std::fs::File> {
+/// Open the file of setting `key` for appending; an error names both.
+fn open_append(key: &str, path: &str) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
@@ -112,6 +113,7 @@ fn open_append(path: &str) -> std::io::Result<std::fs::File> {
         .mode(0o640)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {path:?}: {e}")))
 }
 
 pub fn enabled(l: LogLevel) -> bool {

@@ -768,7 +768,7 @@ impl Master {
                     let msg = if c == 0 {
                         format!("Worker exiting (pid: {pid})")
                     } else {
-                        format!("Worker (pid:{pid}) exited with code {c}")
+                        format!("Worker (pid:{pid}) exited with code {c}.")
                     };
                     log::event(lvl, &msg, &fields);
                 }
@@ -777,7 +777,7 @@ impl Master {
                     let msg = if s == Signal::SIGKILL && w.aborted.is_none() && !expected {
                         format!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
                     } else {
-                        format!("Worker (pid:{pid}) was terminated by signal {}", s.as_str())
+                        format!("Worker (pid:{pid}) was sent {}!", s.as_str())
                     };
                     let lvl = if expected {
                         LogLevel::Info
