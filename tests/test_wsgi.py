@@ -322,6 +322,11 @@ def test_input_chunked_upload(srv):
     r = c.getresponse()
     data = b"".join(payload)
     assert r.read().decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+    # The app gets the body de-chunked, framed by CONTENT_LENGTH alone.
+    c.request("POST", "/types", body=iter(payload), encode_chunked=True)
+    env = json.loads(c.getresponse().read())
+    assert env["CONTENT_LENGTH"][1] == str(len(data)) and "HTTP_TRANSFER_ENCODING" not in env
+    assert env["wsgi.input_terminated"] == ["bool", True]
     c.close()
 
 

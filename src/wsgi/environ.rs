@@ -652,6 +652,13 @@ fn collect<'py, 'a>(
         if name.eq_ignore_ascii_case("content-length") {
             continue; // set below from the body actually read
         }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The body was de-chunked before the app runs and comes with a
+            // CONTENT_LENGTH: a Transfer-Encoding beside it would describe
+            // a framing the app never sees (and a proxying app would pass
+            // both on, which RFC 9112 §6.1 forbids).
+            continue;
+        }
         if name.eq_ignore_ascii_case("host") {
             if let Some(t) = target_host {
                 set_bytes(out, intern!(py, "HTTP_HOST"), t)?;
