@@ -223,9 +223,6 @@ fn bind_unix(path: &PathBuf, backlog: i32, umask: u32) -> std::io::Result<OwnedF
     Ok(fd)
 }
 
-/// Open every socket the settings ask for. `activated` holds what systemd
-/// passed (already validated); with no explicit `--bind` all of those are
-/// served, otherwise `fd://NAME|N` picks among them or among inherited fds.
 /// Why the sockets could not be opened, and the errno for systemd's ERRNO=
 /// (the system call's own; EINVAL for a bad bind address).
 #[derive(Debug)]
@@ -318,6 +315,11 @@ fn open_unix(spec: &str, path: &PathBuf, opts: SocketOptions) -> Result<Listener
     })
 }
 
+/// Open every socket the settings ask for. `activated` holds what systemd
+/// passed (already validated); unless a `--bind` is `fd://`, all of those
+/// are served and the other `--bind` addresses are not bound (Gunicorn's
+/// rule); with `fd://NAME|N`, it picks among them or among inherited fds,
+/// and the other addresses are bound too.
 pub fn open_listeners(
     bind_specs: &[String],
     bind_is_default: bool,
