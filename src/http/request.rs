@@ -1032,12 +1032,12 @@ fn build_head(
         });
     }
 
-    // RFC 9110 §5.3: a field of one member cannot be repeated; two media
-    // types (a multipart boundary each) leave the body's meaning to
-    // whichever the reader picks. Gunicorn refuses them too.
     if hosts > 1 {
         return Err(HttpError::BadRequest("duplicate Host"));
     }
+    // RFC 9110 §5.3: a field of one member cannot be repeated; two media
+    // types (a multipart boundary each) leave the body's meaning to
+    // whichever the reader picks. Gunicorn refuses them too.
     if content_types > 1 {
         return Err(HttpError::BadRequest("duplicate Content-Type"));
     }
