@@ -335,6 +335,25 @@ fn push_latin1(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<u8>) -> PyResul
     }
 }
 
+/// A field from the app (a `header` or an `early hint`): a token for a
+/// name, a value without controls that could split the response. The
+/// error names the field, never its value (it may be a secret).
+fn check_field(what: &str, name: &[u8], value: &[u8]) -> PyResult<()> {
+    if !valid_header_name(name) {
+        return Err(PyValueError::new_err(format!(
+            "invalid {what} name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if !valid_header_value(value) {
+        return Err(PyValueError::new_err(format!(
+            "invalid value for {what} {:?}: control characters (CR, LF, NUL...) are not allowed",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
@@ -597,18 +616,7 @@ impl SrState {
         block.extend_from_slice(b": ");
         push_latin1(&value, "header value", block)?;
         let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
-        if !valid_header_name(name) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header name {:?}",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        if !valid_header_value(value) {
-            return Err(PyValueError::new_err(format!(
-                "invalid value for header {:?}: control characters (CR, LF, NUL...) are not allowed",
-                String::from_utf8_lossy(name)
-            )));
-        }
+        check_field("header", name, value)?;
         let kind = if is_hop_by_hop(name) {
             HeaderKind::HopByHop {
                 close: name.eq_ignore_ascii_case(b"connection")
@@ -878,18 +886,7 @@ fn early_hints(py: Python<'_>, this: &StartResponse, headers: &Bound<'_, PyAny>)
                 Err(_) => push_latin1(part, what, buf)?,
             }
         }
-        if !valid_header_name(&n) {
-            return Err(PyValueError::new_err(format!(
-                "invalid early hint name {:?}",
-                String::from_utf8_lossy(&n)
-            )));
-        }
-        if !valid_header_value(&v) {
-            return Err(PyValueError::new_err(format!(
-                "invalid value for early hint {:?}: control characters (CR, LF, NUL...) are not allowed",
-                String::from_utf8_lossy(&n)
-            )));
-        }
+        check_field("early hint", &n, &v)?;
         out.extend_from_slice(&n);
         out.extend_from_slice(b": ");
         // Only SP and HTAB are left to trim (RFC 9110 §5.5: not part of
