@@ -247,6 +247,14 @@ fn serve(opts: config::Options) -> i32 {
     let notifier = Notifier::from_env();
     let watchdog = notify::watchdog_timeout();
     notify::unset_env();
+    // USR2 re-executes in place under systemd (its main PID must stay),
+    // and starts a second master as Gunicorn's does everywhere else.
+    let upgrade_in_place = notifier.is_some() || std::env::var_os("INVOCATION_ID").is_some();
+    // Started by a Gunicorn-style USR2, and the old master still runs.
+    let second_master = handoff
+        .as_ref()
+        .and_then(|h| h.parent)
+        .is_some_and(|p| p == nix::unistd::getppid().as_raw());
 
     let listeners = match &handoff {
         Some(h) => match master::adopt_listeners(&h.listeners) {
@@ -284,7 +292,12 @@ fn serve(opts: config::Options) -> i32 {
             }
         }
     };
-    if handoff.is_none() {
+    if second_master {
+        log::info(&format!(
+            "Starting ferricorn {} as the new master of a USR2 upgrade",
+            env!("CARGO_PKG_VERSION")
+        ));
+    } else if handoff.is_none() {
         log::info(&format!("Starting ferricorn {}", env!("CARGO_PKG_VERSION")));
         // Unix sockets we bound belong to the workers' user and group, as
         // Gunicorn's do (the umask sets who else may connect).
@@ -310,7 +323,7 @@ fn serve(opts: config::Options) -> i32 {
         settings.threads,
         if settings.threads == 1 { "" } else { "s" }
     ));
-    if settings.reload && settings.preload && handoff.is_none() {
+    if settings.reload && settings.preload && (handoff.is_none() || second_master) {
         log::warning(
             "--reload with --preload: the app is imported once, in the master, so a change \
              restarts the workers on the code already loaded; send HUP to load the new code \
@@ -318,13 +331,25 @@ fn serve(opts: config::Options) -> i32 {
         );
     }
     if let Some(p) = &settings.pidfile {
-        if let Err(e) = pidfile::create(p) {
+        if let Err(e) = pidfile::create(&master::pidfile_path(p, second_master)) {
             log::critical(&e);
             return 1;
         }
     }
-    proctitle::set(&format!("ferricorn: master [{}]", settings.proc_name));
-    match master::Master::new(opts, settings, listeners, notifier, watchdog, handoff) {
+    proctitle::set(&format!(
+        "ferricorn: master [{}{}]",
+        settings.proc_name,
+        if second_master { ".2" } else { "" }
+    ));
+    match master::Master::new(
+        opts,
+        settings,
+        listeners,
+        notifier,
+        watchdog,
+        handoff,
+        upgrade_in_place,
+    ) {
         Ok(m) => m.run(),
         Err(e) => {
             log::critical(&e);

@@ -30,7 +30,12 @@ class Server:
         self.logfile = tempfile.NamedTemporaryFile(prefix="ferricorn-test-", suffix=".log", delete=False)
         self.args = [BIN] + list(args)
         full_env = dict(os.environ)
-        full_env.update(env or {})
+        # A value of None removes the variable (say, systemd's).
+        for k, v in (env or {}).items():
+            if v is None:
+                full_env.pop(k, None)
+            else:
+                full_env[k] = v
         self.proc = subprocess.Popen(
             self.args,
             cwd=str(cwd),

@@ -361,6 +361,124 @@ def test_hup_with_hanging_import_times_out_and_next_hup_recovers(start_server, t
 
 
 # --- USR2 -----------------------------------------------------------------
+# Under systemd (NOTIFY_SOCKET or INVOCATION_ID set) USR2 re-executes the
+# master in place; elsewhere it starts a second master, as Gunicorn's does.
+IN_PLACE = {"INVOCATION_ID": "0123456789abcdef0123456789abcdef"}
+NOT_SYSTEMD = {"INVOCATION_ID": None, "NOTIFY_SOCKET": None}
+
+
+@pytest.fixture
+def new_masters():
+    """Second masters a test started: they outlive the test's server (no
+    parent-death signal), so any still running at the end are killed."""
+    pids = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def pid_in(path):
+    try:
+        return int(Path(path).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def replace_with_non_program(exe):
+    """Put an executable text file (no #!) where the binary was: execve fails."""
+    bad = exe.with_name("bad")
+    bad.write_text("this is not a program\n")
+    bad.chmod(0o755)
+    os.rename(bad, exe)
+
+
+def ppid_of(pid):
+    return int(proc_status(pid, "PPid")[0])
+
+
+def test_usr2_starts_a_second_master_as_gunicorn_does(start_server, tmp_path, new_masters):
+    # Gunicorn's documented upgrade, outside systemd: USR2 starts a new
+    # master (pid file PIDFILE.2) with its own workers on the same sockets;
+    # TERM to the old master then leaves the new one, which takes over the
+    # pid file. No request fails on the way.
+    write_app(tmp_path, "v1")
+    pidfile = tmp_path / "app.pid"
+    sock = tmp_path / "app.sock"
+    s = start_server("vapp:app", "-w", "2", "-p", str(pidfile), "-b", f"unix:{sock}",
+                     cwd=tmp_path, env=dict(NO_PYC, **NOT_SYSTEMD))
+    old = s.pid
+    assert pid_in(pidfile) == old
+    with Load(s.port, path="/both") as load:
+        wait_for(lambda: load.count() > 50, 10, what="load to start")
+        write_app(tmp_path, "v2")
+        s.kill(signal.SIGUSR2)
+        new = wait_for(lambda: pid_in(f"{pidfile}.2"), 10, what="the new master's pid file")
+        new_masters.append(new)
+        assert new != old and ppid_of(new) == old
+        assert pid_in(pidfile) == old
+        s.wait_log(r"All 2 workers are serving", count=2, timeout=15)
+        assert args_of(new) == "ferricorn: master [vapp:app.2]"
+        new_workers = [int(p) for p in subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(new)], capture_output=True, text=True).stdout.split()]
+        assert len(new_workers) == 2
+        # Both generations answer on the shared socket.
+        wait_for(lambda: any(b.startswith(b"v2 ") for b in load.bodies_after(0)), 10,
+                 what="a request served by the new master's workers")
+        # A second USR2 is refused while the new master runs.
+        s.kill(signal.SIGUSR2)
+        s.wait_log(r"USR2 signal ignored. Child exists")
+        s.kill(signal.SIGTERM)
+        assert s.proc.wait(20) == 0
+        done = time.monotonic()
+        wait_for(lambda: len(load.bodies_after(done)) > 50, 10, what="requests after the upgrade")
+    assert load.failures == [], load.failures[:5]
+    assert {b.split()[0] for b in load.bodies_after(done)} == {b"v2"}
+    # (The old master has exited: wait on the log itself.)
+    wait_for(lambda: "Master has been promoted." in s.log(), 5, what="the promotion")
+    wait_for(lambda: pid_in(pidfile) == new, 5, what="the pid file to name the new master")
+    assert not Path(f"{pidfile}.2").exists()
+    wait_for(lambda: args_of(new) == "ferricorn: master [vapp:app]", 5, what="the title without .2")
+    # The old master left the unix socket to the new one.
+    assert unix_get(sock).startswith(b"HTTP/1.1 200 ")
+    os.kill(new, signal.SIGTERM)
+    wait_for(lambda: not alive(new), 20, what="the new master to stop")
+    assert not sock.exists() and not pidfile.exists()
+
+
+def test_usr2_then_term_to_the_new_master_reverts(start_server, tmp_path, monkeypatch,
+                                                  new_masters):
+    # Gunicorn's way back: stop the new master; the old one goes on alone
+    # and can upgrade again. An exec that fails starts nothing.
+    pidfile = tmp_path / "app.pid"
+    sock = tmp_path / "app.sock"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "ferricorn"
+    shutil.copy2(BIN, exe)
+    monkeypatch.setattr(conftest, "BIN", str(exe))
+    s = start_server("basic:app", "-w", "1", "-p", str(pidfile), "-b", f"unix:{sock}",
+                     env=NOT_SYSTEMD)
+    workers = s.worker_pids()
+    s.kill(signal.SIGUSR2)
+    new = wait_for(lambda: pid_in(f"{pidfile}.2"), 10, what="the new master's pid file")
+    new_masters.append(new)
+    s.wait_log(r"All 1 workers are serving", count=2, timeout=15)
+    os.kill(new, signal.SIGTERM)
+    s.wait_log(rf"New master \(pid:{new}\) exited with code 0", timeout=20)
+    assert not Path(f"{pidfile}.2").exists()
+    assert pid_in(pidfile) == s.pid
+    assert s.worker_pids() == workers
+    assert get(s.port)[0] == 200
+    assert unix_get(sock).startswith(b"HTTP/1.1 200 ")
+    # Not an executable any more: nothing starts, the master carries on.
+    replace_with_non_program(exe)
+    s.kill(signal.SIGUSR2)
+    s.wait_log(r"Upgrade failed: execve .*ferricorn: .*; carrying on", timeout=5)
+    assert s.worker_pids() == workers
+    assert get(s.port)[0] == 200
+    assert s.stop() == 0
+    assert not sock.exists() and not pidfile.exists()
 
 
 def test_usr2_after_binary_replaced_under_load(start_server, tmp_path, monkeypatch):
@@ -370,7 +488,7 @@ def test_usr2_after_binary_replaced_under_load(start_server, tmp_path, monkeypat
     shutil.copy2(BIN, exe)
     monkeypatch.setattr(conftest, "BIN", str(exe))
     write_app(tmp_path, "v1")
-    s = start_server("vapp:app", "-w", "2", cwd=tmp_path, env=NO_PYC)
+    s = start_server("vapp:app", "-w", "2", cwd=tmp_path, env=dict(NO_PYC, **IN_PLACE))
     master = s.pid
     old = s.worker_pids()
     with Load(s.port, path="/both") as load:
@@ -403,7 +521,8 @@ def test_usr2_during_a_reload_under_load(start_server, tmp_path):
     # the booting workers as booting, and only the newest generation stays.
     imports = tmp_path / "imports.log"
     write_app(tmp_path, "v1")
-    s = start_server("vapp:app", "-w", "2", cwd=tmp_path, env=dict(NO_PYC, IMPORT_LOG=str(imports)))
+    s = start_server("vapp:app", "-w", "2", cwd=tmp_path,
+                     env=dict(NO_PYC, IMPORT_LOG=str(imports), **IN_PLACE))
     old = s.worker_pids()
     with Load(s.port) as load:
         wait_for(lambda: load.count() > 50, 10, what="load to start")
@@ -432,7 +551,7 @@ def test_usr2_follows_a_switched_symlink(start_server, tmp_path, monkeypatch):
     link = tmp_path / "ferricorn"
     os.symlink(tmp_path / "a" / "ferricorn", link)
     monkeypatch.setattr(conftest, "BIN", str(link))
-    s = start_server("basic:app", "-w", "1")
+    s = start_server("basic:app", "-w", "1", env=IN_PLACE)
     assert os.readlink(f"/proc/{s.pid}/exe") == str(tmp_path / "a" / "ferricorn")
     os.symlink(tmp_path / "b" / "ferricorn", tmp_path / "new-link")
     os.rename(tmp_path / "new-link", link)
@@ -445,7 +564,7 @@ def test_usr2_follows_a_switched_symlink(start_server, tmp_path, monkeypatch):
 def test_term_right_after_usr2_is_not_lost(start_server):
     # Both signals are likely read in one batch: the exec must not happen
     # before the TERM read with it is handled (it would be lost).
-    s = start_server("basic:app", "-w", "2")
+    s = start_server("basic:app", "-w", "2", env=IN_PLACE)
     os.kill(s.pid, signal.SIGUSR2)
     os.kill(s.pid, signal.SIGTERM)
     assert s.proc.wait(10) == 0
@@ -457,13 +576,10 @@ def test_usr2_exec_failure_keeps_running(start_server, tmp_path, monkeypatch):
     exe = bindir / "ferricorn"
     shutil.copy2(BIN, exe)
     monkeypatch.setattr(conftest, "BIN", str(exe))
-    s = start_server("basic:app", "-w", "2")
+    s = start_server("basic:app", "-w", "2", env=IN_PLACE)
     workers = s.worker_pids()
     # Not an executable format: execve fails and the master carries on.
-    bad = bindir / "bad"
-    bad.write_text("this is not a program\n")
-    bad.chmod(0o755)
-    os.rename(bad, exe)
+    replace_with_non_program(exe)
     s.kill(signal.SIGUSR2)
     s.wait_log(r"In-place upgrade failed: execve .*ferricorn: .*", timeout=5)
     assert get(s.port)[0] == 200
@@ -721,6 +837,94 @@ def test_kill9_master_leaves_no_worker(start_server):
     s.kill(signal.SIGKILL)
     s.proc.wait(5)
     wait_for(lambda: not any(alive(p) for p in workers), 1.0, what="workers to die with the master")
+
+
+def test_under_supervisor(tmp_path):
+    """A real supervisord (from PyPI) runs ferricorn as a foreground
+    program: `supervisorctl signal HUP` reloads the workers, a master killed
+    with -9 is restarted on the same socket (its workers died with it), and
+    `supervisorctl stop` is a graceful TERM that ends in STOPPED, not in a
+    SIGKILL after stopwaitsecs."""
+    sock = tmp_path / "app.sock"
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(f"""\
+[supervisord]
+nodaemon=true
+logfile={tmp_path}/supervisord.log
+pidfile={tmp_path}/supervisord.pid
+[unix_http_server]
+file={tmp_path}/supervisor.sock
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{tmp_path}/supervisor.sock
+[program:app]
+command={BIN} -w 2 -b unix:{sock} --chdir {APPS} basic:app
+stdout_logfile={tmp_path}/app.log
+redirect_stderr=true
+autorestart=true
+startsecs=1
+stopwaitsecs=10
+""")
+    bindir = Path(conftest.VENV) / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "NOTIFY_SOCKET")}
+
+    def ctl(*args):
+        r = subprocess.run([bindir / "supervisorctl", "-c", conf, *args], capture_output=True,
+                           text=True, timeout=30, env=env)
+        return r.stdout
+
+    def running_pid():
+        m = re.search(r"^app\s+RUNNING\s+pid (\d+)", ctl("status"), re.M)
+        return int(m.group(1)) if m else None
+
+    def serves():
+        try:
+            return unix_get(sock).startswith(b"HTTP/1.1 200 ")
+        except OSError:
+            return False
+
+    def children(pid):
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                             text=True).stdout
+        return sorted(int(x) for x in out.split())
+
+    sup = subprocess.Popen([bindir / "supervisord", "-c", conf], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        master = wait_for(running_pid, 15, what="supervisord to report app RUNNING")
+        wait_for(serves, 15, what="the app to serve on its unix socket")
+        workers = wait_for(lambda: len(children(master)) == 2 and children(master), 10,
+                           what="two workers")
+        assert "app: signalled" in ctl("signal", "HUP", "app")
+        wait_for(lambda: len(children(master)) == 2 and not set(workers) & set(children(master)),
+                 15, what="the workers to be replaced after HUP")
+        assert running_pid() == master and serves()
+        workers = children(master)
+        os.kill(master, signal.SIGKILL)
+        wait_for(lambda: running_pid() not in (None, master), 20,
+                 what="supervisord to restart the killed master")
+        wait_for(lambda: not any(alive(p) for p in workers), 5, what="the old workers to die")
+        wait_for(serves, 15, what="the restarted master to serve")
+        master = running_pid()
+        workers = children(master)
+        out = ctl("stop", "app")
+        assert "app: stopped" in out, out
+        assert re.search(r"^app\s+STOPPED", ctl("status"), re.M)
+        log = (tmp_path / "app.log").read_text()
+        assert "Handling signal: term; graceful stop" in log and "Shutting down: Master" in log
+        slog = (tmp_path / "supervisord.log").read_text()
+        assert "stopped: app (exit status 0)" in slog and "killing 'app'" not in slog, slog
+        assert not alive(master) and not any(alive(p) for p in workers)
+        assert not sock.exists()
+    finally:
+        ctl("shutdown")
+        try:
+            sup.wait(20)
+        except subprocess.TimeoutExpired:
+            sup.kill()
+            sup.wait()
+
 
 
 # --- preload ----------------------------------------------------------------

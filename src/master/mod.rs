@@ -9,12 +9,13 @@
 //!
 //! Signals: HUP reload (new generation, then retire the old), TERM graceful
 //! stop, INT/QUIT fast stop, TTIN/TTOU one worker more/less, USR1 reopen
-//! logs, USR2 in-place binary upgrade (exec of the same path, same PID, the
-//! workers adopted), CHLD reap. See docs/SIGNALS.md.
+//! logs, USR2 binary upgrade (under systemd in place: exec of the same path,
+//! same PID, the workers adopted; elsewhere Gunicorn's second master), CHLD
+//! reap. See docs/SIGNALS.md.
 
 mod upgrade;
 
-pub use upgrade::{remember_exe, take_handoff};
+pub use upgrade::{pidfile_path, remember_exe, take_handoff};
 
 /// Listeners handed over by the previous image (USR2).
 pub fn adopt_listeners(l: &[(std::os::fd::RawFd, String)]) -> Result<Vec<Listener>, String> {
@@ -123,6 +124,15 @@ pub struct Master {
     /// this turn, after every other signal read with it was handled (the
     /// exec would drop them: they are already out of the signalfd).
     upgrade_pending: bool,
+    /// USR2 re-executes in place (under systemd, whose main PID must not
+    /// change) rather than starting a second master as Gunicorn does.
+    upgrade_in_place: bool,
+    /// The second master a Gunicorn-style USR2 started, while it lives.
+    new_master: Option<Pid>,
+    /// We are that second master, and this old master (our parent) still
+    /// runs: our pid file is `PIDFILE.2` and our title says `.2` until it
+    /// exits and we are promoted.
+    old_master: Option<Pid>,
 }
 
 const HANDLED: [Signal; 10] = [
@@ -155,6 +165,7 @@ impl Master {
         notifier: Option<Notifier>,
         watchdog: Option<Duration>,
         adopted: Option<upgrade::Handoff>,
+        upgrade_in_place: bool,
     ) -> Result<Master, String> {
         let set = signal_set();
         set.thread_block()
@@ -162,53 +173,59 @@ impl Master {
         let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
         let graceful = Duration::from_secs(settings.graceful_timeout);
-        let (scoreboard, workers, generation, serving) = match adopted {
-            Some(h) => {
-                let sb = Scoreboard::adopt(h.scoreboard_fd, h.capacity)
-                    .map_err(|e| format!("scoreboard: {e}"))?;
-                let mut workers = BTreeMap::new();
-                let now = Instant::now();
-                for w in h.workers {
-                    let state = match w.state {
-                        upgrade::AdoptedState::Booting => WorkerState::Booting,
-                        upgrade::AdoptedState::Serving => WorkerState::Serving,
-                        upgrade::AdoptedState::Retiring | upgrade::AdoptedState::Aborted => {
-                            WorkerState::Retiring
-                        }
-                    };
-                    workers.insert(
-                        Pid::from_raw(w.pid),
-                        Worker {
-                            slot: w.slot,
-                            generation: w.generation,
-                            state,
-                            spawned: now,
-                            aborted: (w.state == upgrade::AdoptedState::Aborted).then_some(now),
-                            // The old image's deadline is not carried over:
-                            // a retiring worker gets a fresh graceful period.
-                            retire_deadline: (state == WorkerState::Retiring)
-                                .then_some(now + graceful),
-                            age: 0,
-                        },
-                    );
+        let old_master = adopted
+            .as_ref()
+            .and_then(|h| h.parent)
+            .map(Pid::from_raw)
+            .filter(|p| *p == nix::unistd::getppid());
+        let (scoreboard, workers, generation, serving) =
+            match adopted.filter(|h| h.parent.is_none()) {
+                Some(h) => {
+                    let sb = Scoreboard::adopt(h.scoreboard_fd, h.capacity)
+                        .map_err(|e| format!("scoreboard: {e}"))?;
+                    let mut workers = BTreeMap::new();
+                    let now = Instant::now();
+                    for w in h.workers {
+                        let state = match w.state {
+                            upgrade::AdoptedState::Booting => WorkerState::Booting,
+                            upgrade::AdoptedState::Serving => WorkerState::Serving,
+                            upgrade::AdoptedState::Retiring | upgrade::AdoptedState::Aborted => {
+                                WorkerState::Retiring
+                            }
+                        };
+                        workers.insert(
+                            Pid::from_raw(w.pid),
+                            Worker {
+                                slot: w.slot,
+                                generation: w.generation,
+                                state,
+                                spawned: now,
+                                aborted: (w.state == upgrade::AdoptedState::Aborted).then_some(now),
+                                // The old image's deadline is not carried over:
+                                // a retiring worker gets a fresh graceful period.
+                                retire_deadline: (state == WorkerState::Retiring)
+                                    .then_some(now + graceful),
+                                age: 0,
+                            },
+                        );
+                    }
+                    let serving = h.serving.unwrap_or_else(|| {
+                        workers
+                            .values()
+                            .filter(|w| w.state != WorkerState::Retiring)
+                            .map(|w| w.generation)
+                            .max()
+                            .unwrap_or(h.generation)
+                    });
+                    (sb, workers, h.generation, serving)
                 }
-                let serving = h.serving.unwrap_or_else(|| {
-                    workers
-                        .values()
-                        .filter(|w| w.state != WorkerState::Retiring)
-                        .map(|w| w.generation)
-                        .max()
-                        .unwrap_or(h.generation)
-                });
-                (sb, workers, h.generation, serving)
-            }
-            None => (
-                Scoreboard::create(SCOREBOARD_SLOTS).map_err(|e| format!("scoreboard: {e}"))?,
-                BTreeMap::new(),
-                0,
-                0,
-            ),
-        };
+                None => (
+                    Scoreboard::create(SCOREBOARD_SLOTS).map_err(|e| format!("scoreboard: {e}"))?,
+                    BTreeMap::new(),
+                    0,
+                    0,
+                ),
+            };
         // The table workers share to balance accepts (src/balance.rs);
         // without it they still serve, only unbalanced.
         if let Err(e) = crate::balance::init(scoreboard.capacity()) {
@@ -244,7 +261,54 @@ impl Master {
             reload_started: None,
             last_reload: None,
             upgrade_pending: false,
+            upgrade_in_place,
+            new_master: None,
+            old_master,
         })
+    }
+
+    /// Where our pid file is: `PIDFILE.2` while we are a second master
+    /// whose old master still runs (Gunicorn's names).
+    fn pidfile_path(&self, s: &Settings) -> Option<std::path::PathBuf> {
+        s.pidfile
+            .as_ref()
+            .map(|p| upgrade::pidfile_path(p, self.old_master.is_some()))
+    }
+
+    fn set_title(&self, s: &Settings) {
+        let suffix = if self.old_master.is_some() { ".2" } else { "" };
+        crate::proctitle::set(&format!("ferricorn: master [{}{suffix}]", s.proc_name));
+    }
+
+    /// Another master shares our listening sockets (one side of a
+    /// Gunicorn-style USR2): stopping must not shut them down or remove
+    /// their socket files, the other master goes on serving on them.
+    fn sockets_shared(&self) -> bool {
+        self.new_master.is_some() || self.old_master.is_some()
+    }
+
+    /// A second master whose old master has exited takes over: the pid file
+    /// gets its configured name, the title loses its `.2`.
+    fn check_promoted(&mut self) {
+        let Some(old) = self.old_master else {
+            return;
+        };
+        if nix::unistd::getppid() == old {
+            return;
+        }
+        log::info("Master has been promoted.");
+        let from = self.pidfile_path(&self.settings);
+        self.old_master = None;
+        if let (Some(from), Some(to)) = (from, self.pidfile_path(&self.settings)) {
+            if let Err(e) = std::fs::rename(&from, &to) {
+                log::error(&format!(
+                    "renaming the pid file {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ));
+            }
+        }
+        self.set_title(&self.settings);
     }
 
     fn notify(&self, f: impl FnOnce(&Notifier) -> std::io::Result<()>) {
@@ -331,6 +395,7 @@ impl Master {
         loop {
             self.wait_for_signals();
             self.reap();
+            self.check_promoted();
             if let Some(code) = self.check_stopped() {
                 self.cleanup();
                 hooks::run_master_hook(&self.settings, "on_exit", None, None);
@@ -418,6 +483,7 @@ impl Master {
                 self.own_logs();
                 self.signal_all(Signal::SIGUSR1, |_| true);
             }
+            Signal::SIGUSR2 if !self.upgrade_in_place => self.start_new_master(),
             Signal::SIGUSR2 => {
                 log::info("Handling signal: usr2; upgrading in place (re-exec)");
                 hooks::run_master_hook(&self.settings, "pre_exec", None, None);
@@ -492,6 +558,9 @@ impl Master {
     /// Sockets from systemd or inherited by fd are left alone: their owner
     /// keeps queueing connections for the next instance.
     fn stop_listening(&self) {
+        if self.sockets_shared() {
+            return;
+        }
         for l in &self.listeners {
             let ours = self.settings.bind.contains(&l.name)
                 && matches!(
@@ -596,16 +665,16 @@ impl Master {
                 // As Gunicorn's reload: the old pid file goes, the new one
                 // is written, the title names the new proc_name.
                 if s.pidfile != self.settings.pidfile {
-                    if let Some(old) = &self.settings.pidfile {
-                        crate::pidfile::remove(old);
+                    if let Some(old) = self.pidfile_path(&self.settings) {
+                        crate::pidfile::remove(&old);
                     }
-                    if let Some(new) = &s.pidfile {
-                        if let Err(e) = crate::pidfile::create(new) {
+                    if let Some(new) = self.pidfile_path(&s) {
+                        if let Err(e) = crate::pidfile::create(&new) {
                             log::error(&format!("Reload: {e}"));
                         }
                     }
                 }
-                crate::proctitle::set(&format!("ferricorn: master [{}]", s.proc_name));
+                self.set_title(&s);
                 self.settings = s;
                 self.own_logs();
                 // Gunicorn's order: the new settings (num_workers), then on_reload.
@@ -735,6 +804,16 @@ impl Master {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
+            if Some(pid) == self.new_master {
+                self.new_master = None;
+                let how = match (code, signal) {
+                    (Some(c), _) => format!("exited with code {c}"),
+                    (None, Some(s)) => format!("was sent {}", s.as_str()),
+                    _ => "exited".into(),
+                };
+                log::info(&format!("New master (pid:{pid}) {how}"));
+                continue;
+            }
             let Some(w) = self.workers.remove(&pid) else {
                 continue;
             };
@@ -1255,12 +1334,46 @@ impl Master {
         self.notify(|n| n.ready());
     }
 
-    fn cleanup(&mut self) {
-        for p in self.listeners.iter().filter_map(|l| l.owned_path()) {
-            let _ = std::fs::remove_file(p);
+    /// USR2 outside systemd, as Gunicorn's: a second master (our child)
+    /// starts on the same sockets with its own workers; both serve until
+    /// the operator stops one of them.
+    fn start_new_master(&mut self) {
+        if let Some(pid) = self.new_master {
+            log::warning(&format!(
+                "USR2 signal ignored. Child exists (new master pid:{pid})."
+            ));
+            return;
         }
-        if let Some(p) = &self.settings.pidfile {
-            crate::pidfile::remove(p);
+        if self.old_master.is_some() {
+            log::warning("USR2 signal ignored. Parent exists.");
+            return;
+        }
+        if matches!(self.mode, Mode::Stopping { .. }) {
+            log::warning("USR2 signal ignored: stopping");
+            return;
+        }
+        log::info("Handling signal: usr2; starting a new master");
+        hooks::run_master_hook(&self.settings, "pre_exec", None, None);
+        match upgrade::spawn_new_master(&self.listeners) {
+            Ok(pid) => {
+                log::info(&format!(
+                    "New master started (pid:{pid}); send TERM to this one (pid:{}) to finish the upgrade",
+                    std::process::id()
+                ));
+                self.new_master = Some(pid);
+            }
+            Err(e) => log::error(&format!("Upgrade failed: {e}; carrying on")),
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if !self.sockets_shared() {
+            for p in self.listeners.iter().filter_map(|l| l.owned_path()) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if let Some(p) = self.pidfile_path(&self.settings) {
+            crate::pidfile::remove(&p);
         }
     }
 }

@@ -1,11 +1,18 @@
-//! USR2: the in-place binary upgrade.
+//! USR2: the binary upgrade, in one of two ways.
 //!
-//! Gunicorn forks a new master on USR2, so systemd's MAINPID points at the
-//! old one and the unit breaks. We instead `execve` the binary at the path
-//! we were started from, *in the same process*: the PID stays, the workers
-//! stay our children, and the listening sockets keep their fd numbers
-//! (close-on-exec cleared). What the new image must know travels in one
-//! environment variable, `FERRICORN_UPGRADE`, read and removed at start.
+//! Under systemd, a second master would be a new main PID that systemd does
+//! not follow, and the unit would break. There we `execve` the binary at
+//! the path we were started from, *in the same process*: the PID stays, the
+//! workers stay our children, and the listening sockets keep their fd
+//! numbers (close-on-exec cleared).
+//!
+//! Everywhere else we do what Gunicorn documents: fork a child that execs
+//! the binary as a second master on the same sockets, with its own workers;
+//! the operator then stops the old master (`TERM`), and the new one, seeing
+//! its parent gone, takes over the pid file.
+//!
+//! Either way, what the new image must know travels in one environment
+//! variable, `FERRICORN_UPGRADE`, read and removed at start.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
@@ -126,6 +133,10 @@ pub struct AdoptedWorker {
 
 /// What the previous image handed over.
 pub struct Handoff {
+    /// Set when we are the second master of a Gunicorn-style upgrade: the
+    /// old master's pid (our parent until it exits). Nothing but the
+    /// listeners is handed over then; the scoreboard fd is -1.
+    pub parent: Option<i32>,
     pub scoreboard_fd: RawFd,
     pub capacity: usize,
     /// The highest generation number handed out.
@@ -149,6 +160,7 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
 
 fn parse(text: &str) -> Result<Option<Handoff>, String> {
     let mut h = Handoff {
+        parent: None,
         scoreboard_fd: -1,
         capacity: 0,
         generation: 0,
@@ -160,6 +172,13 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
     for line in text.lines() {
         let mut it = line.splitn(4, ' ');
         match it.next() {
+            Some("parent") => {
+                h.parent = Some(
+                    it.next()
+                        .and_then(|x| x.parse().ok())
+                        .ok_or_else(|| bad(line))?,
+                )
+            }
             Some("scoreboard") => {
                 h.scoreboard_fd = it
                     .next()
@@ -219,10 +238,52 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
             None => return Err(bad(line)),
         }
     }
-    if h.scoreboard_fd < 0 {
+    if h.scoreboard_fd < 0 && h.parent.is_none() {
         return Err(format!("{VAR}: no scoreboard"));
     }
     Ok(Some(h))
+}
+
+/// The hand-off lines naming each listening socket by fd.
+fn listener_lines(listeners: &[Listener]) -> String {
+    listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "listener {} {}\n",
+                l.fd.as_raw_fd(),
+                l.name.replace('\n', " ")
+            )
+        })
+        .collect()
+}
+
+/// What execve needs to run our binary again: its path, our arguments,
+/// and our environment with `handoff` in `FERRICORN_UPGRADE` plus `extra`.
+fn exec_image(
+    exe: &std::path::Path,
+    handoff: String,
+    extra: Vec<(OsString, OsString)>,
+) -> (CString, Vec<CString>, Vec<CString>) {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    env.retain(|(k, _)| k != VAR);
+    env.push((VAR.into(), handoff.into()));
+    env.extend(extra);
+    let to_c = |s: &[u8]| CString::new(s).unwrap_or_default();
+    let args = ARGS
+        .get()
+        .map(|a| a.iter().map(|a| to_c(a.as_bytes())).collect())
+        .unwrap_or_default();
+    let envs = env
+        .iter()
+        .map(|(k, v)| {
+            let mut b = k.as_bytes().to_vec();
+            b.push(b'=');
+            b.extend_from_slice(v.as_bytes());
+            to_c(&b)
+        })
+        .collect();
+    (to_c(exe.as_os_str().as_bytes()), args, envs)
 }
 
 /// Exec the new binary. Returns only on failure, with the reason.
@@ -254,13 +315,7 @@ pub fn reexec(
             w.state.as_str()
         ));
     }
-    for l in listeners {
-        text.push_str(&format!(
-            "listener {} {}\n",
-            l.fd.as_raw_fd(),
-            l.name.replace('\n', " ")
-        ));
-    }
+    text.push_str(&listener_lines(listeners));
     let mut keep: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
     keep.push(scoreboard.raw_fd());
     for fd in &keep {
@@ -268,27 +323,11 @@ pub fn reexec(
             return format!("clearing close-on-exec on fd {fd}: {e}");
         }
     }
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    env.retain(|(k, _)| k != VAR);
-    env.push((VAR.into(), text.into()));
-    for (k, v) in notify::exec_env(notifier, watchdog, std::process::id()) {
-        env.push((k.into(), v));
-    }
-    let to_c = |s: &[u8]| CString::new(s).unwrap_or_default();
-    let path = to_c(exe.as_os_str().as_bytes());
-    let args: Vec<CString> = ARGS
-        .get()
-        .map(|a| a.iter().map(|a| to_c(a.as_bytes())).collect())
-        .unwrap_or_default();
-    let envs: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| {
-            let mut b = k.as_bytes().to_vec();
-            b.push(b'=');
-            b.extend_from_slice(v.as_bytes());
-            to_c(&b)
-        })
+    let extra = notify::exec_env(notifier, watchdog, std::process::id())
+        .into_iter()
+        .map(|(k, v)| (k.into(), v))
         .collect();
+    let (path, args, envs) = exec_image(exe, text, extra);
     let here = std::env::current_dir().ok();
     if let Some(d) = START_DIR.get() {
         let _ = std::env::set_current_dir(d);
@@ -307,6 +346,89 @@ pub fn reexec(
         exe.display(),
         err.map(|e| e.to_string()).unwrap_or_default()
     )
+}
+
+/// The pid file of a second master while its old master runs is
+/// `PIDFILE.2`, as Gunicorn's.
+pub fn pidfile_path(configured: &std::path::Path, second: bool) -> PathBuf {
+    if second {
+        let mut s = configured.as_os_str().to_owned();
+        s.push(".2");
+        PathBuf::from(s)
+    } else {
+        configured.to_path_buf()
+    }
+}
+
+/// Gunicorn's USR2: fork a child that execs our binary (same path, same
+/// arguments, from the start directory) as a second master on our
+/// listening sockets. Returns the child's pid once its exec succeeded, or
+/// why it failed (then no child is left behind).
+pub fn spawn_new_master(listeners: &[Listener]) -> Result<nix::unistd::Pid, String> {
+    use nix::unistd::{ForkResult, fork};
+    let Some(exe) = EXE.get() else {
+        return Err("executable path unknown".into());
+    };
+    let text = format!(
+        "parent {}\n{}",
+        std::process::id(),
+        listener_lines(listeners)
+    );
+    // Everything the child needs is built here: between fork and exec it
+    // may only make async-signal-safe calls (no allocation).
+    let (path, args, envs) = exec_image(exe, text, vec![]);
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let dir = START_DIR
+        .get()
+        .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok());
+    let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    // A close-on-exec pipe: a successful exec closes it, a failed one
+    // writes errno into it, so the parent knows which before returning.
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the child only calls fcntl, chdir, execve, write and _exit
+    // (async-signal-safe) on data prepared above, then never returns.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => unsafe {
+            for fd in &fds {
+                libc::fcntl(*fd, libc::F_SETFD, 0);
+            }
+            if let Some(d) = &dir {
+                libc::chdir(d.as_ptr());
+            }
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            let errno = *libc::__errno_location();
+            libc::write(
+                w.as_raw_fd(),
+                (&errno as *const i32).cast::<libc::c_void>(),
+                4,
+            );
+            libc::_exit(127);
+        },
+        Ok(ForkResult::Parent { child }) => {
+            drop(w);
+            let mut buf = [0u8; 4];
+            let mut got = 0;
+            while got < 4 {
+                match nix::unistd::read(&r, &mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            if got == 4 {
+                let _ = nix::sys::wait::waitpid(child, None);
+                let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(buf));
+                return Err(format!("execve {}: {errno}", exe.display()));
+            }
+            Ok(child)
+        }
+        Err(e) => Err(format!("fork: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -369,5 +491,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.workers[0].state, AdoptedState::Serving);
+        // A second master's hand-off: its parent and the sockets only.
+        let h = parse("parent 42\nlistener 3 127.0.0.1:8000\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parent, Some(42));
+        assert!(h.workers.is_empty());
+        assert_eq!(h.listeners, vec![(3, "127.0.0.1:8000".to_string())]);
     }
 }
