@@ -250,11 +250,9 @@ fn serve(opts: config::Options) -> i32 {
     // USR2 re-executes in place under systemd (its main PID must stay),
     // and starts a second master as Gunicorn's does everywhere else.
     let upgrade_in_place = notifier.is_some() || std::env::var_os("INVOCATION_ID").is_some();
-    // Started by a Gunicorn-style USR2, and the old master still runs.
-    let second_master = handoff
-        .as_ref()
-        .and_then(|h| h.parent)
-        .is_some_and(|p| p == nix::unistd::getppid().as_raw());
+    // The new master of a Gunicorn-style USR2 (its old master still runs).
+    let second_master = master::old_master(handoff.as_ref(), settings.pidfile.as_deref()).is_some();
+    let started_by_usr2 = second_master && handoff.as_ref().is_some_and(|h| h.parent.is_some());
 
     let listeners = match &handoff {
         Some(h) => match master::adopt_listeners(&h.listeners) {
@@ -292,7 +290,7 @@ fn serve(opts: config::Options) -> i32 {
             }
         }
     };
-    if second_master {
+    if started_by_usr2 {
         log::info(&format!(
             "Starting ferricorn {} as the new master of a USR2 upgrade",
             env!("CARGO_PKG_VERSION")
@@ -323,7 +321,7 @@ fn serve(opts: config::Options) -> i32 {
         settings.threads,
         if settings.threads == 1 { "" } else { "s" }
     ));
-    if settings.reload && settings.preload && (handoff.is_none() || second_master) {
+    if settings.reload && settings.preload && (handoff.is_none() || started_by_usr2) {
         log::warning(
             "--reload with --preload: the app is imported once, in the master, so a change \
              restarts the workers on the code already loaded; send HUP to load the new code \

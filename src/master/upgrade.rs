@@ -360,6 +360,25 @@ pub fn pidfile_path(configured: &std::path::Path, second: bool) -> PathBuf {
     }
 }
 
+/// The old master still running beside us, when we are the second master
+/// of a Gunicorn-style USR2: our parent as the hand-off names it, or, after
+/// an in-place re-exec of that second master (HUP with --preload), our
+/// parent when the pid file names it and `PIDFILE.2` names us.
+pub fn old_master(h: Option<&Handoff>, pidfile: Option<&std::path::Path>) -> Option<i32> {
+    let h = h?;
+    let parent = nix::unistd::getppid().as_raw();
+    if h.parent.is_some() {
+        return h.parent.filter(|p| *p == parent);
+    }
+    let pidfile = pidfile?;
+    let read = |p: &std::path::Path| -> Option<i32> {
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    };
+    let me = std::process::id() as i32;
+    (read(&pidfile_path(pidfile, true)) == Some(me) && read(pidfile) == Some(parent))
+        .then_some(parent)
+}
+
 /// Gunicorn's USR2: fork a child that execs our binary (same path, same
 /// arguments, from the start directory) as a second master on our
 /// listening sockets. Returns the child's pid once its exec succeeded, or
