@@ -12,6 +12,7 @@ mod env_args;
 mod gunicorn_only;
 mod http;
 mod log;
+mod manpage;
 mod master;
 mod pidfile;
 mod preload;
@@ -127,13 +128,20 @@ fn generate(what: &str, dir: Option<std::path::PathBuf>) -> i32 {
                 eprintln!("ferricorn: generate man-pages: give the directory to write them to");
                 return EXIT_CONFIG_ERROR;
             };
-            if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
+            // clap's pages for the subcommands, then ours for ferricorn(1).
+            let page = dir.join("ferricorn.1");
+            let written = clap_mangen::generate_to(cmd.clone(), &dir).and_then(|()| {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&page)?);
+                manpage::render(cmd, &mut f)?;
+                std::io::Write::flush(&mut f)
+            });
+            if let Err(e) = written {
                 eprintln!("ferricorn: generate man-pages: {}: {e}", dir.display());
                 return 1;
             }
         }
         "man" => {
-            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+            if let Err(e) = manpage::render(cmd, &mut out) {
                 eprintln!("ferricorn: {e}");
                 return 1;
             }

@@ -3,6 +3,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -119,6 +120,33 @@ def test_check_config_exits_0_or_1_as_gunicorn():
     assert bad.returncode == 1 and "`threads`" in bad.stderr
     nouser = check("-u", "no-such-user-here", "basic:app")
     assert nouser.returncode == 1 and "no-such-user-here" in nouser.stderr
+
+
+def test_man_page_has_the_operator_sections(tmp_path):
+    # man-pages(7) order; what an operator opens `man ferricorn` for (exit
+    # codes, signals, environment, files) beside the generated options.
+    page = subprocess.run([BIN, "generate", "man"], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+    sections = re.findall(r'^\.SH "?([A-Z ]+?)"?$', page, re.M)
+    assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "SUBCOMMANDS", "EXIT STATUS",
+                        "SIGNALS", "ENVIRONMENT", "FILES", "SEE ALSO", "VERSION"], sections
+    signals = page.split(".SH SIGNALS")[1].split(".SH ")[0]
+    for sig in ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "USR2", "WINCH"):
+        assert re.search(rf"^\.B[R]? .*\b{sig}\b", signals, re.M), sig
+    status = page.split('.SH "EXIT STATUS"')[1].split(".SH ")[0]
+    assert re.findall(r"^\.B (\d)$", status, re.M) == ["0", "1", "2", "3", "4"]
+    # The installed page (generate man-pages, as debian/build-deb runs it)
+    # is the same page, next to those of the subcommands it names.
+    subprocess.run([BIN, "generate", "man-pages", str(tmp_path)], check=True, timeout=10)
+    assert (tmp_path / "ferricorn.1").read_text() == page
+    assert (tmp_path / "ferricorn-systemd-units.1").exists()
+    if shutil.which("man"):
+        r = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", str(tmp_path / "ferricorn.1")],
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, MANWIDTH="80"))
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        # (bold is overstruck: "E\bE")
+        assert "EXIT STATUS" in re.sub(".\b", "", r.stdout)
 
 
 def test_cmd_args_from_the_environment(tmp_path, start_server):
