@@ -387,6 +387,37 @@ def test_03b_reload_protocol_of_the_release(c, app, suite):
             assert "path=/bin/kill" in shown and "path=/bin/sleep" in shown, (unit, shown)
 
 
+def test_03c_usr2_upgrades_in_place_under_systemd(c, app):
+    """Under systemd USR2 re-executes the master in place: MainPID stays, the
+    unit stays active, new workers replace the old, no request fails. (A
+    second master, Gunicorn's way, would be a MainPID systemd does not follow.)"""
+    wait_http(app.port, "/")
+    pid = main_pid(c, app.service)
+    old_workers = descendants(processes(c), pid)
+    assert old_workers
+    load = Load(app.port, "/").start()
+    try:
+        time.sleep(1)
+        c.run(f"systemctl kill -s USR2 --kill-whom=main {app.service}")
+
+        def replaced():
+            now = descendants(processes(c), pid)
+            return now and not now & old_workers
+
+        wait_for(replaced, timeout=30, interval=0.1, what="new workers after USR2")
+        wait_for(lambda: show(c, app.service, "ActiveState")["ActiveState"] == "active", timeout=30,
+                 what="active after USR2")
+        time.sleep(1)
+    finally:
+        load.stop()
+    print(f"load: {load}")
+    assert load.ok > 0 and load.refused == 0 and load.failed == 0, f"{load}\n{diag(c, app.service)}"
+    assert main_pid(c, app.service) == pid, "USR2 under systemd must keep the main pid"
+    journal = c.run(f"journalctl -u {app.service} -o cat --no-pager").stdout
+    assert "Upgraded in place: adopted" in journal, journal[-2000:]
+    assert "starting a new master" not in journal
+
+
 # ---------------------------------------------------------------------------
 # 4. restart under load
 
