@@ -22,7 +22,9 @@ Invalid configuration or usage; the message names the setting and the reason.
 .TP
 .B 3
 The application could not be imported: importing it raised (the traceback
-is logged). The master does not respawn workers in a loop.
+is logged), or a worker could not switch to
+.BR \-\-user / \-\-group .
+The master does not respawn workers in a loop.
 .TP
 .B 4
 The module imported, but the application object is missing or not callable.

@@ -39,17 +39,28 @@ pub fn drop_to(s: &Settings) -> Result<(), String> {
         (None, Some(u)) => Some(u.gid),
         (None, None) => None,
     };
+    // As Gunicorn's set_owner_process: an id we already have is not set
+    // again, so `-u app` in an image that already runs as app (USER app)
+    // is a no-op rather than an EPERM. The supplementary groups are set
+    // only by root (who alone may).
+    let root = nix::unistd::geteuid().is_root();
     if let Some(gid) = gid {
-        if let Some(u) = &user {
-            let name = std::ffi::CString::new(u.name.as_str()).map_err(|e| e.to_string())?;
-            nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
-        } else {
-            nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+        if root {
+            if let Some(u) = &user {
+                let name = std::ffi::CString::new(u.name.as_str()).map_err(|e| e.to_string())?;
+                nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
+            } else {
+                nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+            }
         }
-        nix::unistd::setgid(gid).map_err(|e| format!("setgid({gid}): {e}"))?;
+        if root || gid != nix::unistd::getgid() || gid != nix::unistd::getegid() {
+            nix::unistd::setgid(gid).map_err(|e| format!("setgid({gid}): {e}"))?;
+        }
     }
     if let Some(u) = &user {
-        nix::unistd::setuid(u.uid).map_err(|e| format!("setuid({}): {e}", u.uid))?;
+        if root || u.uid != nix::unistd::getuid() {
+            nix::unistd::setuid(u.uid).map_err(|e| format!("setuid({}): {e}", u.uid))?;
+        }
         // SAFETY: single-threaded here (fresh child); HOME for the app.
         unsafe { std::env::set_var("HOME", &u.dir) };
     }

@@ -55,6 +55,21 @@ def upload_server(start_server):
     return s, pid, vm_hwm_kb(pid)
 
 
+def test_spool_directory_not_writable_keeps_the_body_in_memory(start_server, tmp_path):
+    # A read-only root in a container: $TMPDIR cannot take the spool file.
+    # The body is kept in memory (a memfd) instead of failing with a 500,
+    # and the log says so once, naming the directory.
+    ro = tmp_path / "no-such-dir"
+    s = start_server("wsgicases:app", "-w", "1", "--body-buffer-size", "65536",
+                     env={"TMPDIR": str(ro)})
+    for _ in range(2):
+        body = os.urandom(3 * MB)
+        st, _, data = s.request("POST", "/sha256", body=body)
+        assert st == 200 and data.decode() == f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+    log = s.log()
+    assert log.count(f"cannot spool request bodies over --body-buffer-size to {ro}") == 1, log
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_200mb_upload_bounded_memory(upload_server, framing):
     s, pid, before = upload_server

@@ -1249,6 +1249,89 @@ def test_user_switch_without_root_is_a_config_error():
     assert "Booting worker" not in p.stderr
 
 
+def test_user_and_group_already_in_effect_are_no_ops(tmp_path):
+    # An image with `USER nobody` and a config written for root (`-u nobody
+    # -g nogroup`): nothing to switch, so it serves, as Gunicorn does.
+    def become_nobody():
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([BIN, "-b", "127.0.0.1:0", "-u", "65534", "-g", "65534", "basic:app"],
+                             cwd="/", env=dict(os.environ, PYTHONPATH=str(APPS)), stdout=out,
+                             stderr=subprocess.STDOUT, preexec_fn=become_nobody)
+    try:
+        wait_for(lambda: "workers are serving" in log.read_text() or p.poll() is not None, 20,
+                 what="the workers to serve")
+        text = log.read_text()
+        assert "workers are serving" in text, text
+        port = int(re.search(r"Listening at: http://127.0.0.1:(\d+)", text).group(1))
+        assert get(port)[0] == 200
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_workers_that_cannot_drop_privileges_stop_the_start(tmp_path):
+    # A worker that cannot become --user fails to boot (Gunicorn's
+    # WORKER_BOOT_ERROR): the master stops with status 3 instead of
+    # respawning it forever. A capability-less root cannot setgid.
+    p = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", BIN, "-b",
+                        "127.0.0.1:0", "-u", "nobody", "basic:app"], cwd=str(APPS),
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 3, p.stderr
+    assert "Cannot drop privileges" in p.stderr and "Worker failed to boot" in p.stderr
+
+
+QUIT_APP = """\
+import atexit, os, sys
+MARK = os.environ["ATEXIT_MARK"]
+atexit.register(lambda: open(MARK, "a").write("%d\\n" % os.getpid()))
+def app(environ, start_response):
+    print("printed by", os.getpid())  # stdout is a file: block-buffered
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_fast_stop_flushes_stdout_and_runs_atexit(start_server, tmp_path, sig):
+    # Gunicorn's worker leaves a fast stop by sys.exit: what the app printed
+    # reaches the log and its atexit handlers run.
+    (tmp_path / "quitapp.py").write_text(QUIT_APP)
+    mark = tmp_path / "atexit"
+    s = start_server("quitapp:app", "-w", "2", cwd=tmp_path,
+                     env={"ATEXIT_MARK": str(mark), "PYTHONUNBUFFERED": None})
+    workers = s.worker_pids()
+    assert get(s.port)[0] == 200
+    s.kill(sig)
+    assert s.proc.wait(5) == 0
+    assert re.search(r"^printed by \d+$", s.log(), re.M), s.log()
+    assert sorted(int(x) for x in mark.read_text().split()) == workers
+
+
+def test_app_subprocesses_inherit_no_ignored_signals(start_server, tmp_path):
+    # The worker ignores the master's signals with a handler, not SIG_IGN,
+    # which a child would inherit across exec (a helper that survives HUP,
+    # a shell script that cannot trap it).
+    (tmp_path / "sigapp.py").write_text(
+        "import subprocess\n"
+        "def app(environ, start_response):\n"
+        "    out = subprocess.run(['grep', 'SigIgn', '/proc/self/status'],\n"
+        "                         capture_output=True).stdout\n"
+        "    start_response('200 OK', [('Content-Length', str(len(out)))])\n"
+        "    return [out]\n")
+    s = start_server("sigapp:app", "-w", "1", cwd=tmp_path)
+    st, body = get(s.port)
+    assert st == 200
+    ignored = int(body.split()[1], 16)
+    for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+        assert not ignored & (1 << (sig - 1)), (sig, body)
+
+
 # --- stopping -------------------------------------------------------------------
 
 

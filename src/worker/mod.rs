@@ -149,7 +149,9 @@ pub fn run(
     let master = nix::unistd::getppid();
     if let Err(e) = crate::privileges::drop_to(&settings) {
         crate::log::critical(&format!("Cannot drop privileges: {e}"));
-        exit(1);
+        // A boot failure, as in Gunicorn (WORKER_BOOT_ERROR): the master
+        // stops at start rather than respawning a worker that cannot boot.
+        exit(crate::config::EXIT_APP_LOAD_ERROR);
     }
     // Changing credentials clears PR_SET_PDEATHSIG (see prctl(2)): arm it
     // again, then make sure the master did not die in between.
@@ -172,9 +174,11 @@ pub fn run(
             e.trim_end()
         ));
     }
-    if crate::wsgi::hooks::on_quit() {
-        signals::quit_through(quit_with_hooks);
-    }
+    // SIGINT/SIGQUIT end the worker through Python, hooks or not, so
+    // buffered print() output is flushed and atexit handlers run (Gunicorn's
+    // worker leaves by sys.exit); the master's SIGKILL a second later bounds
+    // an app that does not give the GIL up.
+    signals::quit_through(quit_with_hooks);
     if crate::wsgi::hooks::on_abort() {
         // faulthandler (enabled at boot, or in the master with --preload)
         // is put back after our handler, so it dumps the stacks first and
@@ -372,8 +376,8 @@ fn boot_failed(msg: &str) -> ! {
     exit(EXIT_APP_LOAD_ERROR)
 }
 
-/// SIGINT/SIGQUIT with `worker_int`/`worker_exit` hooks: run them (the
-/// latter from `exit`), then leave at once, as without hooks.
+/// SIGINT/SIGQUIT: run the `worker_int` hook of a Python config (and
+/// `worker_exit`, from `exit`) if it has them, flush, run atexit, leave.
 fn quit_with_hooks() -> ! {
     Python::attach(crate::wsgi::hooks::worker_int);
     exit(0)

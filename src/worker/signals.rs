@@ -35,6 +35,8 @@ extern "C" fn on_quit(_: libc::c_int) {
     unsafe { libc::_exit(0) };
 }
 
+extern "C" fn on_ignored(_: libc::c_int) {}
+
 extern "C" fn on_usr1(_: libc::c_int) {
     REOPEN.store(true, Ordering::SeqCst);
     wake();
@@ -66,16 +68,21 @@ pub fn install() {
     set_handler(libc::SIGINT, on_quit as *const () as libc::sighandler_t);
     set_handler(libc::SIGQUIT, on_quit as *const () as libc::sighandler_t);
     set_handler(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+    // The master's signals do nothing to a worker; a handler that does
+    // nothing, not SIG_IGN, because an ignored signal stays ignored across
+    // execve: the app's subprocesses would inherit it (a child that
+    // survives HUP, a shell script that cannot trap it).
     for s in [
         libc::SIGHUP,
         libc::SIGUSR2,
         libc::SIGTTIN,
         libc::SIGTTOU,
         libc::SIGWINCH,
-        libc::SIGPIPE,
     ] {
-        set_handler(s, libc::SIG_IGN);
+        set_handler(s, on_ignored as *const () as libc::sighandler_t);
     }
+    // Python ignores SIGPIPE too, and subprocess restores it for children.
+    set_handler(libc::SIGPIPE, libc::SIG_IGN);
     set_handler(libc::SIGCHLD, libc::SIG_DFL);
 }
 

@@ -322,12 +322,6 @@ pub fn worker_exit(py: Python<'_>) {
     }
 }
 
-/// Whether SIGINT/SIGQUIT must go through Python (worker_int or
-/// worker_exit defined) rather than end the process at once.
-pub fn on_quit() -> bool {
-    hooks().is_some_and(|h| h.worker_int.is_some() || h.worker_exit.is_some())
-}
-
 /// Whether SIGABRT must run `worker_abort` before the worker exits.
 pub fn on_abort() -> bool {
     hooks().is_some_and(|h| h.worker_abort.is_some())

@@ -105,17 +105,41 @@ impl BodySink {
     }
 }
 
-/// An anonymous temp file: O_TMPFILE where the filesystem supports it,
-/// otherwise create-and-unlink. Either way nothing is left on disk.
+/// An anonymous temp file in `$TMPDIR` (default /tmp): O_TMPFILE where the
+/// filesystem supports it, otherwise create-and-unlink. Either way nothing
+/// is left on disk. Where that directory cannot be written (a read-only
+/// root in a container), a memfd: the body then costs memory, as in
+/// Gunicorn's `--worker-tmp-dir /dev/shm` set-ups, instead of a 500.
 fn spool_file() -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = std::env::temp_dir();
+    match temp_file_in(&dir) {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                crate::log::warning(&format!(
+                    "cannot spool request bodies over --body-buffer-size to {} ({e}); \
+                     keeping them in memory instead (set TMPDIR to a writable directory)",
+                    dir.display()
+                ))
+            });
+            let fd = nix::sys::memfd::memfd_create(
+                c"ferricorn-body",
+                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            )?;
+            Ok(File::from(fd))
+        }
+    }
+}
+
+fn temp_file_in(dir: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
         .mode(0o600)
-        .open(&dir)
+        .open(dir)
     {
         Ok(f) => Ok(f),
         Err(_) => {
