@@ -481,27 +481,34 @@ def test_usr2_then_term_to_the_new_master_reverts(start_server, tmp_path, monkey
     assert not sock.exists() and not pidfile.exists()
 
 
-def test_usr2_second_master_with_preload_survives_its_own_hup(start_server, tmp_path,
-                                                              new_masters):
-    # With --preload a HUP re-executes the master in place; done to the
-    # second master while the old one runs, it stays the second master.
+def test_usr2_masters_with_preload_survive_their_own_hups(start_server, tmp_path, new_masters):
+    # With --preload a HUP re-executes the master in place. Done to either
+    # master during a Gunicorn-style upgrade, each keeps its part: the new
+    # one stays the second master (PIDFILE.2), the old one still knows its
+    # sockets are shared, so its TERM leaves them (and the socket file) to
+    # the new one.
     pidfile = tmp_path / "app.pid"
-    s = start_server("basic:app", "-w", "1", "--preload", "-p", str(pidfile), env=NOT_SYSTEMD)
+    sock = tmp_path / "app.sock"
+    s = start_server("basic:app", "-w", "1", "--preload", "-p", str(pidfile), "-b", f"unix:{sock}",
+                     env=NOT_SYSTEMD)
     s.kill(signal.SIGUSR2)
     new = wait_for(lambda: pid_in(f"{pidfile}.2"), 10, what="the new master's pid file")
     new_masters.append(new)
     s.wait_log(r"All 1 workers are serving", count=2, timeout=15)
     os.kill(new, signal.SIGHUP)
     s.wait_log(r"Reload complete", timeout=15)
+    s.kill(signal.SIGHUP)
+    s.wait_log(r"Reload complete", count=2, timeout=15)
     assert pid_in(f"{pidfile}.2") == new and pid_in(pidfile) == s.pid
     assert args_of(new) == "ferricorn: master [basic:app.2]"
     s.kill(signal.SIGTERM)
     assert s.proc.wait(20) == 0
     wait_for(lambda: pid_in(pidfile) == new, 5, what="the pid file to name the new master")
     assert get(s.port)[0] == 200
+    assert unix_get(sock).startswith(b"HTTP/1.1 200 ")
     os.kill(new, signal.SIGTERM)
     wait_for(lambda: not alive(new), 20, what="the new master to stop")
-    assert not pidfile.exists()
+    assert not pidfile.exists() and not sock.exists()
 
 
 def test_usr2_after_binary_replaced_under_load(start_server, tmp_path, monkeypatch):

@@ -175,6 +175,10 @@ impl Master {
         let graceful = Duration::from_secs(settings.graceful_timeout);
         let old_master =
             upgrade::old_master(adopted.as_ref(), settings.pidfile.as_deref()).map(Pid::from_raw);
+        let new_master = adopted
+            .as_ref()
+            .and_then(|h| h.new_master)
+            .map(Pid::from_raw);
         let (scoreboard, workers, generation, serving) =
             match adopted.filter(|h| h.parent.is_none()) {
                 Some(h) => {
@@ -259,7 +263,7 @@ impl Master {
             last_reload: None,
             upgrade_pending: false,
             upgrade_in_place,
-            new_master: None,
+            new_master,
             old_master,
         })
     }
@@ -1318,9 +1322,12 @@ impl Master {
         let err = upgrade::reexec(
             &self.listeners,
             &self.scoreboard,
-            workers,
-            self.generation,
-            self.serving,
+            upgrade::Family {
+                workers,
+                generation: self.generation,
+                serving: self.serving,
+                new_master: self.new_master.map(Pid::as_raw),
+            },
             self.notifier.as_ref(),
             self.watchdog,
         );

@@ -137,6 +137,9 @@ pub struct Handoff {
     /// old master's pid (our parent until it exits). Nothing but the
     /// listeners is handed over then; the scoreboard fd is -1.
     pub parent: Option<i32>,
+    /// A second master we had started (Gunicorn-style USR2) before this
+    /// in-place re-exec: still our child, still sharing our sockets.
+    pub new_master: Option<i32>,
     pub scoreboard_fd: RawFd,
     pub capacity: usize,
     /// The highest generation number handed out.
@@ -161,6 +164,7 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
 fn parse(text: &str) -> Result<Option<Handoff>, String> {
     let mut h = Handoff {
         parent: None,
+        new_master: None,
         scoreboard_fd: -1,
         capacity: 0,
         generation: 0,
@@ -174,6 +178,13 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
         match it.next() {
             Some("parent") => {
                 h.parent = Some(
+                    it.next()
+                        .and_then(|x| x.parse().ok())
+                        .ok_or_else(|| bad(line))?,
+                )
+            }
+            Some("new_master") => {
+                h.new_master = Some(
                     it.next()
                         .and_then(|x| x.parse().ok())
                         .ok_or_else(|| bad(line))?,
@@ -286,13 +297,23 @@ fn exec_image(
     (to_c(exe.as_os_str().as_bytes()), args, envs)
 }
 
+/// The master's children and counters, as an in-place re-exec hands them
+/// to the new image.
+pub struct Family {
+    pub workers: Vec<AdoptedWorker>,
+    /// The highest generation number handed out.
+    pub generation: u64,
+    /// The generation serving.
+    pub serving: u64,
+    /// The second master of a Gunicorn-style USR2, if one runs.
+    pub new_master: Option<i32>,
+}
+
 /// Exec the new binary. Returns only on failure, with the reason.
 pub fn reexec(
     listeners: &[Listener],
     scoreboard: &Scoreboard,
-    workers: Vec<AdoptedWorker>,
-    generation: u64,
-    serving: u64,
+    family: Family,
     notifier: Option<&Notifier>,
     watchdog: Option<Duration>,
 ) -> String {
@@ -303,10 +324,13 @@ pub fn reexec(
         "scoreboard {} {}\ngeneration {}\nserving {}\n",
         scoreboard.raw_fd(),
         scoreboard.capacity(),
-        generation,
-        serving
+        family.generation,
+        family.serving
     );
-    for w in &workers {
+    if let Some(pid) = family.new_master {
+        text.push_str(&format!("new_master {pid}\n"));
+    }
+    for w in &family.workers {
         text.push_str(&format!(
             "worker {} {} {} {}\n",
             w.pid,
@@ -514,8 +538,10 @@ mod tests {
         let h = parse("parent 42\nlistener 3 127.0.0.1:8000\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.parent, Some(42));
+        assert_eq!((h.parent, h.new_master), (Some(42), None));
         assert!(h.workers.is_empty());
+        let h = parse("scoreboard 7 1\nnew_master 43\n").unwrap().unwrap();
+        assert_eq!((h.parent, h.new_master), (None, Some(43)));
         assert_eq!(h.listeners, vec![(3, "127.0.0.1:8000".to_string())]);
     }
 }
