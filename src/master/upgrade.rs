@@ -540,8 +540,9 @@ mod tests {
             .unwrap();
         assert_eq!((h.parent, h.new_master), (Some(42), None));
         assert!(h.workers.is_empty());
+        assert_eq!(h.listeners, vec![(3, "127.0.0.1:8000".to_string())]);
+        // An in-place re-exec of a master that had started one.
         let h = parse("scoreboard 7 1\nnew_master 43\n").unwrap().unwrap();
         assert_eq!((h.parent, h.new_master), (None, Some(43)));
-        assert_eq!(h.listeners, vec![(3, "127.0.0.1:8000".to_string())]);
     }
 }
