@@ -174,11 +174,17 @@ pub fn run(
             e.trim_end()
         ));
     }
-    // SIGINT/SIGQUIT end the worker through Python, hooks or not, so
-    // buffered print() output is flushed and atexit handlers run (Gunicorn's
-    // worker leaves by sys.exit); the master's SIGKILL a second later bounds
-    // an app that does not give the GIL up.
-    signals::quit_through(quit_with_hooks);
+    // SIGINT/SIGQUIT end the worker through Python, so buffered print()
+    // output is flushed and atexit handlers run (Gunicorn's worker leaves
+    // by sys.exit). With hooks to run, or several threads already, a
+    // thread waits for the signal (it takes the GIL between the app's
+    // bytecodes); else the I/O loop leaves when woken, within a grace
+    // period. The master's SIGKILL a second later bounds the rest.
+    if crate::wsgi::hooks::on_quit() || settings.threads > 1 {
+        signals::quit_through(quit_with_hooks);
+    } else {
+        signals::quit_on_wake();
+    }
     if crate::wsgi::hooks::on_abort() {
         // faulthandler (enabled at boot, or in the master with --preload)
         // is put back after our handler, so it dumps the stacks first and
@@ -801,6 +807,9 @@ impl Loop {
     }
 
     fn on_wake(&mut self) {
+        if signals::quit_requested() {
+            quit_with_hooks();
+        }
         if signals::take_reopen() {
             if let Err(e) = crate::log::reopen() {
                 crate::log::error(&format!("reopening log files: {e}"));

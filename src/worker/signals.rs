@@ -20,8 +20,15 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 /// A pipe's write end when SIGINT/SIGQUIT must run Python hooks first
-/// (`quit_through`); -1: exit at once.
+/// (`quit_through`); -1: not.
 static QUIT_FD: AtomicI32 = AtomicI32::new(-1);
+/// SIGINT/SIGQUIT ask the I/O loop to leave through Python (`quit_on_wake`).
+static QUIT_ON_WAKE: AtomicBool = AtomicBool::new(false);
+static QUIT: AtomicBool = AtomicBool::new(false);
+
+/// How long the I/O loop has to notice a quit before the process leaves
+/// without Python (the app holds the loop's thread).
+const QUIT_GRACE_USEC: libc::suseconds_t = 300_000;
 
 extern "C" fn on_quit(_: libc::c_int) {
     let fd = QUIT_FD.load(Ordering::SeqCst);
@@ -31,6 +38,32 @@ extern "C" fn on_quit(_: libc::c_int) {
         unsafe { libc::write(fd, b"q".as_ptr() as *const libc::c_void, 1) };
         return;
     }
+    if QUIT_ON_WAKE.load(Ordering::SeqCst) && !QUIT.swap(true, Ordering::SeqCst) {
+        set_handler(
+            libc::SIGALRM,
+            on_quit_timeout as *const () as libc::sighandler_t,
+        );
+        let t = libc::itimerval {
+            it_interval: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+            it_value: libc::timeval {
+                tv_sec: 0,
+                tv_usec: QUIT_GRACE_USEC,
+            },
+        };
+        // SAFETY: setitimer is a plain system call; the SIGALRM handler
+        // set above only calls _exit.
+        unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+        wake();
+        return;
+    }
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+extern "C" fn on_quit_timeout(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe.
     unsafe { libc::_exit(0) };
 }
@@ -91,6 +124,21 @@ pub fn install() {
 /// up) instead of ending the process in the handler; `quit` exits.
 pub fn quit_through(quit: fn() -> !) {
     run_on_signal(&QUIT_FD, "ferricorn-quit", quit);
+}
+
+/// From now on SIGINT/SIGQUIT wake the I/O loop, which leaves through
+/// Python (`quit_requested`), so print() buffers are flushed and atexit
+/// runs; if the app holds the loop's only thread for longer than
+/// QUIT_GRACE_USEC, the process leaves without them. No thread is started
+/// for this: a second thread would cost every request (glibc takes its
+/// malloc locks once a process has two).
+pub fn quit_on_wake() {
+    QUIT_ON_WAKE.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT/SIGQUIT came and the loop should leave (`quit_on_wake`).
+pub fn quit_requested() -> bool {
+    QUIT.load(Ordering::Relaxed)
 }
 
 /// A pipe's write end once SIGABRT runs the `worker_abort` hook; -1: not.

@@ -284,6 +284,12 @@ pub fn worker_int(py: Python<'_>) {
     }
 }
 
+/// Whether a Python config defines worker_int or worker_exit, which
+/// SIGINT/SIGQUIT must run even while the app holds the worker.
+pub fn on_quit() -> bool {
+    hooks().is_some_and(|h| h.worker_int.is_some() || h.worker_exit.is_some())
+}
+
 /// `worker_abort(worker)`, if defined (the worker exits after it).
 pub fn worker_abort(py: Python<'_>) {
     if let Some(h) = hooks() {
