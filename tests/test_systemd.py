@@ -271,6 +271,24 @@ def test_config_error_reports_status_and_errno(notify_socket):
         s.close()
 
 
+def test_app_load_failure_status_is_the_last_word(notify_socket):
+    # `systemctl status` shows the last STATUS=: after a failed start that
+    # must be the reason (with ERRNO=8), not a worker count sent after it.
+    s = Server(["-b", "127.0.0.1:0", "-w", "2", "broken:app"], APPS,
+               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+    try:
+        assert s.proc.wait(20) == 3
+        i = notify_socket.wait_for("ERRNO=8", timeout=5)
+        time.sleep(0.2)
+        statuses = [m for _, m in notify_socket.messages if "STATUS=" in m]
+        assert "application failed to load" in statuses[-1], statuses
+        assert "application failed to load" in notify_socket.messages[i][1]
+        # One warning at most for a notify socket nobody reads (none here).
+        assert "sd_notify" not in s.log()
+    finally:
+        s.close()
+
+
 def test_slow_import_extends_the_start_timeout(notify_socket, tmp_path):
     # docs/SYSTEMD.md: while the app imports, EXTEND_TIMEOUT_USEC keeps
     # TimeoutStartSec= counting from the last sign of progress.
@@ -383,11 +401,20 @@ def test_journald_fields_priorities_and_tracebacks(tmp_path):
         assert e["HTTP_BYTES"] == b"13" and int(e["HTTP_DURATION_USEC"]) >= 0
         assert e["REMOTE_ADDR"] == b"127.0.0.1" and e["WORKER_PID"].isdigit()
         assert e["REQUEST_ID"] and e["PRIORITY"] == b"6" and e["SYSLOG_IDENTIFIER"] == b"ferricorn"
+        assert e["HTTP_VERSION"] == b"HTTP/1.1"
+        # No query, no User-Agent: those fields are absent, not empty.
+        assert s.request("GET", "/nothing-else", headers={"User-Agent": ""})[0] in (200, 404)
+        bare = j.wait(lambda e: e.get("HTTP_PATH") == b"/nothing-else")
+        assert "HTTP_QUERY" not in bare and "HTTP_USER_AGENT" not in bare, bare
+        boot = j.wait(lambda e: e.get("MESSAGE", b"").startswith(b"Booting worker"))
+        assert boot["WORKER_PID"] == boot["MESSAGE"].split()[-1], boot
         # The app's logging.warning: PRIORITY 4, logger name as a field.
         assert s.request("GET", "/log")[0] == 200
         w = j.wait(lambda e: e.get("PYTHON_LOGGER") == b"testapp")
         assert w["PRIORITY"] == b"4" and w["MESSAGE"] == b"a warning from the app"
         assert w["CODE_FILE"].endswith(b"basic.py")
+        # Its `extra` as fields, names made valid; the entry's own stay.
+        assert w["REQUEST_ID"] == b"r-42" and w["CART_SIZE"] == b"3", w
         errs = j.wait(lambda e: e.get("PYTHON_LOGGER") == b"wsgi.errors")
         assert errs["MESSAGE"] == b"to wsgi.errors"
         # A traceback is ONE entry (multi-line MESSAGE, binary-safe form).

@@ -246,15 +246,23 @@ impl AccessFormat {
         self.format(r, &mut line);
         if let Some(j) = super::journal() {
             let (path, query) = r.path_query();
-            let e = Entry::new(Priority::Info, &line)
+            let mut e = Entry::new(Priority::Info, &line)
                 .identifier("ferricorn")
                 .field("HTTP_METHOD", r.method)
-                .field("HTTP_PATH", path)
-                .field("HTTP_QUERY", query)
+                .field("HTTP_PATH", path);
+            // Absent rather than empty, so `journalctl HTTP_QUERY=` style
+            // matches only what was there.
+            if !query.is_empty() {
+                e.push("HTTP_QUERY", query);
+            }
+            e = e
                 .field("HTTP_STATUS", r.status.to_string())
                 .field("HTTP_BYTES", r.body_bytes.to_string())
-                .field("HTTP_DURATION_USEC", r.duration.as_micros().to_string())
-                .field("HTTP_USER_AGENT", r.req_header("user-agent").unwrap_or(b""))
+                .field("HTTP_DURATION_USEC", r.duration.as_micros().to_string());
+            if let Some(ua) = r.req_header("user-agent").filter(|ua| !ua.is_empty()) {
+                e.push("HTTP_USER_AGENT", ua);
+            }
+            let e = e
                 .field("HTTP_VERSION", format!("HTTP/1.{}", r.minor_version))
                 .field("REMOTE_ADDR", r.remote_addr)
                 .field("WORKER_PID", std::process::id().to_string())

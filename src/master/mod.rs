@@ -101,6 +101,9 @@ pub struct Master {
     stop_deadline: Option<Instant>,
     sigfd: SignalFd,
     notifier: Option<Notifier>,
+    /// A failed sd_notify was logged once: not again for every message
+    /// (sd_notify(3): senders need not care whether anyone listens).
+    notify_failed: std::cell::Cell<bool>,
     watchdog: Option<Duration>,
     last_watchdog: Instant,
     ready_sent: bool,
@@ -247,6 +250,7 @@ impl Master {
             stop_deadline: None,
             sigfd,
             notifier,
+            notify_failed: std::cell::Cell::new(false),
             watchdog,
             last_watchdog: Instant::now() - Duration::from_secs(3600),
             ready_sent: false,
@@ -315,7 +319,9 @@ impl Master {
     fn notify(&self, f: impl FnOnce(&Notifier) -> std::io::Result<()>) {
         if let Some(n) = &self.notifier {
             if let Err(e) = f(n) {
-                log::warning(&format!("sd_notify: {e}"));
+                if !self.notify_failed.replace(true) {
+                    log::warning(&format!("sd_notify: {e} (further failures are not logged)"));
+                }
             }
         }
     }
@@ -1254,7 +1260,9 @@ impl Master {
     }
 
     fn update_status(&mut self, force: bool) {
-        if self.notifier.is_none() {
+        // After a fatal start failure STATUS= says why (with ERRNO=): the
+        // worker count must not replace it in `systemctl status`.
+        if self.notifier.is_none() || self.exit_code != 0 {
             return;
         }
         if !force && self.last_status_at.elapsed() < Duration::from_secs(2) {

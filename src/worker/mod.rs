@@ -289,7 +289,12 @@ pub fn run(
         });
     }
     slot.set_ready();
-    crate::log::info(&format!("Booting worker with pid: {}", std::process::id()));
+    let pid = std::process::id();
+    crate::log::event(
+        crate::config::LogLevel::Info,
+        &format!("Booting worker with pid: {pid}"),
+        &[("WORKER_PID", pid.to_string())],
+    );
 
     let mut handles = Vec::new();
     for t in 1..threads {

@@ -16,9 +16,22 @@ use pyo3::types::PyDict;
 
 use crate::systemd::journal::{Entry, Priority};
 
-/// `ferricorn._journal(levelno, logger, message, pathname, lineno, funcname)`
+/// Fields an `extra` key may not replace: what every entry already has.
+const OWN_FIELDS: [&str; 8] = [
+    "MESSAGE",
+    "PRIORITY",
+    "SYSLOG_IDENTIFIER",
+    "PYTHON_LOGGER",
+    "WORKER_PID",
+    "CODE_FILE",
+    "CODE_LINE",
+    "CODE_FUNC",
+];
+
+/// `_send(levelno, logger, message, pathname, lineno, funcname, extra)`;
+/// `extra`: the record's non-standard attributes as (name, str(value)).
 #[pyfunction]
-#[pyo3(signature = (levelno, logger, message, pathname = None, lineno = 0, funcname = None))]
+#[pyo3(signature = (levelno, logger, message, pathname = None, lineno = 0, funcname = None, extra = Vec::new()))]
 fn journal_send(
     levelno: i32,
     logger: &str,
@@ -26,6 +39,7 @@ fn journal_send(
     pathname: Option<&str>,
     lineno: u32,
     funcname: Option<&str>,
+    extra: Vec<(String, String)>,
 ) -> bool {
     let Some(j) = crate::log::journal() else {
         return false;
@@ -39,6 +53,13 @@ fn journal_send(
     }
     if let Some(f) = funcname {
         e.push("CODE_FUNC", f);
+    }
+    for (k, v) in &extra {
+        if let Some(name) = crate::systemd::journal::sanitize_field_name(k) {
+            if !OWN_FIELDS.contains(&name.as_str()) {
+                e.push(name, v.as_str());
+            }
+        }
     }
     j.send_entry(&e).is_ok()
 }
@@ -58,7 +79,15 @@ impl JournalErrors {
         if b.ends_with('\n') {
             let msg = std::mem::take(&mut *b);
             drop(b);
-            journal_send(40, "wsgi.errors", msg.trim_end_matches('\n'), None, 0, None);
+            journal_send(
+                40,
+                "wsgi.errors",
+                msg.trim_end_matches('\n'),
+                None,
+                0,
+                None,
+                vec![],
+            );
         }
         s.len()
     }
@@ -70,7 +99,15 @@ impl JournalErrors {
     fn flush(&self) {
         let msg = std::mem::take(&mut *self.buf.lock().unwrap());
         if !msg.is_empty() {
-            journal_send(40, "wsgi.errors", msg.trim_end_matches('\n'), None, 0, None);
+            journal_send(
+                40,
+                "wsgi.errors",
+                msg.trim_end_matches('\n'),
+                None,
+                0,
+                None,
+                vec![],
+            );
         }
     }
 }
@@ -78,12 +115,18 @@ impl JournalErrors {
 const HANDLER: &std::ffi::CStr = c"
 import logging
 
+# What every LogRecord has; the rest of its attributes came from `extra`.
+_STANDARD = frozenset(logging.LogRecord('', 0, '', 0, '', (), None).__dict__) | {
+    'message', 'asctime', 'taskName'}
+
 class JournalHandler(logging.Handler):
     '''Sends each record to journald as one native entry (ferricorn).'''
     def emit(self, record):
         try:
             msg = self.format(record)
-            if not _send(record.levelno, record.name, msg, record.pathname, record.lineno, record.funcName):
+            extra = [(k, str(v)) for k, v in record.__dict__.items() if k not in _STANDARD]
+            if not _send(record.levelno, record.name, msg, record.pathname, record.lineno,
+                         record.funcName, extra):
                 logging.lastResort.handle(record)
         except Exception:
             self.handleError(record)

@@ -126,7 +126,10 @@ def app(environ, start_response):
         return [v.encode()]
 
     if path == "/log":
-        logging.getLogger("testapp").warning("a warning from the app")
+        logging.getLogger("testapp").warning(
+            "a warning from the app",
+            # -> REQUEST_ID, CART_SIZE; MESSAGE/priority may not be replaced
+            extra={"request.id": "r-42", "cart_size": 3, "priority": "0"})
         print("to wsgi.errors", file=environ["wsgi.errors"])
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"logged"]
