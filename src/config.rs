@@ -87,7 +87,7 @@ pub struct UnitArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// User the service runs as.
-    #[arg(long, default_value = "ferricorn")]
+    #[arg(long, default_value = "_ferricorn")]
     pub user: String,
     /// Group the service runs as [default: the user]
     #[arg(long)]

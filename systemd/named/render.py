@@ -26,7 +26,7 @@ def listen_stream(value: str) -> str:
     raise ValueError(f"not an address for ListenStream=: {value!r}")
 
 
-def render(name: str, config: str, listen: list[str], user: str = "ferricorn",
+def render(name: str, config: str, listen: list[str], user: str = "_ferricorn",
            group: str | None = None, ferricorn: str = "/usr/bin/ferricorn") -> dict[str, str]:
     if not re.fullmatch(r"[A-Za-z0-9:_.\\][A-Za-z0-9:_.\\-]*", name):
         raise ValueError(f"not a valid unit name: {name!r}")
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("name")
     ap.add_argument("--config", required=True)
     ap.add_argument("--listen", action="append", default=[])
-    ap.add_argument("--user", default="ferricorn")
+    ap.add_argument("--user", default="_ferricorn")
     ap.add_argument("--group")
     ap.add_argument("--ferricorn", default="/usr/bin/ferricorn")
     ap.add_argument("--output-dir", default="/etc/systemd/system")

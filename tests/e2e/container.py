@@ -40,6 +40,7 @@ Command line (as root; --suite defaults to bookworm):
 Environment:
     FERRICORN_E2E_SUITES   suites the tests cover (default "bookworm,trixie")
     FERRICORN_E2E_MIRROR   Debian mirror for debootstrap (default deb.debian.org)
+    FERRICORN_E2E_SECURITY_MIRROR  its security updates (default deb.debian.org/debian-security)
     FERRICORN_E2E_KEEP=1   keep the per-run root after teardown (for debugging)
     FERRICORN_E2E_REBUILD=1  rebuild cached roots even if they are current
 """
@@ -64,6 +65,20 @@ RUNS_DIR = E2E_DIR / "runs"
 STAMP_NAME = ".ferricorn-e2e-stamp"
 
 MIRROR = os.environ.get("FERRICORN_E2E_MIRROR", "http://deb.debian.org/debian")
+SECURITY_MIRROR = os.environ.get("FERRICORN_E2E_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
+
+# A Debian server as installed: the release's -updates and -security
+# suites too, and upgraded. (debootstrap knows only the release itself; a
+# package built on an up-to-date host depends on the security update of
+# libpython that the bare release does not have.) No braces: the text goes
+# through str.format.
+UPDATES = (
+    ". /etc/os-release\n"
+    f"echo \"deb {MIRROR} $VERSION_CODENAME-updates main\" > /etc/apt/sources.list.d/updates.list\n"
+    f"echo \"deb {SECURITY_MIRROR} $VERSION_CODENAME-security main\" >> /etc/apt/sources.list.d/updates.list\n"
+    "apt-get update -qq\n"
+    "apt-get upgrade -y -qq -o Dpkg::Use-Pty=0 >/dev/null\n"
+)
 
 
 class Suite:
@@ -149,8 +164,7 @@ for _k in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
 PROVISION_SCRIPT = r"""
 set -eu
 update-ca-certificates >/dev/null
-apt-get update -qq
-python3 -m venv /srv/app/venv
+""" + UPDATES + r"""python3 -m venv /srv/app/venv
 /srv/app/venv/bin/pip install -q --no-cache-dir {pip}
 # keep the journal small and quick
 mkdir -p /etc/systemd/journald.conf.d
@@ -162,8 +176,7 @@ apt-get clean
 BUILD_PROVISION_SCRIPT = r"""
 set -eu
 update-ca-certificates >/dev/null
-apt-get update -qq
-apt-get install -y -qq -o Dpkg::Use-Pty=0 build-essential python3 python3-dev dpkg-dev \
+""" + UPDATES + r"""apt-get install -y -qq -o Dpkg::Use-Pty=0 build-essential python3 python3-dev dpkg-dev \
     lintian util-linux gzip >/dev/null
 apt-get clean
 """

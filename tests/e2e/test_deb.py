@@ -206,9 +206,9 @@ def test_00a_release(c, suite):
 def test_00_package_installed(c, installed):
     assert c.run("dpkg-query -W -f='${db:Status-Abbrev}' ferricorn").stdout.strip() == "ii"
     # the system user, unprivileged, no login
-    pw = c.run("getent passwd ferricorn").stdout.strip().split(":")
+    pw = c.run("getent passwd _ferricorn").stdout.strip().split(":")
     assert int(pw[2]) < 1000 and pw[6] in ("/usr/sbin/nologin", "/bin/false"), pw
-    assert c.run("getent group ferricorn", check=False).returncode == 0
+    assert c.run("getent group _ferricorn", check=False).returncode == 0
     # files
     for path in ("/usr/bin/ferricorn", "/usr/lib/systemd/system/ferricorn@.socket",
                  "/usr/lib/systemd/system/ferricorn@.service", "/usr/lib/sysusers.d/ferricorn.conf",
@@ -493,6 +493,18 @@ def test_05_watchdog_and_crash_restart(c, app):
         c.run(f"systemctl restart {app.service}", check=False, timeout=120)
 
 
+def test_05b_instance_without_config_does_not_listen(c, installed):
+    """An instance name with no /etc/ferricorn/NAME.toml (a typo): its socket
+    refuses to start (AssertPathExists=) instead of listening and then failing
+    the first connection's service start."""
+    r = c.run("systemctl start ferricorn@no-such-config.socket", check=False)
+    assert r.returncode != 0, r.stdout + r.stderr
+    state = show(c, "ferricorn@no-such-config.socket", "ActiveState")["ActiveState"]
+    assert state != "active", state
+    assert c.run("test -e /run/ferricorn/no-such-config.sock", check=False).returncode != 0
+    c.run("systemctl reset-failed ferricorn@no-such-config.socket", check=False)
+
+
 # ---------------------------------------------------------------------------
 # 6. an application that cannot be imported
 
@@ -533,7 +545,7 @@ def test_06_broken_app_fails_with_status_3(c, installed):
 
 def test_07_unprivileged_and_sandboxed(c, app):
     wait_http(app.port, "/")
-    uid = int(c.run("id -u ferricorn").stdout)
+    uid = int(c.run("id -u _ferricorn").stdout)
     assert uid != 0
     master = main_pid(c, app.service)
     pids = [master, *descendants(processes(c), master)]
@@ -590,9 +602,11 @@ def test_08_purge(c, app, installed):
         c.run(f"systemctl disable --now {app.socket} {app.service}", check=False)
         c.run(f"rm -f /etc/systemd/system/{app.socket} /etc/systemd/system/{app.service}"
               f" /etc/systemd/system/broken.socket /etc/systemd/system/broken.service")
-    c.run("systemctl enable --now ferricorn@x.socket")  # an enabled, listening instance
+    # an enabled, listening instance (its socket needs its config to start)
+    c.write("/etc/ferricorn/x.toml", config_toml("/srv/app", "app"))
+    c.run("systemctl enable --now ferricorn@x.socket")
     assert c.run("test -S /run/ferricorn/x.sock", check=False).returncode == 0
-    uid = c.run("id -u ferricorn").stdout.strip()
+    uid = c.run("id -u _ferricorn").stdout.strip()
 
     r = c.run("apt-get purge -y -q -o Dpkg::Use-Pty=0 ferricorn", check=False, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -607,12 +621,14 @@ def test_08_purge(c, app, installed):
         assert c.run(f"test -e {path}", check=False).returncode != 0, f"{path} left after purge"
     # the administrator's own config stays
     assert c.run("test -f /etc/ferricorn/app.toml", check=False).returncode == 0
+    # the directory of the instances' sockets goes with the package
+    assert c.run("test -e /run/ferricorn", check=False).returncode != 0, "/run/ferricorn left"
     # Debian keeps system users on purge (files may still carry the uid)
-    assert c.run("id -u ferricorn").stdout.strip() == uid, "user removed or renumbered by purge"
-    assert c.run("getent group ferricorn", check=False).returncode == 0, "group removed by purge"
+    assert c.run("id -u _ferricorn").stdout.strip() == uid, "user removed or renumbered by purge"
+    assert c.run("getent group _ferricorn", check=False).returncode == 0, "group removed by purge"
     links = c.run("find /etc/systemd/system -lname '*ferricorn@*'").stdout.strip()
     assert links == "", f"dangling enablement links: {links}"
     left = c.run("systemctl list-units --all --plain --no-legend 'ferricorn@*'").stdout.strip()
     assert left == "", f"units left loaded: {left}"
     procs = [p for p, i in processes(c).items() if str(i["uid"]) == uid]
-    assert procs == [], f"processes of the ferricorn user still run: {procs}"
+    assert procs == [], f"processes of the _ferricorn user still run: {procs}"

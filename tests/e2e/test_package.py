@@ -53,7 +53,7 @@ def test_named_units_render_and_verify(tmp_path):
     assert "ListenStream=127.0.0.1:8123\nListenStream=/run/app.sock\n" in sock
     svc = units["app.service"]
     assert "ExecStart=/bin/true --config /etc/ferricorn/app.toml --bind fd://http" in svc
-    assert "Requires=app.socket" in svc and "User=ferricorn" in svc
+    assert "Requires=app.socket" in svc and "User=_ferricorn" in svc
     r = subprocess.run(["systemd-analyze", "verify", "--man=no",
                         str(tmp_path / "app.socket"), str(tmp_path / "app.service")],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -79,14 +79,15 @@ def test_named_template_matches_instance_template():
         ln = ln.replace("ferricorn@%i.socket", "@NAME@.socket")
         ln = ln.replace("/etc/ferricorn/%i.toml", "@CONFIG@")
         ln = ln.replace("ExecStart=/usr/bin/ferricorn", "ExecStart=@FERRICORN@")
-        ln = ln.replace("User=ferricorn", "User=@USER@").replace("Group=ferricorn", "Group=@GROUP@")
+        ln = ln.replace("User=_ferricorn", "User=@USER@").replace("Group=_ferricorn", "Group=@GROUP@")
         for a, b in subst.items():
             ln = ln.replace(a, b)
         expected.append(ln)
     assert named == expected
     inst_sock = _service_body((SYSTEMD / "ferricorn@.socket").read_text())
     named_sock = _service_body((SYSTEMD / "named" / "NAME.socket.in").read_text())
-    expected_sock = [("@LISTEN_STREAMS@" if ln.startswith("ListenStream=") else ln.replace("%i", "@NAME@"))
+    expected_sock = [("@LISTEN_STREAMS@" if ln.startswith("ListenStream=")
+                      else ln.replace("/etc/ferricorn/%i.toml", "@CONFIG@").replace("%i", "@NAME@"))
                      for ln in inst_sock]
     assert named_sock == expected_sock
 
