@@ -207,7 +207,7 @@ fn config_failed(why: &str) {
 }
 
 fn serve(opts: config::Options) -> i32 {
-    let handoff = match master::take_handoff() {
+    let mut handoff = match master::take_handoff() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ferricorn: {e}");
@@ -259,7 +259,10 @@ fn serve(opts: config::Options) -> i32 {
     // and starts a second master as Gunicorn's does everywhere else.
     let upgrade_in_place = notifier.is_some() || std::env::var_os("INVOCATION_ID").is_some();
     // The new master of a Gunicorn-style USR2 (its old master still runs).
-    let second_master = master::old_master(handoff.as_ref(), settings.pidfile.as_deref()).is_some();
+    if let Some(h) = handoff.as_mut() {
+        h.resolve_old_master(settings.pidfile.as_deref());
+    }
+    let second_master = handoff.as_ref().is_some_and(|h| h.old_master.is_some());
     let started_by_usr2 = second_master && handoff.as_ref().is_some_and(|h| h.parent.is_some());
 
     let listeners = match &handoff {

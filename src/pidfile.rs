@@ -42,7 +42,8 @@ pub fn remove(path: &Path) {
     }
 }
 
-fn read(path: &Path) -> Option<u32> {
+/// The pid `path` holds, if it holds one.
+pub fn read(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 

@@ -15,7 +15,7 @@
 
 mod upgrade;
 
-pub use upgrade::{old_master, pidfile_path, remember_exe, take_handoff};
+pub use upgrade::{pidfile_path, remember_exe, take_handoff};
 
 /// Listeners handed over by the previous image (USR2).
 pub fn adopt_listeners(l: &[(std::os::fd::RawFd, String)]) -> Result<Vec<Listener>, String> {
@@ -176,8 +176,10 @@ impl Master {
         let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
         let graceful = Duration::from_secs(settings.graceful_timeout);
-        let old_master =
-            upgrade::old_master(adopted.as_ref(), settings.pidfile.as_deref()).map(Pid::from_raw);
+        let old_master = adopted
+            .as_ref()
+            .and_then(|h| h.old_master)
+            .map(Pid::from_raw);
         let new_master = adopted
             .as_ref()
             .and_then(|h| h.new_master)

@@ -140,6 +140,10 @@ pub struct Handoff {
     /// A second master we had started (Gunicorn-style USR2) before this
     /// in-place re-exec: still our child, still sharing our sockets.
     pub new_master: Option<i32>,
+    /// The old master still running beside us, when we are the second
+    /// master of a Gunicorn-style USR2: set once at start by
+    /// [`Handoff::resolve_old_master`], then read by all.
+    pub old_master: Option<i32>,
     pub scoreboard_fd: RawFd,
     pub capacity: usize,
     /// The highest generation number handed out.
@@ -165,6 +169,7 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
     let mut h = Handoff {
         parent: None,
         new_master: None,
+        old_master: None,
         scoreboard_fd: -1,
         capacity: 0,
         generation: 0,
@@ -175,44 +180,24 @@ fn parse(text: &str) -> Result<Option<Handoff>, String> {
     let bad = |l: &str| format!("{VAR}: malformed line {l:?}");
     for line in text.lines() {
         let mut it = line.splitn(4, ' ');
+        // The next word of the line as a number.
+        fn num<T: std::str::FromStr>(
+            it: &mut std::str::SplitN<'_, char>,
+            line: &str,
+        ) -> Result<T, String> {
+            it.next()
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| format!("{VAR}: malformed line {line:?}"))
+        }
         match it.next() {
-            Some("parent") => {
-                h.parent = Some(
-                    it.next()
-                        .and_then(|x| x.parse().ok())
-                        .ok_or_else(|| bad(line))?,
-                )
-            }
-            Some("new_master") => {
-                h.new_master = Some(
-                    it.next()
-                        .and_then(|x| x.parse().ok())
-                        .ok_or_else(|| bad(line))?,
-                )
-            }
+            Some("parent") => h.parent = Some(num(&mut it, line)?),
+            Some("new_master") => h.new_master = Some(num(&mut it, line)?),
             Some("scoreboard") => {
-                h.scoreboard_fd = it
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| bad(line))?;
-                h.capacity = it
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| bad(line))?;
+                h.scoreboard_fd = num(&mut it, line)?;
+                h.capacity = num(&mut it, line)?;
             }
-            Some("generation") => {
-                h.generation = it
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| bad(line))?
-            }
-            Some("serving") => {
-                h.serving = Some(
-                    it.next()
-                        .and_then(|x| x.parse().ok())
-                        .ok_or_else(|| bad(line))?,
-                )
-            }
+            Some("generation") => h.generation = num(&mut it, line)?,
+            Some("serving") => h.serving = Some(num(&mut it, line)?),
             Some("worker") => {
                 // worker PID SLOT GENERATION [STATE]
                 let f: Vec<&str> = line.split(' ').skip(1).collect();
@@ -384,23 +369,26 @@ pub fn pidfile_path(configured: &std::path::Path, second: bool) -> PathBuf {
     }
 }
 
-/// The old master still running beside us, when we are the second master
-/// of a Gunicorn-style USR2: our parent as the hand-off names it, or, after
-/// an in-place re-exec of that second master (HUP with --preload), our
-/// parent when the pid file names it and `PIDFILE.2` names us.
-pub fn old_master(h: Option<&Handoff>, pidfile: Option<&std::path::Path>) -> Option<i32> {
-    let h = h?;
-    let parent = nix::unistd::getppid().as_raw();
-    if h.parent.is_some() {
-        return h.parent.filter(|p| *p == parent);
+impl Handoff {
+    /// Find the old master still running beside us, when we are the second
+    /// master of a Gunicorn-style USR2: our parent as the hand-off names it,
+    /// or, after an in-place re-exec of that second master (HUP with
+    /// --preload), our parent when the pid file names it and `PIDFILE.2`
+    /// names us. Done once, so the pid file written and the master's idea
+    /// of it cannot disagree should the old master exit meanwhile.
+    pub fn resolve_old_master(&mut self, pidfile: Option<&std::path::Path>) {
+        let parent = nix::unistd::getppid().as_raw();
+        self.old_master = if self.parent.is_some() {
+            self.parent.filter(|p| *p == parent)
+        } else {
+            pidfile.and_then(|pidfile| {
+                let read = |p: &std::path::Path| crate::pidfile::read(p).map(|pid| pid as i32);
+                let me = std::process::id() as i32;
+                (read(&pidfile_path(pidfile, true)) == Some(me) && read(pidfile) == Some(parent))
+                    .then_some(parent)
+            })
+        };
     }
-    let pidfile = pidfile?;
-    let read = |p: &std::path::Path| -> Option<i32> {
-        std::fs::read_to_string(p).ok()?.trim().parse().ok()
-    };
-    let me = std::process::id() as i32;
-    (read(&pidfile_path(pidfile, true)) == Some(me) && read(pidfile) == Some(parent))
-        .then_some(parent)
 }
 
 /// Gunicorn's USR2: fork a child that execs our binary (same path, same

@@ -79,15 +79,7 @@ impl JournalErrors {
         if b.ends_with('\n') {
             let msg = std::mem::take(&mut *b);
             drop(b);
-            journal_send(
-                40,
-                "wsgi.errors",
-                msg.trim_end_matches('\n'),
-                None,
-                0,
-                None,
-                vec![],
-            );
+            send_errors(&msg);
         }
         s.len()
     }
@@ -99,17 +91,23 @@ impl JournalErrors {
     fn flush(&self) {
         let msg = std::mem::take(&mut *self.buf.lock().unwrap());
         if !msg.is_empty() {
-            journal_send(
-                40,
-                "wsgi.errors",
-                msg.trim_end_matches('\n'),
-                None,
-                0,
-                None,
-                vec![],
-            );
+            send_errors(&msg);
         }
     }
+}
+
+/// One `wsgi.errors` entry: PRIORITY=3 (Python's ERROR), logger
+/// "wsgi.errors", the trailing newline dropped.
+fn send_errors(msg: &str) {
+    journal_send(
+        40,
+        "wsgi.errors",
+        msg.trim_end_matches('\n'),
+        None,
+        0,
+        None,
+        vec![],
+    );
 }
 
 const HANDLER: &std::ffi::CStr = c"
