@@ -254,7 +254,10 @@ def test_notify_boot_reload_upgrade_stop_in_order(notify_socket):
         assert set(s.worker_pids()).isdisjoint(pids_before)
         s.kill(signal.SIGTERM)
         assert s.proc.wait(timeout=30) == 0
-        notify_socket.wait_for("STOPPING=1", after=rel2 + 1)
+        stopping = notify_socket.wait_for("STOPPING=1", after=rel2 + 1)
+        # The graceful stop asks systemd for --graceful-timeout (30 s by
+        # default) plus 5 s, so TimeoutStopSec= cannot cut the drain short.
+        notify_socket.wait_for("EXTEND_TIMEOUT_USEC=35000000", after=stopping + 1)
     finally:
         s.close()
 

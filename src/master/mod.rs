@@ -549,8 +549,13 @@ impl Master {
         self.stop_listening();
         if graceful {
             self.signal_all(Signal::SIGTERM, |_| true);
-            self.stop_deadline =
-                Some(Instant::now() + Duration::from_secs(self.settings.graceful_timeout));
+            let grace = Duration::from_secs(self.settings.graceful_timeout);
+            self.stop_deadline = Some(Instant::now() + grace);
+            // A --graceful-timeout longer than the unit's TimeoutStopSec=
+            // would otherwise end in systemd's SIGKILL mid-request. The
+            // extension only ever lengthens systemd's timeout (sd_notify(3)),
+            // and covers our own deadline plus the kill and reap after it.
+            self.notify(|n| n.extend_timeout(grace + Duration::from_secs(5)));
         } else {
             self.signal_all(Signal::SIGQUIT, |_| true);
             self.stop_deadline = Some(Instant::now() + Duration::from_secs(1));

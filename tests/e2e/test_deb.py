@@ -441,6 +441,45 @@ def test_04_restart_under_load(c, app):
     assert load.ok > 0 and load.failed == 0, f"{load}\n{diag(c, app.service)}"
 
 
+def test_04b_graceful_stop_outlasts_timeoutstopsec(c, app):
+    """A graceful_timeout (10 s in the config) longer than the unit's
+    TimeoutStopSec= (2 s in a drop-in): the master's EXTEND_TIMEOUT_USEC lets
+    a 5 s request finish instead of systemd killing it at 2 s."""
+    import threading
+    dropin = f"/etc/systemd/system/{app.service}.d/e2e-stop.conf"
+    c.write(dropin, "[Service]\nTimeoutStopSec=2s\n")
+    c.run("systemctl daemon-reload")
+    result: dict = {}
+    try:
+        c.run(f"systemctl restart {app.service}", timeout=120)
+        wait_http(app.port, "/")
+        cursor = journal_cursor(c)
+
+        def slow():
+            try:
+                result["answer"] = http_get(app.port, "/slow?s=5", timeout=30)
+            except OSError as e:
+                result["answer"] = e
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(1)  # the request is in the app
+        t0 = time.monotonic()
+        c.run(f"systemctl stop {app.service}", timeout=60)
+        took = time.monotonic() - t0
+        t.join(30)
+        ct.log(f"graceful stop with TimeoutStopSec=2s took {took:.1f}s")
+        assert result.get("answer") == (200, "slow\n"), f"{result}\n{diag(c, app.service)}"
+        assert took >= 3, f"the stop ended after {took:.1f}s, before the request could"
+        s = show(c, app.service, "Result", "ActiveState")
+        assert s == {"Result": "success", "ActiveState": "inactive"}, f"{s}\n{diag(c, app.service)}"
+        text = "\n".join(e.get("MESSAGE", "") for e in journal(c, app.service, since_cursor=cursor))
+        assert "timed out" not in text, text[-3000:]
+    finally:
+        c.run(f"rm -f {dropin}")
+        c.run("systemctl daemon-reload")
+        c.run(f"systemctl restart {app.service}", check=False, timeout=120)
+
+
 # ---------------------------------------------------------------------------
 # 5. watchdog and crash
 
