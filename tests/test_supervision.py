@@ -1320,6 +1320,30 @@ def test_fast_stop_flushes_stdout_and_runs_atexit(start_server, tmp_path, sig):
     assert sorted(int(x) for x in mark.read_text().split()) == workers
 
 
+def test_fast_stop_during_a_graceful_one_still_leaves_through_python(start_server, tmp_path):
+    # TERM, and while the worker drains (a client is still sending its
+    # body), QUIT: the worker still flushes print() output and runs atexit.
+    (tmp_path / "quitapp.py").write_text(QUIT_APP)
+    mark = tmp_path / "atexit"
+    s = start_server("quitapp:app", "-w", "1", cwd=tmp_path,
+                     env={"ATEXIT_MARK": str(mark), "PYTHONUNBUFFERED": None})
+    [worker] = s.worker_pids()
+    assert get(s.port)[0] == 200
+    slow = socket.create_connection(("127.0.0.1", s.port))
+    try:
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        time.sleep(0.3)
+        s.kill(signal.SIGTERM)
+        time.sleep(0.5)
+        assert s.proc.poll() is None, "the worker should still be draining"
+        s.kill(signal.SIGQUIT)
+        assert s.proc.wait(5) == 0
+    finally:
+        slow.close()
+    assert re.search(r"^printed by \d+$", s.log(), re.M), s.log()
+    assert mark.read_text().split() == [str(worker)]
+
+
 def test_app_subprocesses_inherit_no_ignored_signals(start_server, tmp_path):
     # The worker ignores the master's signals with a handler, not SIG_IGN,
     # which a child would inherit across exec (a helper that survives HUP,

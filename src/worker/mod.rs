@@ -688,6 +688,12 @@ impl Loop {
             };
             let now = now_ms();
             self.sh.slot.beat_at(now);
+            if n <= 0 && signals::quit_requested() {
+                // A quit while draining: the wake fd is out of the epoll
+                // set by then, but the signal ended the wait (EINTR) or
+                // the drain's short timeout did.
+                quit_with_hooks();
+            }
             if n < 0 {
                 if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                     crate::log::error(&format!("epoll_wait: {}", std::io::Error::last_os_error()));
