@@ -430,6 +430,57 @@ def test_write_callable_http10(srv):
     assert r.body == b"".join(b"%d" % i * 100_000 for i in range(10)) + b"end"
 
 
+STALE_WRITE_APP = """\
+SAVED = []
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path in ("/keep-list", "/keep-iter"):
+        SAVED.append(start_response("200 OK", [("Content-Type", "text/plain")]))
+        if path == "/keep-list":
+            return [b"first"]
+        return iter([b"fir", b"st"])
+    outcome = "nothing kept"
+    if SAVED:
+        try:
+            SAVED.pop()(b"LEAKED")
+            outcome = "written"
+        except OSError as e:
+            outcome = "OSError %s" % e.errno
+    body = outcome.encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.parametrize("kind", ["list", "iter"])
+def test_write_kept_past_its_request_reaches_no_socket(start_server, tmp_path, kind):
+    # An app keeps the write() of a finished request and calls it during a
+    # later one. Gunicorn's fails with EBADF; it must never put bytes on a
+    # connection: not on the first client's (still open, keep-alive: its
+    # next response would be garbled), not on another client's (the first
+    # closed, and the fd number is reused).
+    (tmp_path / "stale.py").write_text(STALE_WRITE_APP)
+    s = start_server("stale:app", "-w", "1", cwd=tmp_path)
+    # the first connection stays open
+    a = connect(s.port)
+    a.sendall(b"GET /keep-%s HTTP/1.1\r\nHost: x\r\n\r\n" % kind.encode())
+    assert recv_response(a).body == b"first"
+    a.sendall(b"GET /use HTTP/1.1\r\nHost: x\r\n\r\n")
+    r = recv_response(a)
+    assert (r.status, r.body) == (200, b"OSError 9")
+    a.sendall(b"GET /use HTTP/1.1\r\nHost: x\r\n\r\n")
+    r = recv_response(a)
+    assert (r.status, r.body) == (200, b"nothing kept")
+    a.close()
+    # the first connection closed, then another client
+    ex = exchange(s.port, b"GET /keep-%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % kind.encode())
+    assert ex.closed and ex.data.startswith(b"HTTP/1.1 200 ")
+    ex = exchange(s.port, b"GET /use HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ex.data.startswith(b"HTTP/1.1 200 "), ex.data[:100]
+    (r,), rest = parse_responses(ex.data, ["GET"])
+    assert (r.body, rest) == (b"OSError 9", b"")
+
+
 # ---- result.close() --------------------------------------------------------------------
 
 def closes(srv, tag):

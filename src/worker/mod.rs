@@ -1658,8 +1658,13 @@ fn has_unread_input(fd: RawFd) -> bool {
 fn release_stream(s: Stream) {
     Python::attach(|py| {
         let result = match s {
-            Stream::Iter { iter, result, .. } => {
+            Stream::Iter {
+                iter, result, sr, ..
+            } => {
                 drop(iter);
+                if let Some(sr) = sr {
+                    sr.get().end();
+                }
                 result
             }
             Stream::File { result, .. } | Stream::Close { result } => result,

@@ -15,7 +15,7 @@ use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::null_mut;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -195,6 +195,12 @@ pub struct StartResponse {
     /// pointer: the responder owns the reference, and clears this before
     /// it lets go). Null otherwise: `start_response` then makes a new one.
     write: AtomicPtr<ffi::PyObject>,
+    /// The response is over (framed whole, or its iterable finished): a
+    /// `write()` kept by the app past its request must not reach the
+    /// socket, which may by then carry another request or, once closed,
+    /// be another client's under the same fd number. An atomic beside the
+    /// state rather than in it: setting it costs no lock per request.
+    ended: AtomicBool,
 }
 
 /// `start_response` and `write` as builtin functions (`PyCFunction`s)
@@ -252,6 +258,7 @@ impl Responder {
             StartResponse {
                 state: Mutex::new(SrState::default()),
                 write: AtomicPtr::new(null_mut()),
+                ended: AtomicBool::new(false),
             },
         )?;
         let start_response = bound_method(&sr, 0)?.unbind();
@@ -804,6 +811,13 @@ fn start_response<'py>(
     Ok(unsafe { Bound::from_borrowed_ptr(py, write) })
 }
 
+impl StartResponse {
+    /// The response is over: from now on `write()` raises (see `ended`).
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The legacy `write()` callable: body bytes the app pushes imperatively.
 fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let data = data.cast::<PyBytes>().map_err(|_| {
@@ -812,6 +826,14 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
             type_name(data)
         ))
     })?;
+    if this.ended.load(Ordering::Relaxed) {
+        // Gunicorn's write() on a finished request fails on the closed
+        // socket with EBADF; so does ours, whatever the fd is now.
+        return Err(pyo3::exceptions::PyOSError::new_err((
+            libc::EBADF,
+            "write() called after its response ended",
+        )));
+    }
     let mut st = this.state.lock().unwrap();
     if st.code == 0 {
         return Err(PyAssertionError::new_err("write() before start_response"));
@@ -1219,6 +1241,7 @@ pub fn run_app(
     };
     let sr = r.sr.get();
     sr.state.lock().unwrap().reset(req);
+    sr.ended.store(false, Ordering::Relaxed);
     CURRENT.with(|c| *c.borrow_mut() = Some(r.sr.clone_ref(py)));
     let called = app.call1((environ, r.start_response.bind(py)));
     CURRENT.with(|c| c.borrow_mut().take());
@@ -1245,6 +1268,10 @@ pub fn run_app(
             fail_before_or_after_head(sr, req, out, start)
         }
     };
+    if !matches!(outcome.stream, Some(Stream::Iter { .. })) {
+        // Framed whole (or failed): nothing more may be written.
+        sr.end();
+    }
     if r.unshared() {
         *spare = Some(r);
     } else {
