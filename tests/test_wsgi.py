@@ -430,6 +430,35 @@ def test_write_callable_http10(srv):
     assert r.body == b"".join(b"%d" % i * 100_000 for i in range(10)) + b"end"
 
 
+ERRORS_CLOSE_APP = """\
+import sys
+def app(environ, start_response):
+    err = environ["wsgi.errors"]
+    if environ["PATH_INFO"] == "/close":
+        err.close()
+    else:
+        err.write("errors line %s\\n" % environ["QUERY_STRING"])
+        err.writelines(["more %s\\n" % environ["QUERY_STRING"]])
+        err.flush()
+        print("stderr line", environ["QUERY_STRING"], file=sys.stderr, flush=True)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_closing_wsgi_errors_does_not_break_later_requests(start_server, tmp_path):
+    # wsgi.errors belongs to the worker, not the request: an app that
+    # closes it must not turn the next requests' writes (to it and to
+    # sys.stderr) into 500s. Gunicorn gives each request its own wrapper.
+    (tmp_path / "errclose.py").write_text(ERRORS_CLOSE_APP)
+    s = start_server("errclose:app", "-w", "1", cwd=tmp_path)
+    assert s.request("GET", "/write?a")[0] == 200
+    assert s.request("GET", "/close")[0] == 200
+    assert s.request("GET", "/write?b")[0] == 200
+    for line in ("errors line b", "more b", "stderr line b"):
+        s.wait_log(re.escape(line))
+
+
 STALE_WRITE_APP = """\
 SAVED = []
 def app(environ, start_response):

@@ -133,7 +133,6 @@ pub fn base_environ<'py>(
     // The most common values are seeded too; `build` skips setting them.
     d.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "GET"))?;
     d.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
-    let sys = py.import("sys")?;
     // Requests without a body (most) share one empty `wsgi.input`: it
     // reads the same for everyone. `build` replaces it for the others.
     d.set_item(
@@ -147,10 +146,7 @@ pub fn base_environ<'py>(
     d.set_item(intern!(py, "wsgi.multithread"), multithread)?;
     d.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
     d.set_item(intern!(py, "wsgi.run_once"), false)?;
-    match super::pylog::install(py)? {
-        Some(errors) => d.set_item(intern!(py, "wsgi.errors"), errors)?,
-        None => d.set_item(intern!(py, "wsgi.errors"), sys.getattr("stderr")?)?,
-    }
+    d.set_item(intern!(py, "wsgi.errors"), super::pylog::install(py)?)?;
     d.set_item(
         "wsgi.file_wrapper",
         py.get_type::<super::response::FileWrapper>(),

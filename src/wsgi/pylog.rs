@@ -5,9 +5,8 @@
 //! in the binary-safe form), not one entry per line as a journal-connected
 //! stderr would make it.
 //!
-//! Without the journal nothing here is installed: `wsgi.errors` is
-//! `sys.stderr` (the error log) and Python's logging is left as the app set
-//! it up, as in Gunicorn.
+//! Without the journal `wsgi.errors` writes to `sys.stderr` (the error
+//! log) and Python's logging is left as the app set it up, as in Gunicorn.
 
 use std::sync::Mutex;
 
@@ -94,6 +93,54 @@ impl JournalErrors {
             send_errors(&msg);
         }
     }
+    /// The stream is the worker's, shared by every request: an app that
+    /// closes it must not silence the next ones. What is buffered goes out.
+    fn close(&self) {
+        self.flush();
+    }
+    #[getter]
+    fn closed(&self) -> bool {
+        false
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// `wsgi.errors` without the journal: the worker's `sys.stderr` (the
+/// error log), behind a wrapper whose `close()` only flushes. Handing out
+/// `sys.stderr` itself let one request's `close()` turn every later
+/// write, `wsgi.errors` and `print(file=sys.stderr)` alike, into a
+/// ValueError (a 500) until the worker was replaced. Gunicorn gives each
+/// request a wrapper of its own for the same reason.
+#[pyclass(module = "ferricorn", name = "ErrorStream", frozen)]
+pub struct ErrorStream {
+    stderr: Py<PyAny>,
+}
+
+#[pymethods]
+impl ErrorStream {
+    fn write(&self, py: Python<'_>, s: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        Ok(self.stderr.bind(py).call_method1("write", (s,))?.unbind())
+    }
+    fn writelines(&self, py: Python<'_>, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.stderr.bind(py).call_method1("writelines", (lines,))?;
+        Ok(())
+    }
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.stderr.bind(py).call_method0("flush")?;
+        Ok(())
+    }
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.flush(py)
+    }
+    #[getter]
+    fn closed(&self) -> bool {
+        false
+    }
+    fn writable(&self) -> bool {
+        true
+    }
 }
 
 /// One `wsgi.errors` entry: PRIORITY=3 (Python's ERROR), logger
@@ -138,10 +185,12 @@ if not _root.handlers:
 ";
 
 /// Install the journal handler on the root logger (when it has none) and
-/// return the object to use as `wsgi.errors`.
-pub fn install(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+/// return the object to use as `wsgi.errors`: journal entries, or else
+/// the error log (`sys.stderr`).
+pub fn install(py: Python<'_>) -> PyResult<Py<PyAny>> {
     if crate::log::journal().is_none() {
-        return Ok(None);
+        let stderr = py.import("sys")?.getattr("stderr")?.unbind();
+        return Ok(Bound::new(py, ErrorStream { stderr })?.into_any().unbind());
     }
     let globals = PyDict::new(py);
     globals.set_item("_send", wrap_pyfunction!(journal_send, py)?)?;
@@ -152,5 +201,5 @@ pub fn install(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
             buf: Mutex::new(String::new()),
         },
     )?;
-    Ok(Some(errors.into_any().unbind()))
+    Ok(errors.into_any().unbind())
 }
