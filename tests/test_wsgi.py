@@ -188,6 +188,7 @@ def test_environ_required_keys_and_types(srv):
     assert env["_input_api"] == ["read", "readline", "readlines", "__iter__"]
     assert env["_errors_api"] == ["write", "writelines", "flush"]
     assert env["_file_wrapper_callable"] is True
+    assert env["_file_wrapper_attrs"] == [True, 4]
 
 
 def test_environ_get_without_body(srv):

@@ -1072,7 +1072,10 @@ pub fn blocking_send(fd: RawFd, mut data: &[u8]) -> std::io::Result<()> {
 /// the worker `sendfile(2)` it when it has a real file descriptor.
 #[pyclass(module = "ferricorn", name = "FileWrapper", frozen)]
 pub struct FileWrapper {
+    /// Public as in wsgiref's and Gunicorn's: middleware unwraps it.
+    #[pyo3(get)]
     filelike: Py<PyAny>,
+    #[pyo3(get)]
     blksize: usize,
 }
 

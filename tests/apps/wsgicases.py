@@ -102,6 +102,10 @@ def app(environ, start_response):
         err = environ["wsgi.errors"]
         out["_errors_api"] = [a for a in ("write", "writelines", "flush") if hasattr(err, a)]
         out["_file_wrapper_callable"] = callable(environ.get("wsgi.file_wrapper"))
+        marker = object()
+        fw = environ["wsgi.file_wrapper"](marker, 4)
+        # wsgiref's and Gunicorn's attributes, which middleware unwraps
+        out["_file_wrapper_attrs"] = [fw.filelike is marker, fw.blksize]
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(out).encode()]
 
