@@ -176,7 +176,12 @@ pub fn listen_addr_of(fd: RawFd) -> std::io::Result<ListenAddr> {
     Err(std::io::Error::other("not an inet or unix socket"))
 }
 
-fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result<OwnedFd> {
+fn bind_tcp(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+    v6only: bool,
+) -> std::io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -192,8 +197,10 @@ fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result
     // Accepted sockets inherit TCP_NODELAY: a response is one write, and
     // Nagle would only delay the tail of streamed ones.
     setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
-    if addr.is_ipv6() {
-        // [::]:PORT means IPv6 only, as Gunicorn; bind 0.0.0.0 too for v4.
+    if v6only {
+        // Only when an IPv4 address on the same port is bound too (see
+        // `v6only`); otherwise the kernel's default (bindv6only=0: [::]
+        // takes IPv4 too, as Gunicorn's socket does).
         setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
     let sa = SockaddrStorage::from(addr);
@@ -263,9 +270,13 @@ fn retry_in_use<T>(spec: &str, mut bind: impl FnMut() -> std::io::Result<T>) -> 
     let mut tries = 1;
     loop {
         match bind() {
-            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && tries < BIND_TRIES => {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
                 crate::log::error(&format!("Connection in use: {spec}"));
                 crate::log::error(&format!("connection to {spec} failed: {e}"));
+                if tries == BIND_TRIES {
+                    crate::log::error(&format!("Can't connect to {spec}"));
+                    return Err(e);
+                }
                 crate::log::debug("Retrying in 1 second.");
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 tries += 1;
@@ -275,20 +286,45 @@ fn retry_in_use<T>(spec: &str, mut bind: impl FnMut() -> std::io::Result<T>) -> 
     }
 }
 
-/// Bind a `host:port` spec (its first address), named by the spec. With
-/// `patient`, a port in use is tried again as Gunicorn does (`retry_in_use`).
-fn open_tcp(
-    spec: &str,
-    hp: &str,
-    opts: SocketOptions,
-    patient: bool,
-) -> Result<Listener, ListenError> {
-    let first = hp
+/// The first address a `host:port` spec resolves to.
+fn resolve(spec: &str, hp: &str) -> Result<SocketAddr, ListenError> {
+    Ok(hp
         .to_socket_addrs()
         .map_err(|e| format!("bind {spec:?}: cannot resolve: {e}"))?
         .next()
-        .ok_or_else(|| format!("bind {spec:?}: no address"))?;
-    let bind = || bind_tcp(first, opts.backlog, opts.reuse_port);
+        .ok_or_else(|| format!("bind {spec:?}: no address"))?)
+}
+
+/// Whether an IPv6 socket on `port` must be IPv6-only: when the bind
+/// list also has an IPv4 address on that port. `[::]:8000` alone is
+/// dual-stack as in Gunicorn (containers bind it to take every address);
+/// with `0.0.0.0:8000` beside it, a dual-stack `[::]` would collide with
+/// it (EADDRINUSE), so each family gets its own socket.
+fn v6only(all_specs: &[String], port: u16) -> bool {
+    port != 0
+        && all_specs.iter().any(|spec| match BindSpec::parse(spec) {
+            Ok(BindSpec::Tcp(hp)) => hp
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| a.is_ipv4() && a.port() == port),
+            _ => false,
+        })
+}
+
+/// Bind a `host:port` spec (its first address), named by the spec. With
+/// `patient`, a port in use is tried again as Gunicorn does (`retry_in_use`).
+/// `all_specs` is the whole bind list (for `v6only`).
+fn open_tcp(
+    spec: &str,
+    hp: &str,
+    all_specs: &[String],
+    opts: SocketOptions,
+    patient: bool,
+) -> Result<Listener, ListenError> {
+    let first = resolve(spec, hp)?;
+    let v6only = first.is_ipv6() && v6only(all_specs, first.port());
+    let bind = || bind_tcp(first, opts.backlog, opts.reuse_port, v6only);
     let fd = if patient {
         retry_in_use(spec, bind)
     } else {
@@ -358,7 +394,7 @@ pub fn open_listeners(
     let mut activated = activated;
     for spec in bind_specs {
         match BindSpec::parse(spec).map_err(|e| format!("bind {spec:?}: {e}"))? {
-            BindSpec::Tcp(hp) => out.push(open_tcp(spec, &hp, opts, true)?),
+            BindSpec::Tcp(hp) => out.push(open_tcp(spec, &hp, bind_specs, opts, true)?),
             BindSpec::Unix(path) => out.push(open_unix(spec, &path, opts)?),
             BindSpec::Fd(sel) => {
                 let chosen: Vec<RawFd> = activation::select(&activated, &sel)
@@ -482,7 +518,7 @@ pub fn rebind(
             continue;
         }
         let opened = match parsed {
-            BindSpec::Tcp(hp) => open_tcp(spec, &hp, opts, false),
+            BindSpec::Tcp(hp) => open_tcp(spec, &hp, new_specs, opts, false),
             BindSpec::Unix(path) => open_unix(spec, &path, opts),
             BindSpec::Fd(_) => Err(ListenError::from(format!(
                 "bind {spec:?}: on a reload, fd:// can only name a socket the master already \

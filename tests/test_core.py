@@ -414,8 +414,42 @@ def test_reuse_port_lets_two_servers_share_a_port(start_server):
     p = subprocess.run([BIN, "-b", f"127.0.0.1:{first.port}", "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "Address already in use" in p.stderr
-    assert p.stderr.count("Connection in use") == 4, p.stderr
+    assert p.stderr.count("Connection in use") == 5, p.stderr
+    assert f"Can't connect to 127.0.0.1:{first.port}" in p.stderr
     assert time.monotonic() - t > 3.5
+
+
+def free_port():
+    # a port free on both families
+    while True:
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s6.bind(("::", 0))
+            port = s6.getsockname()[1]
+            try:
+                with socket.socket() as s4:
+                    s4.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+
+
+def test_ipv6_wildcard_takes_ipv4_too_unless_ipv4_is_bound_beside_it(start_server):
+    # Gunicorn's [::] socket is dual-stack (the kernel's default), which
+    # containers rely on; with 0.0.0.0 on the same port in the list, each
+    # family gets its own socket instead of a collision.
+    for binds in (["[::]:{p}"], ["0.0.0.0:{p}", "[::]:{p}"], ["[::]:{p}", "0.0.0.0:{p}"]):
+        port = free_port()
+        args = []
+        for b in binds:
+            args += ["-b", b.format(p=port)]
+        s = start_server("basic:app", *args, bind=False)
+        for host in ("127.0.0.1", "::1"):
+            c = http.client.HTTPConnection(host, port, timeout=5)
+            c.request("GET", "/")
+            assert c.getresponse().status == 200, (binds, host)
+            c.close()
+        s.close()
 
 
 def test_a_port_in_use_is_retried_as_gunicorn_does(start_server):
