@@ -251,9 +251,20 @@ pub fn warn_or_refuse<'a>(
     given: impl IntoIterator<Item = (&'a str, &'a str)>,
     lead: &str,
 ) -> Result<(), (String, String)> {
-    let ignored = sort_out(given)?;
+    let given: Vec<(&str, &str)> = given.into_iter().collect();
+    let ignored = sort_out(given.iter().copied())?;
     if !ignored.is_empty() {
         crate::log::warning(&format!("{lead}: {}", ignored.join(", ")));
+    }
+    for (name, value) in given {
+        if name == "worker_class" && judge(name, value) == Verdict::Ignore {
+            crate::log::warning(&format!(
+                "worker_class {value:?}: ferricorn has no greenlet or async workers; a worker \
+                 runs --threads app calls at once (Gunicorn's {value:?} ran up to \
+                 --worker-connections), so an app that waits on I/O (outbound requests, long \
+                 polling) needs --threads raised to the concurrency it needs"
+            ));
+        }
     }
     Ok(())
 }

@@ -247,6 +247,8 @@ def test_gunicorn_only_options_warn_or_refuse(tmp_path, start_server):
     log = s.wait_log("workers are serving")
     assert re.search(r"WARNING.*ignoring Gunicorn options ferricorn does not have: "
                      r"worker_class, worker_tmp_dir, statsd_host, sendfile, spew", log), log
+    # what ignoring gevent means for an app that waits on I/O
+    assert re.search(r'WARNING.*worker_class "gevent": .*--threads raised', log), log
     assert len(s.worker_pids()) == 2 and s.request("GET", "/")[0] == 200
     s = start_server("basic:app", "-k", "gthread", "--threads", "2")
     assert "ignoring" not in s.log()

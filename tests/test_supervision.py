@@ -685,6 +685,25 @@ def test_timeout_kill_follows_an_ignored_abort(start_server):
     assert get(s.port)[0] == 200
 
 
+def test_threaded_workers_time_out_only_when_silent_as_gthread(start_server):
+    # Gunicorn's --timeout for threaded (gthread) workers: "the worker
+    # process is still communicating and is not tied to the length of time
+    # required to handle a single request". Requests longer than -t finish,
+    # also with every thread busy; a stopped worker is still replaced.
+    s = start_server("basic:app", "-w", "1", "--threads", "2", "-t", "1")
+    [pid] = s.worker_pids()
+    slow = [in_background(get, s.port, "/sleep?3", 20) for _ in range(2)]
+    assert [f() for f in slow] == [(200, b"slept")] * 2
+    assert s.worker_pids() == [pid] and "TIMEOUT" not in s.log()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not alive(pid), 8.0, what="the silent worker killed")
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    s.wait_log(r"WORKER TIMEOUT \(pid:%d\): its event loop has not run" % pid)
+
+
 def test_idle_worker_never_times_out(start_server):
     s = start_server("basic:app", "-w", "1", "-t", "1")
     pid = s.worker_pids()

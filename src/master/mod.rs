@@ -953,9 +953,18 @@ impl Master {
     }
 
     /// Kill workers stuck in one request for longer than --timeout.
+    ///
+    /// Gunicorn's two meanings: a sync worker (`--threads 1`) is silent
+    /// while its one request runs, so a request longer than the timeout
+    /// gets the worker killed; a threaded (gthread) worker keeps
+    /// "communicating" whatever its requests take ("not tied to the length
+    /// of time required to handle a single request"), so there only a
+    /// worker whose idle loops stop running is killed, and long requests,
+    /// with the others in flight beside them, finish.
     fn check_timeouts(&mut self) {
         let now = now_ms();
         let timeout_ms = self.settings.timeout * 1000;
+        let per_request = self.settings.threads == 1;
         let graceful = Duration::from_secs(self.settings.graceful_timeout);
         let mut changed = false;
         for (pid, w) in self.workers.iter_mut() {
@@ -995,10 +1004,15 @@ impl Master {
                         )
                     })
                 }
-                Some((since, desc)) if now.saturating_sub(since) > timeout_ms => Some(format!(
-                    "request {desc} ran longer than {}s",
-                    self.settings.timeout
-                )),
+                Some((since, desc)) if per_request && now.saturating_sub(since) > timeout_ms => {
+                    Some(format!(
+                        "request {desc} ran longer than {}s",
+                        self.settings.timeout
+                    ))
+                }
+                // Threaded, with every loop in a request: no loop is free
+                // to beat, and that is not silence.
+                Some(_) if !per_request => None,
                 // Silent: its loops beat at least once a second when idle,
                 // so past --timeout (2 s at least) it is hung (Gunicorn:
                 // "workers silent for more than this many seconds are
