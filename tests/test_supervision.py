@@ -234,6 +234,16 @@ def get(port, path="/", timeout=10):
         c.close()
 
 
+def stop_until_killed(pid, timeout=8.0):
+    """SIGSTOP a worker (silent: no heartbeat) and wait for the master to kill it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not alive(pid), timeout, what="the silent worker killed")
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
+
 def in_background(fn, *args):
     """Run fn(*args) in a thread; returns a callable giving its result."""
     box = {}
@@ -695,12 +705,7 @@ def test_threaded_workers_time_out_only_when_silent_as_gthread(start_server):
     slow = [in_background(get, s.port, "/sleep?3", 20) for _ in range(2)]
     assert [f() for f in slow] == [(200, b"slept")] * 2
     assert s.worker_pids() == [pid] and "TIMEOUT" not in s.log()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: not alive(pid), 8.0, what="the silent worker killed")
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGCONT)
+    stop_until_killed(pid)
     s.wait_log(r"WORKER TIMEOUT \(pid:%d\): its event loop has not run" % pid)
 
 
@@ -1537,12 +1542,7 @@ def test_silent_worker_is_killed_after_timeout(start_server):
     s = start_server("basic:app", "-w", "1", "-t", "2")
     (w,) = s.worker_pids()
     t0 = time.monotonic()
-    os.kill(w, signal.SIGSTOP)
-    try:
-        wait_for(lambda: not alive(w), 8.0, what="the silent worker killed")
-    finally:
-        if alive(w):
-            os.kill(w, signal.SIGCONT)
+    stop_until_killed(w)
     took = time.monotonic() - t0
     assert took < 6.0, took
     s.wait_log(r"WORKER TIMEOUT")
