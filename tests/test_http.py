@@ -367,7 +367,8 @@ def test_valid_host_values_are_served(srv):
 
 def test_http10_without_host_is_served(srv):
     ex = srv.accepted(b"GET / HTTP/1.0\r\n\r\n")
-    assert ex.closed and ex.data.startswith(b"HTTP/1.0 200")
+    # RFC 9110 §6.2: the server's own version, HTTP/1.1, to a 1.0 client too
+    assert ex.closed and ex.data.startswith(b"HTTP/1.1 200")
     assert srv.app_calls() == ["GET /"]
 
 
@@ -408,6 +409,9 @@ def test_bad_request_target_form_is_400(srv, line):
         (b"GET https://[::1]/ HTTP/1.1", "GET /"),
         (b"GET /#frag HTTP/1.1", "GET /"),
         (b"GET http://h/#frag HTTP/1.1", "GET /"),
+        # RFC 9110 4.2.3: an empty path is "/"
+        (b"GET http://h HTTP/1.1", "GET /"),
+        (b"GET http://h?q=1 HTTP/1.1", "GET /"),
         (b"CONNECT localhost:443 HTTP/1.1", "CONNECT "),
     ],
     ids=repr,

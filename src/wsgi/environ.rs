@@ -415,14 +415,20 @@ pub fn split_target(target: &str) -> (&str, &str) {
         t
     } else if let Some(i) = t.find("://") {
         let rest = &t[i + 3..];
-        match rest.find(['/', '?']) {
-            Some(j) => &rest[j..],
-            None => "",
-        }
+        let (path, query) = match rest.find(['/', '?']) {
+            Some(j) => split_query(&rest[j..]),
+            None => ("", ""),
+        };
+        // RFC 9110 §4.2.3: an empty path is the same as "/".
+        return (if path.is_empty() { "/" } else { path }, query);
     } else {
         // authority-form (CONNECT host:port): no path.
         ""
     };
+    split_query(t)
+}
+
+fn split_query(t: &str) -> (&str, &str) {
     match t.bytes().position(|b| b == b'?') {
         Some(i) => (&t[..i], &t[i + 1..]),
         None => (t, ""),
@@ -893,7 +899,8 @@ mod tests {
         assert_eq!(split_target("/a/b?x=1&y"), ("/a/b", "x=1&y"));
         assert_eq!(split_target("/a#frag"), ("/a", ""));
         assert_eq!(split_target("http://h:1/p?q"), ("/p", "q"));
-        assert_eq!(split_target("http://h"), ("", ""));
+        assert_eq!(split_target("http://h"), ("/", ""));
+        assert_eq!(split_target("http://h?q=1"), ("/", "q=1"));
         assert_eq!(split_target("*"), ("*", ""));
         assert_eq!(split_target("h:443"), ("", ""));
     }

@@ -450,11 +450,11 @@ impl SrState {
             && !req.stopping.is_some_and(|f| f.load(Ordering::Relaxed));
         self.keep_alive = keep_alive;
 
-        out.extend_from_slice(if req.minor == 1 {
-            b"HTTP/1.1 "
-        } else {
-            b"HTTP/1.0 "
-        });
+        // RFC 9110 §6.2: the highest version we conform to whose major
+        // version the client has, so HTTP/1.1 for a 1.0 client too (as our
+        // own error answers); the framing still follows the client's
+        // version (no chunked, close unless keep-alive was asked for).
+        out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(&self.status);
         out.extend_from_slice(b"\r\n");
         if !self.has_server {
