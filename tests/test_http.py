@@ -578,7 +578,7 @@ def test_http10_closes_by_default(srv):
     ex = exchange(srv.port, b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n")
     assert ex.closed
     (r,), rest = parse_responses(ex.data, ["GET"])
-    assert r.version == "HTTP/1.0" and r.status == 200 and r.body == b"Hello, World!"
+    assert r.version == "HTTP/1.1" and r.status == 200 and r.body == b"Hello, World!"
     assert rest == b""  # the second request was not answered
 
 
