@@ -38,11 +38,13 @@ def test_module_default_callable_and_factory(start_server):
 
 def test_app_exception_is_500_without_traceback(start_server):
     s = start_server("basic:app")
-    status, headers, body = s.request("GET", "/error")
+    status, headers, body = s.request("GET", "/error?x=1")
     assert status == 500
     assert b"secret" not in body and b"Traceback" not in body
     log = s.wait_log(r"RuntimeError: boom")
     assert "Traceback" in log
+    # Gunicorn's line, with the request's URI
+    assert re.search(r"\[ERROR\] Error handling request /error\?x=1$", log, re.M), log
     # The worker survives and serves the next request.
     assert s.request()[0] == 200
 
@@ -66,7 +68,8 @@ def test_import_error_exits_3_with_traceback():
     )
     assert p.returncode == 3, p.stderr
     assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
-    assert "Reason: Worker failed to boot." in p.stderr, "Gunicorn's halt reason"
+    assert "[ERROR] Reason: Worker failed to boot." in p.stderr, "Gunicorn's halt reason"
+    assert "[ERROR] Shutting down: Master" in p.stderr
 
 
 @pytest.mark.parametrize("spec,why", [("basic:no_such_app", "Failed to find attribute"),
@@ -467,6 +470,15 @@ def test_a_port_in_use_is_retried_as_gunicorn_does(start_server):
     assert s.port == port
     assert s.request("GET", "/")[0] == 200
     assert f"Connection in use: 127.0.0.1:{port}" in s.log()
+
+
+def test_worker_exiting_is_logged_by_the_worker(start_server):
+    # Gunicorn's worker says "Worker exiting (pid: N)" under its own pid.
+    s = start_server("basic:app", "-w", "1")
+    [pid] = s.worker_pids()
+    s.kill(signal.SIGTERM)
+    assert s.proc.wait(10) == 0
+    assert re.search(rf"\[{pid}\] \[INFO\] Worker exiting \(pid: {pid}\)$", s.log(), re.M), s.log()
 
 
 def test_term_is_graceful(start_server):

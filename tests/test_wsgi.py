@@ -806,6 +806,8 @@ def test_conflicting_scheme_headers_are_400(start_server):
                     [("X-Forwarded-Proto", "http"), ("X-Forwarded-Proto", "https")]):
         ex = exchange(s.port, request_bytes("GET", "/environ", headers))
         assert ex.status == 400 and ex.closed, (headers, ex)
+    # logged as every refused request, in Gunicorn's words
+    s.wait_log(r"WARNING\] Invalid request from ip=127.0.0.1: Contradictory scheme headers", count=2)
     # agreeing ones are fine
     st, _, body = s.request("GET", "/environ", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "on"})
     assert st == 200 and json.loads(body)["wsgi.url_scheme"] == "https"
@@ -931,6 +933,7 @@ def test_proxy_protocol_refusals(start_server):
     t = start_server("basic:app", "--proxy-protocol", "--proxy-allow-from", "10.9.9.9")
     ex = exchange(t.port, b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n" + request_bytes("GET", "/environ"))
     assert ex.status == 403 and ex.closed, ex
+    assert ex.data.startswith(b"HTTP/1.1 403 Forbidden\r\n"), ex.data[:60]
     assert b"203.0.113.7" not in ex.data
     assert exchange(t.port, request_bytes("GET", "/", headers=[("Connection", "close")])).status == 200
     # Without --proxy-protocol a PROXY line is just a bad request line.

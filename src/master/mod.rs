@@ -593,7 +593,12 @@ impl Master {
             return None;
         };
         if self.workers.is_empty() {
-            log::info("Shutting down: Master");
+            // Gunicorn's halt(): INFO for a clean exit, ERROR otherwise.
+            if self.exit_code == 0 {
+                log::info("Shutting down: Master");
+            } else {
+                log::error("Shutting down: Master");
+            }
             return Some(self.exit_code);
         }
         if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -856,13 +861,9 @@ impl Master {
                     } else {
                         LogLevel::Error
                     };
-                    // Gunicorn's words: the worker's own line for a clean
-                    // exit, the arbiter's for any other code.
-                    let msg = if c == 0 {
-                        format!("Worker exiting (pid: {pid})")
-                    } else {
-                        format!("Worker (pid:{pid}) exited with code {c}.")
-                    };
+                    // Gunicorn's words for any other code; the worker
+                    // itself said "Worker exiting (pid: N)" as it left.
+                    let msg = format!("Worker (pid:{pid}) exited with code {c}.");
                     log::event(lvl, &msg, &fields);
                 }
                 (None, Some(s)) => {
@@ -901,8 +902,9 @@ impl Master {
                         log::critical(
                             "Worker failed to boot: the application could not be loaded. Shutting down.",
                         );
-                        // Gunicorn's HaltServer reason, for those who grep for it.
-                        log::info(if status == crate::config::EXIT_APP_NOT_FOUND {
+                        // Gunicorn's HaltServer reason, for those who grep for
+                        // it, at its level: ERROR, as the exit status is not 0.
+                        log::error(if status == crate::config::EXIT_APP_NOT_FOUND {
                             "Reason: App failed to load."
                         } else {
                             "Reason: Worker failed to boot."

@@ -412,6 +412,8 @@ fn jitter(max: u64) -> u64 {
 /// Leave the worker process: flush Python's buffered streams, run the
 /// app's atexit hooks, then `_exit` (no Rust destructors on shared state).
 fn exit(code: i32) -> ! {
+    // Gunicorn's worker says so itself, under its own pid, on every way out.
+    crate::log::info(&format!("Worker exiting (pid: {})", std::process::id()));
     // SAFETY: only checks whether the interpreter exists.
     if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
         Python::attach(|py| {
@@ -1472,7 +1474,7 @@ impl Loop {
                 Ok(_) if cache.take_conflicting_scheme() => {
                     // Gunicorn's InvalidSchemeHeaders: a trusted proxy
                     // said both http and https.
-                    crate::log::debug("conflicting X-Forwarded scheme headers");
+                    invalid_request(&c.peer.addr, &"Contradictory scheme headers");
                     Err(400)
                 }
                 Ok(env) => {
@@ -1483,7 +1485,11 @@ impl Loop {
                         match crate::wsgi::hooks::before_request(py, &env) {
                             Ok(p) => post_request = p,
                             Err(e) => {
-                                response::log_py_error(py, &e, "Error handling request");
+                                response::log_py_error(
+                                    py,
+                                    &e,
+                                    &response::request_error_context(&env),
+                                );
                                 return Err(500);
                             }
                         }

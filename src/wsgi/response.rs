@@ -1142,6 +1142,18 @@ pub struct Outcome {
     pub headers: Vec<u8>,
 }
 
+/// Gunicorn's "Error handling request URI" context line: the request's
+/// RAW_URI from its environ (the app may have changed it), or Gunicorn's
+/// "(no URI read)".
+pub fn request_error_context(environ: &Bound<'_, PyAny>) -> String {
+    let uri = environ
+        .get_item(pyo3::intern!(environ.py(), "RAW_URI"))
+        .ok()
+        .and_then(|u| u.extract::<String>().ok())
+        .unwrap_or_else(|| "(no URI read)".into());
+    format!("Error handling request {uri}")
+}
+
 /// Log a Python exception with its traceback to the error log.
 pub fn log_py_error(py: Python<'_>, err: &PyErr, context: &str) {
     let tb = super::format_py_err(py, err);
@@ -1246,11 +1258,11 @@ pub fn run_app(
     sr.state.lock().unwrap().reset(req);
     sr.ended.store(false, Ordering::Relaxed);
     CURRENT.with(|c| *c.borrow_mut() = Some(r.sr.clone_ref(py)));
-    let called = app.call1((environ, r.start_response.bind(py)));
+    let called = app.call1((&environ, r.start_response.bind(py)));
     CURRENT.with(|c| c.borrow_mut().take());
     let outcome = match called {
         Ok(result) => {
-            let mut outcome = frame_result(py, sr, &result, req, out, start);
+            let mut outcome = frame_result(py, sr, &result, &environ, req, out, start);
             match &mut outcome.stream {
                 Some(Stream::Iter { sr: slot, .. }) => {
                     sr.state.lock().unwrap().handed_off = true;
@@ -1267,7 +1279,7 @@ pub fn run_app(
             outcome
         }
         Err(e) => {
-            log_py_error(py, &e, "Error handling request");
+            log_py_error(py, &e, &request_error_context(&environ));
             fail_before_or_after_head(sr, req, out, start)
         }
     };
@@ -1351,6 +1363,7 @@ fn frame_result(
     py: Python<'_>,
     sr: &StartResponse,
     result: &Bound<'_, PyAny>,
+    environ: &Bound<'_, PyAny>,
     req: ReqInfo,
     out: &mut Vec<u8>,
     start: usize,
@@ -1363,7 +1376,7 @@ fn frame_result(
             match item_bytes(py, item) {
                 Ok(b) => total += b.len() as u64,
                 Err(e) => {
-                    log_py_error(py, &e, "Error handling request");
+                    log_py_error(py, &e, &request_error_context(environ));
                     return fail_before_or_after_head(sr, req, out, start);
                 }
             }
@@ -1484,7 +1497,7 @@ fn frame_result(
         Ok(())
     })();
     if let Err(e) = gathered {
-        log_py_error(py, &e, "Error handling request");
+        log_py_error(py, &e, &request_error_context(environ));
         return fail_before_or_after_head(sr, req, out, start);
     }
 
