@@ -295,8 +295,8 @@ struct FileOptions {
     capture_output: Option<bool>,
     reload: Option<bool>,
     reload_extra_files: Option<OneOrMany>,
-    user: Option<String>,
-    group: Option<String>,
+    user: Option<NameOrId>,
+    group: Option<NameOrId>,
     umask: Option<TomlUmask>,
     pidfile: Option<PathBuf>,
     proc_name: Option<String>,
@@ -404,6 +404,23 @@ impl OneOrMany {
         match self {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `user`/`group` in a config file: a name or, as Gunicorn documents
+/// ("a valid user id (as an integer) or the name of a user"), a number.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum NameOrId {
+    Id(u32),
+    Name(String),
+}
+impl NameOrId {
+    fn into_string(self) -> String {
+        match self {
+            NameOrId::Id(i) => i.to_string(),
+            NameOrId::Name(s) => s,
         }
     }
 }
@@ -1148,8 +1165,8 @@ impl Settings {
             capture_output: cli.capture_output || file.capture_output.unwrap_or(false),
             reload: cli.reload || file.reload.unwrap_or(false),
             reload_extra_files,
-            user: cli.user.clone().or(file.user),
-            group: cli.group.clone().or(file.group),
+            user: cli.user.clone().or(file.user.map(NameOrId::into_string)),
+            group: cli.group.clone().or(file.group.map(NameOrId::into_string)),
             umask,
             pidfile,
             proc_name,

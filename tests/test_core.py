@@ -472,6 +472,18 @@ def test_a_port_in_use_is_retried_as_gunicorn_does(start_server):
     assert f"Connection in use: 127.0.0.1:{port}" in s.log()
 
 
+def test_numeric_user_and_group_in_config_files(tmp_path):
+    # Gunicorn: "A valid user id (as an integer) or the name of a user".
+    uid, gid = os.getuid(), os.getgid()
+    for name, text in (("n.conf.py", f"user = {uid}\ngroup = {gid}\n"),
+                       ("n.toml", f"user = {uid}\ngroup = {gid}\n")):
+        (tmp_path / name).write_text(text)
+        p = subprocess.run([BIN, "-c", str(tmp_path / name), "--print-config", "basic:app"], cwd=APPS,
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert f'user = "{uid}"' in p.stdout and f'group = "{gid}"' in p.stdout, p.stdout
+
+
 def test_worker_exiting_is_logged_by_the_worker(start_server):
     # Gunicorn's worker says "Worker exiting (pid: N)" under its own pid.
     s = start_server("basic:app", "-w", "1")
