@@ -51,6 +51,9 @@ application raised, 4 when the application object is not found in its module (as
     // `-w -1` is a bad value for --workers (named in the error), not an
     // unknown flag.
     allow_negative_numbers = true,
+    // Gunicorn's argparse takes an unambiguous prefix of a long option
+    // (`--grace 5`): command lines written for it start unchanged.
+    infer_long_args = true,
     after_help = "FERRICORN_CMD_ARGS in the environment adds arguments (as Gunicorn's \
 GUNICORN_CMD_ARGS, which is read where FERRICORN_CMD_ARGS is not set); those on the command \
 line win."
