@@ -238,6 +238,10 @@ pub struct Options {
     /// Switch worker processes to this group after binding.
     #[arg(short = 'g', long)]
     pub group: Option<String>,
+    /// With --user, give workers all the user's supplementary groups
+    /// (initgroups(3)); without it they have none.
+    #[arg(long)]
+    pub initgroups: bool,
     /// umask for the unix socket files the server binds (in force only while binding, as Gunicorn's; the processes keep the umask they inherit): 0027 or 0o027 (octal), 0x17, 23 (decimal) [default: 0]
     #[arg(short = 'm', long)]
     pub umask: Option<String>,
@@ -295,6 +299,7 @@ struct FileOptions {
     preload_app: Option<bool>,
     preload: Option<bool>,
     reuse_port: Option<bool>,
+    initgroups: Option<bool>,
     capture_output: Option<bool>,
     reload: Option<bool>,
     reload_extra_files: Option<OneOrMany>,
@@ -611,6 +616,8 @@ pub struct Settings {
     pub log_target: LogTarget,
     pub preload: bool,
     pub reuse_port: bool,
+    /// Workers get the user's supplementary groups (Gunicorn's initgroups).
+    pub initgroups: bool,
     /// stdout goes to the error log file as well (only with a file).
     pub capture_output: bool,
     pub reload: bool,
@@ -1165,6 +1172,7 @@ impl Settings {
             // `preload_app = true` / `reload = true` in the file.
             preload: cli.preload || file.preload_app.or(file.preload).unwrap_or(false),
             reuse_port: cli.reuse_port || file.reuse_port.unwrap_or(false),
+            initgroups: cli.initgroups || file.initgroups.unwrap_or(false),
             capture_output: cli.capture_output || file.capture_output.unwrap_or(false),
             reload: cli.reload || file.reload.unwrap_or(false),
             reload_extra_files,
@@ -1273,6 +1281,7 @@ impl Settings {
             ),
             ("preload_app", Some(self.preload.to_string())),
             ("reuse_port", Some(self.reuse_port.to_string())),
+            ("initgroups", Some(self.initgroups.to_string())),
             ("reload", Some(self.reload.to_string())),
             (
                 "reload_extra_files",

@@ -60,7 +60,6 @@ pub const SETTINGS: &[Setting] = &[
     value("worker_class", &["-k", "--worker-class"]),
     value("worker_tmp_dir", &["--worker-tmp-dir"]),
     flag("daemon", &["-D", "--daemon"]),
-    flag("initgroups", &["--initgroups"]),
     value("protocol", &["--protocol"]),
     value("uwsgi_allow_ips", &["--uwsgi-allow-from"]),
     value("http_protocols", &["--http-protocols"]),

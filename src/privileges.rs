@@ -42,15 +42,19 @@ pub fn drop_to(s: &Settings) -> Result<(), String> {
     // As Gunicorn's set_owner_process: an id we already have is not set
     // again, so `-u app` in an image that already runs as app (USER app)
     // is a no-op rather than an EPERM. The supplementary groups are set
-    // only by root (who alone may).
+    // only by root (who alone may): the user's with --initgroups, as
+    // Gunicorn's; otherwise none (Gunicorn leaves root's own, which would
+    // keep group 0 in the workers).
     let root = nix::unistd::geteuid().is_root();
     if let Some(gid) = gid {
         if root {
-            if let Some(u) = &user {
-                let name = std::ffi::CString::new(u.name.as_str()).map_err(|e| e.to_string())?;
-                nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
-            } else {
-                nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+            match &user {
+                Some(u) if s.initgroups => {
+                    let name =
+                        std::ffi::CString::new(u.name.as_str()).map_err(|e| e.to_string())?;
+                    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
+                }
+                _ => nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?,
             }
         }
         if root || gid != nix::unistd::getgid() || gid != nix::unistd::getegid() {

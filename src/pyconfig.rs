@@ -59,6 +59,7 @@ pub const KNOWN: &[&str] = &[
     "preload_app",
     "preload",
     "reuse_port",
+    "initgroups",
     "capture_output",
     "reload",
     "reload_extra_files",
@@ -98,7 +99,7 @@ _INTS = {"workers", "threads", "worker_connections", "backlog", "keepalive", "ti
          "graceful_timeout", "max_requests", "max_requests_jitter", "limit_request_line",
          "limit_request_fields", "limit_request_field_size", "body_buffer_size",
          "limit_request_body"}
-_BOOLS = {"preload_app", "preload", "reuse_port", "capture_output", "reload"}
+_BOOLS = {"preload_app", "preload", "reuse_port", "initgroups", "capture_output", "reload"}
 
 def _coerce(key, v):
     if not isinstance(v, str):

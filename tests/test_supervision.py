@@ -1280,6 +1280,34 @@ def test_user_switch_without_root_is_a_config_error():
     assert "Booting worker" not in p.stderr
 
 
+GROUPS_APP = """\
+import os
+def app(environ, start_response):
+    body = ("%d %d %s" % (os.getuid(), os.getgid(), sorted(os.getgroups()))).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_supplementary_groups_only_with_initgroups(start_server, tmp_path):
+    # Gunicorn's --initgroups: the user's groups only when asked for; and
+    # never root's own (group 0) in the workers.
+    # a directory nobody can read (pytest's tmp_path is root's alone)
+    where = tempfile.mkdtemp(dir="/tmp")
+    os.chmod(where, 0o755)
+    try:
+        with open(os.path.join(where, "groupsapp.py"), "w") as f:
+            f.write(GROUPS_APP)
+        s = start_server("groupsapp:app", "-u", "nobody", "-g", "nogroup", cwd=where)
+        assert get(s.port) == (200, b"65534 65534 []")
+        s = start_server("groupsapp:app", "-u", "nobody", "-g", "nogroup", "--initgroups", cwd=where)
+        assert get(s.port) == (200, b"65534 65534 [65534]")
+        assert "initgroups" not in s.log(), "not among the ignored options"
+    finally:
+        shutil.rmtree(where)
+
+
 def test_user_and_group_already_in_effect_are_no_ops(tmp_path):
     # An image with `USER nobody` and a config written for root (`-u nobody
     # -g nogroup`): nothing to switch, so it serves, as Gunicorn does.
