@@ -178,6 +178,13 @@ pub struct Options {
     /// Maximum size of one header field line in bytes; 0 = unlimited [default: 8190]
     #[arg(long = "limit-request-field_size", alias = "limit-request-field-size")]
     pub limit_request_field_size: Option<usize>,
+    /// Accept methods Gunicorn calls unconventional: shorter than 3 or
+    /// longer than 20 characters, or with lowercase letters (400 otherwise).
+    #[arg(long = "permit-unconventional-http-method")]
+    pub permit_unconventional_http_method: bool,
+    /// Upper-case the request method before the app sees it.
+    #[arg(long = "casefold-http-method")]
+    pub casefold_http_method: bool,
     /// Addresses or networks (10.0.0.0/8) trusted to set X-Forwarded-Proto & co; '*' trusts all [default: 127.0.0.1,::1]
     #[arg(long = "forwarded-allow-ips")]
     pub forwarded_allow_ips: Option<String>,
@@ -287,6 +294,8 @@ struct FileOptions {
     limit_request_line: Option<usize>,
     limit_request_fields: Option<usize>,
     limit_request_field_size: Option<usize>,
+    permit_unconventional_http_method: Option<bool>,
+    casefold_http_method: Option<bool>,
     forwarded_allow_ips: Option<OneOrMany>,
     secure_scheme_headers: Option<BTreeMap<String, String>>,
     proxy_protocol: Option<Switch>,
@@ -993,6 +1002,9 @@ impl Settings {
                 .limit_request_field_size
                 .or(file.limit_request_field_size)
                 .unwrap_or(8190),
+            permit_unconventional_method: cli.permit_unconventional_http_method
+                || file.permit_unconventional_http_method.unwrap_or(false),
+            casefold_method: cli.casefold_http_method || file.casefold_http_method.unwrap_or(false),
         };
         // Past Gunicorn's maximums, Gunicorn uses the maximum: a config
         // written for it starts here too, with a word about it.
@@ -1247,6 +1259,14 @@ impl Settings {
                 Some(self.limits.field_size.to_string()),
             ),
             (
+                "permit_unconventional_http_method",
+                Some(self.limits.permit_unconventional_method.to_string()),
+            ),
+            (
+                "casefold_http_method",
+                Some(self.limits.casefold_method.to_string()),
+            ),
+            (
                 "forwarded_allow_ips",
                 Some(self.forwarded_allow_ips.describe()),
             ),
@@ -1483,7 +1503,9 @@ mod tests {
             Limits {
                 request_line: 4094,
                 fields: 100,
-                field_size: 8190
+                field_size: 8190,
+                permit_unconventional_method: false,
+                casefold_method: false,
             }
         );
         assert!(s.accesslog.is_none());

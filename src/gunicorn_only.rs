@@ -105,14 +105,9 @@ pub const SETTINGS: &[Setting] = &[
     value("header_map", &["--header-map"]),
     flag("strip_header_spaces", &["--strip-header-spaces"]),
     flag(
-        "permit_unconventional_http_method",
-        &["--permit-unconventional-http-method"],
-    ),
-    flag(
         "permit_unconventional_http_version",
         &["--permit-unconventional-http-version"],
     ),
-    flag("casefold_http_method", &["--casefold-http-method"]),
     flag("permit_obsolete_folding", &["--permit-obsolete-folding"]),
     // ferricorn picks sendfile or a copy for wsgi.file_wrapper itself (docs/TUNING.md)
     flag("sendfile", &["--no-sendfile"]),

@@ -47,6 +47,8 @@ pub const KNOWN: &[&str] = &[
     "limit_request_line",
     "limit_request_fields",
     "limit_request_field_size",
+    "permit_unconventional_http_method",
+    "casefold_http_method",
     "forwarded_allow_ips",
     "secure_scheme_headers",
     "proxy_protocol",
@@ -99,7 +101,8 @@ _INTS = {"workers", "threads", "worker_connections", "backlog", "keepalive", "ti
          "graceful_timeout", "max_requests", "max_requests_jitter", "limit_request_line",
          "limit_request_fields", "limit_request_field_size", "body_buffer_size",
          "limit_request_body"}
-_BOOLS = {"preload_app", "preload", "reuse_port", "initgroups", "capture_output", "reload"}
+_BOOLS = {"preload_app", "preload", "reuse_port", "initgroups", "capture_output", "reload",
+          "permit_unconventional_http_method", "casefold_http_method"}
 
 def _coerce(key, v):
     if not isinstance(v, str):

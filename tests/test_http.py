@@ -423,6 +423,29 @@ def test_valid_request_target_forms_reach_the_app(srv, line, call):
     assert srv.app_calls() == [call]
 
 
+@pytest.mark.parametrize("method", [b"get", b"Get", b"GE", b"A" * 21])
+def test_unconventional_methods_are_400_as_gunicorn(srv, method):
+    # Gunicorn's default rule (permit_unconventional_http_method off): 3 to
+    # 20 characters, no lowercase letter.
+    srv.rejected(method + b" / HTTP/1.1\r\nHost: localhost\r\n\r\n", 400)
+
+
+def test_unconventional_and_casefolded_methods_when_permitted(tmp_path):
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    for flags, want in ((["--permit-unconventional-http-method"], "get /"),
+                        (["--permit-unconventional-http-method", "--casefold-http-method"], "GET /")):
+        s = Server(["-b", "127.0.0.1:0", *flags, "basic:app"], APPS, {"CALLS_FILE": str(calls)})
+        try:
+            rec = Recorder(s, calls)
+            rec.reset()
+            ex = exchange(s.port, b"get / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert ex.status == 200, ex
+            assert rec.app_calls() == [want]
+        finally:
+            s.close()
+
+
 # ---- Expect (RFC 9110 10.1.1) -------------------------------------------------
 
 @pytest.mark.parametrize("expect", ["something-else", "100-continue, foo", "100-continue;x=1"])

@@ -61,6 +61,12 @@ pub struct Limits {
     pub request_line: usize,
     pub fields: usize,
     pub field_size: usize,
+    /// Gunicorn's `permit_unconventional_http_method`: off (the default),
+    /// a method must be 3 to 20 characters with no lowercase letter.
+    pub permit_unconventional_method: bool,
+    /// Gunicorn's `casefold_http_method`: the method reaches the app
+    /// upper-cased.
+    pub casefold_method: bool,
 }
 
 impl Default for Limits {
@@ -69,6 +75,8 @@ impl Default for Limits {
             request_line: 4094,
             fields: 100,
             field_size: 8190,
+            permit_unconventional_method: false,
+            casefold_method: false,
         }
     }
 }
@@ -291,6 +299,8 @@ struct Bounds {
     request_line: usize,
     fields: usize,
     field_size: usize,
+    permit_unconventional_method: bool,
+    casefold_method: bool,
     /// Largest possible head, leading empty lines included.
     head: usize,
 }
@@ -322,6 +332,8 @@ impl Bounds {
             request_line,
             fields,
             field_size,
+            permit_unconventional_method: l.permit_unconventional_method,
+            casefold_method: l.casefold_method,
             head,
         }
     }
@@ -764,6 +776,20 @@ static REG_NAME: [bool; 256] = {
     t
 };
 
+/// Gunicorn's default rule for methods (unless
+/// `permit_unconventional_http_method`), stricter than RFC 9110's token: 3
+/// to 20 characters and no lowercase letter. Methods are case-sensitive,
+/// so `delete` is not DELETE, yet a framework that upper-cases it would
+/// run a DELETE view for a request a proxy's rule for DELETE never saw.
+#[inline]
+fn check_conventional_method(method: &str) -> Result<(), HttpError> {
+    let m = method.as_bytes();
+    if !(3..=20).contains(&m.len()) || m.iter().any(u8::is_ascii_lowercase) {
+        return Err(HttpError::BadRequest("invalid HTTP method"));
+    }
+    Ok(())
+}
+
 /// RFC 9112 §3.2: the form of the request-target must suit the method.
 /// origin-form (`/...`) for everything but CONNECT; `*` only for OPTIONS;
 /// authority-form (`host:port`) only, and always, for CONNECT; otherwise
@@ -945,6 +971,9 @@ fn build_head(
     if rest[rl_len] != b'\r' || rest[n - 2] != b'\r' {
         return Err(HttpError::BadRequest("bare LF line ending"));
     }
+    if !bounds.permit_unconventional_method {
+        check_conventional_method(method)?;
+    }
     check_target(method, path)?;
     for (i, f) in fields.iter().enumerate() {
         let line_start = offset(rest, f.name.as_ptr());
@@ -1071,6 +1100,10 @@ fn build_head(
     head.raw.clear();
     head.raw.extend_from_slice(&rest[..n]);
     head.method = Span::of(rest, method.as_bytes());
+    if bounds.casefold_method {
+        let (start, end) = (head.method.start as usize, head.method.end as usize);
+        head.raw[start..end].make_ascii_uppercase();
+    }
     head.target = Span::of(rest, path.as_bytes());
     head.minor_version = minor;
     head.body = body;
@@ -1385,6 +1418,24 @@ mod tests {
             "M-SEARCH"
         );
         assert_eq!(status(b"GE(T / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
+        // Gunicorn's conventions by default: 3 to 20 characters, no lowercase
+        for m in ["get", "Get", "GE", "ABCDEFGHIJKLMNOPQRSTU"] {
+            let req = format!("{m} / HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert_eq!(status(req.as_bytes()), 400, "{m}");
+        }
+        let lenient = Limits {
+            permit_unconventional_method: true,
+            ..Limits::default()
+        };
+        let req = b"get / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head = parse_head(req, &lenient).unwrap().unwrap().0;
+        assert_eq!(head.method(), "get");
+        let folding = Limits {
+            casefold_method: true,
+            ..lenient
+        };
+        let head = parse_head(req, &folding).unwrap().unwrap().0;
+        assert_eq!(head.method(), "GET");
         assert_eq!(status(b"GE@T / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         assert_eq!(status(b" GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         assert_eq!(status(b"GET\t/ HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
@@ -1939,6 +1990,7 @@ mod tests {
             request_line: 10,
             fields: 1,
             field_size: 100,
+            ..Limits::default()
         };
         let r = parse_head(b"GET /abcdefgh HTTP/1.1\r\nHost: h\r\nA: b\r\n\r\n", &lim);
         assert_eq!(r.unwrap_err(), HttpError::UriTooLong);
@@ -1970,6 +2022,7 @@ mod tests {
             request_line: usize::MAX,
             fields: usize::MAX,
             field_size: usize::MAX,
+            ..Limits::default()
         };
         assert!(parse_head(&big, &absurd).unwrap().is_some());
         assert!(
@@ -2103,6 +2156,7 @@ mod tests {
             request_line: 30,
             fields: 4,
             field_size: 20,
+            ..Limits::default()
         };
         let bound = Bounds::new(&lim).head;
         let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
@@ -2124,7 +2178,8 @@ mod tests {
             Bounds::new(&Limits {
                 request_line: 0,
                 fields: 0,
-                field_size: 0
+                field_size: 0,
+                ..Limits::default()
             })
             .head,
             MAX_HEAD
@@ -2138,6 +2193,7 @@ mod tests {
             request_line: 0,
             fields: 0,
             field_size: 0,
+            ..Limits::default()
         };
         let line = format!("X: {}\r\n", "v".repeat(UNLIMITED_LINE - 10));
         let mut buf = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
