@@ -583,12 +583,12 @@ def test_environ_of_consecutive_requests_is_independent(start_server):
     c.close()
     e = envs[0]
     assert (e["QUERY_STRING"], e["HTTP_X_ONE"], e["HTTP_COOKIE"]) == ("q=1", "1", "c=1")
-    assert (e["wsgi.url_scheme"], e["SERVER_NAME"], e["SERVER_PORT"]) == ("https", "a.example", "81")
+    assert (e["wsgi.url_scheme"], e["HTTP_HOST"], e["SERVER_PORT"]) == ("https", "a.example:81", str(s.port))
     assert envs[1] == envs[0] | {"REMOTE_PORT": envs[1]["REMOTE_PORT"]}
     e = envs[2]
     assert "HTTP_X_ONE" not in e and "HTTP_COOKIE" not in e and "HTTP_X_FORWARDED_PROTO" not in e
     assert (e["QUERY_STRING"], e["RAW_URI"], e["REQUEST_METHOD"]) == ("", "/environ", "GET")
-    assert (e["wsgi.url_scheme"], e["SERVER_NAME"], e["SERVER_PORT"]) == ("http", "b.example", "80")
+    assert (e["wsgi.url_scheme"], e["HTTP_HOST"], e["SERVER_PORT"]) == ("http", "b.example", str(s.port))
     e = envs[3]
     assert (e["REQUEST_METHOD"], e["QUERY_STRING"], e["CONTENT_LENGTH"]) == ("POST", "z", "2")
     assert (e["CONTENT_TYPE"], e["HTTP_X_TWO"]) == ("text/plain", "2")

@@ -173,7 +173,8 @@ def test_environ_required_keys_and_types(srv):
     assert env["CONTENT_TYPE"][1] == "text/plain; charset=utf-8"
     assert env["CONTENT_LENGTH"][1] == "5"
     assert "HTTP_CONTENT_TYPE" not in env and "HTTP_CONTENT_LENGTH" not in env
-    assert env["SERVER_NAME"][1] == "example.org" and env["SERVER_PORT"][1] == "8080"
+    # Gunicorn's: the listening socket's address on TCP, not the Host header
+    assert env["SERVER_NAME"][1] == "127.0.0.1" and env["SERVER_PORT"][1] == str(srv.port)
     assert env["SERVER_PROTOCOL"][1] == "HTTP/1.1"
     assert env["HTTP_HOST"][1] == "example.org:8080"
     assert env["wsgi.version"] == ["tuple", [1, 0]]
@@ -632,10 +633,10 @@ def test_head_error_answer_has_no_body(srv):
     assert ex.closed
 
 
-@pytest.mark.parametrize("host,name,port", [("", None, None), (":8080", None, None), ("example.org:", "example.org", "80")])
-def test_server_name_and_port_never_empty(srv, host, name, port):
-    # PEP 3333: SERVER_NAME and SERVER_PORT are never empty strings; without
-    # a name in Host they are the listener's.
+@pytest.mark.parametrize("host", ["", ":8080", "example.org:", "example.org:8080"])
+def test_server_name_and_port_never_empty(srv, host):
+    # PEP 3333: SERVER_NAME and SERVER_PORT are never empty strings; on TCP
+    # they are the listener's whatever Host says (as Gunicorn).
     c = connect(srv.port)
     try:
         c.sendall(f"GET /env HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -644,8 +645,8 @@ def test_server_name_and_port_never_empty(srv, host, name, port):
         c.close()
     assert r.status == 200, r.body
     env = json.loads(r.body)
-    assert env["SERVER_NAME"] == (name or "127.0.0.1")
-    assert env["SERVER_PORT"] == (port or str(srv.port))
+    assert env["SERVER_NAME"] == "127.0.0.1"
+    assert env["SERVER_PORT"] == str(srv.port)
 
 
 @pytest.mark.parametrize("close", [False, True])
@@ -747,14 +748,15 @@ def scheme(s, headers):
 def test_forwarded_proto_from_trusted_peer(start_server):
     s = start_server("basic:app")  # default: 127.0.0.1,::1 trusted
     assert scheme(s, {})[0] == "http"
-    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org"}) == ("https", "443")
+    # SERVER_PORT stays the socket's, as in Gunicorn
+    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org"}) == ("https", str(s.port))
     assert scheme(s, {"X-Forwarded-Proto": "http"})[0] == "http"
-    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org:8443"}) == ("https", "8443")
+    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org:8443"}) == ("https", str(s.port))
 
 
 def test_forwarded_proto_from_untrusted_peer(start_server):
     s = start_server("basic:app", "--forwarded-allow-ips", "10.9.9.9")
-    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org"}) == ("http", "80")
+    assert scheme(s, {"X-Forwarded-Proto": "https", "Host": "example.org"}) == ("http", str(s.port))
     # The header still reaches the app as data; it just does not count.
     st, _, body = s.request("GET", "/environ", headers={"X-Forwarded-Proto": "https"})
     assert json.loads(body)["HTTP_X_FORWARDED_PROTO"] == "https"
@@ -1215,7 +1217,8 @@ def test_unix_socket_peer(start_server, tmp_path):
     assert r.status == 200
     # A unix-socket peer is the local proxy: trusted, and has no address.
     assert env["wsgi.url_scheme"] == "https"
-    assert env["REMOTE_ADDR"] == ""
+    assert env["REMOTE_ADDR"] == "" and "REMOTE_PORT" not in env  # as Gunicorn
+    # with no address of its own, the socket takes SERVER_NAME from Host
     assert env["SERVER_NAME"] == "localhost"
     # No Host (HTTP/1.0), an empty Host, or one with only a port: SERVER_NAME is the
     # socket's path and SERVER_PORT HTTP's default, as Gunicorn; never empty (PEP 3333).
@@ -1234,14 +1237,14 @@ def test_unix_socket_peer(start_server, tmp_path):
 
 def test_per_request_values_on_one_connection(srv):
     # Nothing from one request leaks into the next on the same connection.
+    here = {"SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(srv.port)}  # the socket's, as Gunicorn
     reqs = [
-        ("/types?1", [("Host", "a.example:81")], {"SERVER_NAME": "a.example", "SERVER_PORT": "81",
+        ("/types?1", [("Host", "a.example:81")], {"HTTP_HOST": "a.example:81", **here,
                                                   "wsgi.url_scheme": "http", "HTTP_X_ONE": "1"}),
         ("/types?2", [("Host", "b.example"), ("X-Forwarded-Proto", "https")],
-         {"SERVER_NAME": "b.example", "SERVER_PORT": "443", "wsgi.url_scheme": "https"}),
-        ("/types?3", [("Host", "b.example")], {"SERVER_NAME": "b.example", "SERVER_PORT": "80",
-                                               "wsgi.url_scheme": "http"}),
-        ("/types?4", [("Host", "a.example:81")], {"SERVER_NAME": "a.example", "SERVER_PORT": "81"}),
+         {"HTTP_HOST": "b.example", **here, "wsgi.url_scheme": "https"}),
+        ("/types?3", [("Host", "b.example")], {"HTTP_HOST": "b.example", **here, "wsgi.url_scheme": "http"}),
+        ("/types?4", [("Host", "a.example:81")], {"HTTP_HOST": "a.example:81", **here}),
     ]
     s = connect(srv.port)
     try:
@@ -1272,6 +1275,5 @@ def test_absolute_form_authority_wins_over_host(start_server):
     raw = s.raw(b"GET http://real.example:8081/environ HTTP/1.1\r\nHost: other.example\r\n"
                 b"Connection: close\r\n\r\n")
     env = json.loads(raw.partition(b"\r\n\r\n")[2])
-    assert env["SERVER_NAME"] == "real.example" and env["SERVER_PORT"] == "8081"
     assert env["HTTP_HOST"] == "real.example:8081"
     assert env["PATH_INFO"] == "/environ"

@@ -128,6 +128,9 @@ pub fn base_environ<'py>(
     // values), so setting it replaces a value rather than inserting.
     let d = PyDict::new(py);
     for key in PER_REQUEST_KEYS {
+        if key == "REMOTE_PORT" && matches!(listen, ListenAddr::Unix(_)) {
+            continue; // a unix-socket client has no port: no key (Gunicorn)
+        }
         d.set_item(PyString::intern(py, key), "")?;
     }
     // The most common values are seeded too; `build` skips setting them.
@@ -265,6 +268,8 @@ pub struct EnvCache {
     keys: Box<[Option<(Box<[u8]>, Py<PyString>)>]>,
     /// The environ of an earlier request, to start the next one from.
     template: Option<Template>,
+    /// Requests in a row that the template did not fit exactly.
+    template_misses: u8,
     /// This request's entries while `build` runs (kept for its capacity).
     entries: Vec<Entry<'static, 'static>>,
     /// The last `build` saw a trusted peer's scheme headers disagree.
@@ -297,6 +302,7 @@ impl Default for EnvCache {
             values: (0..VALUE_SLOTS).map(|_| None).collect(),
             keys: (0..KEY_SLOTS).map(|_| None).collect(),
             template: None,
+            template_misses: 0,
             entries: Vec::new(),
             conflicting_scheme: false,
         }
@@ -318,6 +324,12 @@ struct Template {
 /// Start a new template when a request differs from the current one in
 /// more entries than this (two: a new path is RAW_URI + PATH_INFO).
 const TEMPLATE_MAX_CHANGES: usize = 2;
+
+/// ... or when this many requests in a row differed from it at all: a
+/// template made from an odd first request (a health check with headers
+/// the regular clients do not send) would otherwise cost every later
+/// request its few changes for good.
+const TEMPLATE_MAX_MISSES: u8 = 4;
 /// Templates track their entries in a u64 bit set.
 const TEMPLATE_MAX_ENTRIES: usize = 64;
 
@@ -608,7 +620,10 @@ fn collect<'py, 'a>(
         )
     });
     set(out, intern!(py, "REMOTE_ADDR"), addr.bind(py))?;
-    set(out, intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    if !c.peer.port.is_empty() {
+        // A unix-socket client has none: no key, as in Gunicorn.
+        set(out, intern!(py, "REMOTE_PORT"), port.bind(py))?;
+    }
     if let Some(p) = &c.peer.proxy {
         set(
             out,
@@ -710,6 +725,11 @@ fn collect<'py, 'a>(
     if https {
         set(out, intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
+    // SERVER_NAME/SERVER_PORT: as Gunicorn, the listening socket's address
+    // (in the listener's base dict) on TCP, where the Host header is the
+    // client's word; only a unix socket, which has no address to give,
+    // takes them from Host.
+    let host = if c.peer.ip.is_none() { host } else { None };
     if let Some(h) = host {
         let fresh = match &peer.host {
             Some((raw, _, _)) => &**raw != h,
@@ -806,7 +826,14 @@ fn apply<'py>(
             None => env.del_item(k)?,
         }
     }
-    if changes > TEMPLATE_MAX_CHANGES && !has_body {
+    cache.template_misses = if changes == 0 {
+        0
+    } else {
+        cache.template_misses.saturating_add(1)
+    };
+    let stale = cache.template_misses >= TEMPLATE_MAX_MISSES;
+    if (changes > TEMPLATE_MAX_CHANGES || stale) && !has_body {
+        cache.template_misses = 0;
         snapshot(py, cache, listener, &env, entries, Some(t))?;
     } else {
         cache.template = Some(t);
