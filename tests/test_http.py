@@ -824,6 +824,32 @@ def test_leading_empty_line_is_tolerated(srv):
     assert ex.data.endswith(b"Hello, World!")
 
 
+def test_a_trickled_request_head_gets_408_after_the_timeout(start_server):
+    # A byte every 0.3 s keeps the connection from ever being idle; the head
+    # as a whole gets --timeout (2 s here), then RFC 9110's 408 and a close.
+    s = start_server("basic:app", "-t", "2")
+    sock = connect(s.port, timeout=10)
+    head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 40
+    t0 = time.monotonic()
+    got = b""
+    try:
+        for b in head:
+            try:
+                sock.sendall(bytes([b]))
+            except OSError:
+                break
+            time.sleep(0.3)
+            if time.monotonic() - t0 > 5:
+                break
+        got = read_until_close(sock, timeout=5).data
+    finally:
+        sock.close()
+    took = time.monotonic() - t0
+    assert got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), got
+    assert 2 <= took < 5, took
+    assert s.request("GET", "/")[0] == 200
+
+
 def test_keepalive_timeout_closes_idle_connection(start_server):
     s = start_server("basic:app", "--keep-alive", "1")
     sock = connect(s.port, timeout=10)

@@ -99,6 +99,9 @@ pub struct Conn {
     pub eof: bool,
     pub phase: Phase,
     pub last_active_ms: u64,
+    /// When the first byte of what is now in the read buffer arrived (it
+    /// was empty before): the start of a request head still coming in.
+    pub head_started_ms: u64,
     pub requests: u64,
     /// `--proxy-protocol`: the first bytes may be a PROXY header.
     pub proxy_pending: bool,
@@ -129,6 +132,7 @@ impl Conn {
             eof: false,
             phase: Phase::Idle,
             last_active_ms: now,
+            head_started_ms: now,
             requests: 0,
             proxy_pending: false,
         }
@@ -165,9 +169,13 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
+        let was_empty = self.rpos == self.rbuf.len();
         let mut buf = std::mem::take(&mut self.rbuf);
         let io = self.recv_into(&mut buf, usize::MAX, now);
         self.rbuf = buf;
+        if was_empty && self.rpos < self.rbuf.len() {
+            self.head_started_ms = now;
+        }
         io
     }
 

@@ -1010,11 +1010,22 @@ impl Loop {
                         stall_ms.max(keepalive_ms)
                     }
                 }
+                // Part of a request head: at most the stall time between
+                // two arrivals, and, whatever it trickles, the stall time
+                // for the whole head (RFC 9110 §15.5.9's 408): a client
+                // sending a byte a second would otherwise hold its slot
+                // for ever.
                 Phase::Idle => {
-                    idle >= if draining {
-                        keepalive_ms.min(stall_ms)
+                    let head_age = now.saturating_sub(c.head_started_ms);
+                    if head_age >= stall_ms && !draining {
+                        send_request_timeout(c.raw());
+                        true
                     } else {
-                        stall_ms
+                        idle >= if draining {
+                            keepalive_ms.min(stall_ms)
+                        } else {
+                            stall_ms
+                        }
                     }
                 }
                 Phase::Body(_) | Phase::Respond(_) => idle >= stall_ms,
@@ -1700,6 +1711,22 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> 
         }
         _ => None,
     }
+}
+
+/// Best effort, once, without waiting: a 408 to a client whose request
+/// head did not arrive in time, just before its connection is closed.
+fn send_request_timeout(fd: RawFd) {
+    let answer = crate::http::response::error_response(408, 1);
+    // SAFETY: a non-blocking send(2) from our buffer on the connection's
+    // socket; whatever the kernel does not take is dropped with it.
+    unsafe {
+        libc::send(
+            fd,
+            answer.as_ptr() as *const libc::c_void,
+            answer.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
 }
 
 /// A request we answer with a 4xx without calling the app: a warning with
