@@ -1716,17 +1716,8 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> 
 /// Best effort, once, without waiting: a 408 to a client whose request
 /// head did not arrive in time, just before its connection is closed.
 fn send_request_timeout(fd: RawFd) {
-    let answer = crate::http::response::error_response(408, 1);
-    // SAFETY: a non-blocking send(2) from our buffer on the connection's
-    // socket; whatever the kernel does not take is dropped with it.
-    unsafe {
-        libc::send(
-            fd,
-            answer.as_ptr() as *const libc::c_void,
-            answer.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
+    // whatever the kernel does not take is dropped with the connection
+    response::send_nowait(fd, &crate::http::response::error_response(408, 1));
 }
 
 /// A request we answer with a 4xx without calling the app: a warning with

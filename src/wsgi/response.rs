@@ -1660,19 +1660,22 @@ fn send_now(py: Python<'_>, sock: RawFd, out: &mut Vec<u8>) -> bool {
 /// One non-blocking send of `data` (GIL released): how much went, 0 on an
 /// error, which the I/O loop then meets on its own send.
 fn send_slice(py: Python<'_>, sock: RawFd, data: &[u8]) -> usize {
-    let n = py.detach(|| {
-        // SAFETY: send(2) from a live buffer (ours, or a bytes object we
-        // hold a reference to, immutable) on the connection's socket;
-        // MSG_NOSIGNAL: a gone peer is an error, not SIGPIPE.
-        unsafe {
-            libc::send(
-                sock,
-                data.as_ptr() as *const libc::c_void,
-                data.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        }
-    });
+    py.detach(|| send_nowait(sock, data))
+}
+
+/// One non-blocking send of `data`: how much went, 0 on an error.
+pub fn send_nowait(sock: RawFd, data: &[u8]) -> usize {
+    // SAFETY: send(2) from a live buffer (ours, or a bytes object we hold a
+    // reference to, immutable) on the connection's socket; MSG_NOSIGNAL: a
+    // gone peer is an error, not SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            sock,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     n.max(0) as usize
 }
 
