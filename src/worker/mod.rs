@@ -185,19 +185,26 @@ pub fn run(
     } else {
         signals::quit_on_wake();
     }
-    if crate::wsgi::hooks::on_abort() {
+    let hooks = crate::wsgi::hooks::on_abort();
+    if hooks || settings.threads == 1 {
         // faulthandler (enabled at boot, or in the master with --preload)
         // is put back after our handler, so it dumps the stacks first and
-        // then calls ours, which it keeps as the previous handler.
+        // then calls ours, which it keeps as the previous handler. Ours
+        // answers the interrupted request (--threads 1: only there does a
+        // long request get its worker killed), then runs the hook or dies.
         let r = Python::attach(|py| -> PyResult<()> {
             let faulthandler = py.import("faulthandler")?;
             faulthandler.call_method0("disable")?;
-            signals::abort_through(abort_with_hooks);
+            if hooks {
+                signals::abort_through(abort_with_hooks);
+            } else {
+                signals::answer_on_abort();
+            }
             faulthandler.call_method0("enable")?;
             Ok(())
         });
         if let Err(e) = r {
-            crate::log::error(&format!("cannot set up the worker_abort hook: {e}"));
+            crate::log::error(&format!("cannot set up the SIGABRT handler: {e}"));
         }
     }
     let lst: Vec<(RawFd, ListenAddr)> = listeners

@@ -145,9 +145,48 @@ pub fn quit_requested() -> bool {
 static ABORT_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_abort(_: libc::c_int) {
+    answer_unanswered();
     let fd = ABORT_FD.load(Ordering::SeqCst);
     // SAFETY: write(2) is async-signal-safe; `abort_through`'s thread reads it.
     unsafe { libc::write(fd, b"a".as_ptr() as *const libc::c_void, 1) };
+}
+
+/// A 500 to the client of the app call the timeout interrupts, if nothing
+/// of its response went out yet (`response::take_unanswered`).
+fn answer_unanswered() {
+    let fd = crate::wsgi::response::take_unanswered();
+    if fd >= 0 {
+        let a = crate::wsgi::response::TIMEOUT_ANSWER;
+        // SAFETY: send(2) is async-signal-safe; a static buffer; never
+        // blocks (MSG_DONTWAIT) and never raises SIGPIPE (MSG_NOSIGNAL).
+        unsafe {
+            libc::send(
+                fd,
+                a.as_ptr() as *const libc::c_void,
+                a.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+    }
+}
+
+extern "C" fn on_abort_answer(_: libc::c_int) {
+    answer_unanswered();
+    // Then die of the signal, as before: it is blocked while this handler
+    // runs, so the raise lands, with the default action, once it returns.
+    set_handler(libc::SIGABRT, libc::SIG_DFL);
+    // SAFETY: raise(3) is async-signal-safe.
+    unsafe { libc::raise(libc::SIGABRT) };
+}
+
+/// From now on SIGABRT (the master's timeout kill, `--threads 1`) first
+/// answers the interrupted request a 500; installed, as `abort_through`,
+/// before faulthandler, whose stack dump then comes first.
+pub fn answer_on_abort() {
+    set_handler(
+        libc::SIGABRT,
+        on_abort_answer as *const () as libc::sighandler_t,
+    );
 }
 
 /// From now on SIGABRT (the master's timeout kill) runs `abort` on a thread

@@ -15,7 +15,7 @@ use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::null_mut;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -856,9 +856,28 @@ fn write(py: Python<'_>, this: &StartResponse, data: &Bound<'_, PyAny>) -> PyRes
     st.committed = Some(framing);
     let fd = st.req.fd;
     drop(st);
+    UNANSWERED_FD.store(-1, Ordering::Relaxed); // the response has begun
     py.detach(|| blocking_send(fd, &out))
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("client connection lost: {e}")))
 }
+
+/// The client socket of the app call in progress while nothing of its
+/// response has gone out yet, else -1. A worker killed for a timeout
+/// (SIGABRT, `--threads 1`) answers it a 500 as it dies, as Gunicorn's
+/// sync worker does, instead of closing it without a word (which a proxy
+/// in front reports as a 502). One store before and after each call.
+static UNANSWERED_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// For the SIGABRT handler: the socket owed a 500, taken (once).
+pub fn take_unanswered() -> RawFd {
+    UNANSWERED_FD.swap(-1, Ordering::Relaxed)
+}
+
+/// What a worker killed mid-request sends; prepared, as a signal handler
+/// may not allocate. (RFC 9110 §6.6.1: Date is optional in a 5xx.)
+pub const TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\n\
+Server: ferricorn\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 26\r\n\r\n500 Internal Server Error\n";
 
 thread_local! {
     /// The StartResponse of the app call running on this thread, while it
@@ -1258,6 +1277,7 @@ pub fn run_app(
     sr.state.lock().unwrap().reset(req);
     sr.ended.store(false, Ordering::Relaxed);
     CURRENT.with(|c| *c.borrow_mut() = Some(r.sr.clone_ref(py)));
+    UNANSWERED_FD.store(req.fd, Ordering::Relaxed);
     let called = app.call1((&environ, r.start_response.bind(py)));
     CURRENT.with(|c| c.borrow_mut().take());
     let outcome = match called {
@@ -1283,6 +1303,8 @@ pub fn run_app(
             fail_before_or_after_head(sr, req, out, start)
         }
     };
+    // What the response holds is the I/O loop's to send from here on.
+    UNANSWERED_FD.store(-1, Ordering::Relaxed);
     if !matches!(outcome.stream, Some(Stream::Iter { .. })) {
         // Framed whole (or failed): nothing more may be written.
         sr.end();
