@@ -1087,6 +1087,13 @@ def test_hop_by_hop_headers_from_app_are_dropped(srv):
     assert rs[1].header("connection").lower() == "close" and ex.closed
 
 
+def test_dropped_hop_by_hop_headers_are_logged_at_debug(start_server):
+    # PEP 3333 forbids them to the app; the server says which it dropped.
+    s = start_server("wsgicases:app", "--log-level", "debug")
+    assert s.request("GET", "/hop-by-hop")[0] == 200
+    s.wait_log(r"\[DEBUG\] dropped the app's hop-by-hop response header \"Upgrade: h2c\"")
+
+
 def test_worker_survives_errors(srv):
     pids = srv.worker_pids()
     for path in ["/twice", "/bad?status-bytes", "/tracked?x,2,0", "/tracked-raise-in-app"]:

@@ -654,7 +654,16 @@ impl SrState {
         match kind {
             HeaderKind::HopByHop { close } => {
                 self.app_wants_close |= close;
-                return Ok(()); // we do our own framing and connection handling
+                // PEP 3333 forbids them to apps; we do our own framing and
+                // connection handling (a `close` is honoured), so the app
+                // breaking the rule only shows in a debug line.
+                if crate::log::enabled(crate::config::LogLevel::Debug) {
+                    crate::log::debug(&format!(
+                        "dropped the app's hop-by-hop response header {:?} (PEP 3333)",
+                        String::from_utf8_lossy(line.trim_ascii_end())
+                    ));
+                }
+                return Ok(());
             }
             HeaderKind::ContentLength(_) if self.code == 204 || self.code == 205 => {
                 return Ok(());
