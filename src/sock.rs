@@ -303,11 +303,9 @@ fn resolve(spec: &str, hp: &str) -> Result<SocketAddr, ListenError> {
 fn v6only(all_specs: &[String], port: u16) -> bool {
     port != 0
         && all_specs.iter().any(|spec| match BindSpec::parse(spec) {
-            Ok(BindSpec::Tcp(hp)) => hp
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .is_some_and(|a| a.is_ipv4() && a.port() == port),
+            Ok(BindSpec::Tcp(hp)) => {
+                resolve(spec, &hp).is_ok_and(|a| a.is_ipv4() && a.port() == port)
+            }
             _ => false,
         })
 }

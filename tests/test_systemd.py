@@ -1,6 +1,7 @@
 """systemd protocols with real systemd tools and test-bound sockets:
 socket activation (systemd-socket-activate), sd_notify messages in order,
 the watchdog cadence, and native journald entries."""
+import contextlib
 import http.client
 import os
 import re
@@ -262,34 +263,34 @@ def test_notify_boot_reload_upgrade_stop_in_order(notify_socket):
         s.close()
 
 
-def test_config_error_reports_status_and_errno(notify_socket):
-    s = Server(["-b", "127.0.0.1:0", "--workers", "0", "basic:app"], APPS,
-               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
+@contextlib.contextmanager
+def failed_start(notify_socket, args, status, errno, timeout):
+    """A start that must fail: yields (server, index of the ERRNO= message)
+    once the master exited with `status` and sent ERRNO=`errno`."""
+    s = Server(["-b", "127.0.0.1:0", *args], APPS, {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
     try:
-        assert s.proc.wait(10) == 2
-        i = notify_socket.wait_for("ERRNO=22", timeout=5)
-        msg = notify_socket.messages[i][1]
-        assert re.search(r"^STATUS=configuration error: .*workers", msg, re.M), msg
+        assert s.proc.wait(timeout) == status
+        yield s, notify_socket.wait_for(f"ERRNO={errno}", timeout=5)
     finally:
         s.close()
+
+
+def test_config_error_reports_status_and_errno(notify_socket):
+    with failed_start(notify_socket, ["--workers", "0", "basic:app"], 2, 22, 10) as (s, i):
+        msg = notify_socket.messages[i][1]
+        assert re.search(r"^STATUS=configuration error: .*workers", msg, re.M), msg
 
 
 def test_app_load_failure_status_is_the_last_word(notify_socket):
     # `systemctl status` shows the last STATUS=: after a failed start that
     # must be the reason (with ERRNO=8), not a worker count sent after it.
-    s = Server(["-b", "127.0.0.1:0", "-w", "2", "broken:app"], APPS,
-               {"NOTIFY_SOCKET": notify_socket.path}, ready=False)
-    try:
-        assert s.proc.wait(20) == 3
-        i = notify_socket.wait_for("ERRNO=8", timeout=5)
+    with failed_start(notify_socket, ["-w", "2", "broken:app"], 3, 8, 20) as (s, i):
         time.sleep(0.2)
         statuses = [m for _, m in notify_socket.messages if "STATUS=" in m]
         assert "application failed to load" in statuses[-1], statuses
         assert "application failed to load" in notify_socket.messages[i][1]
         # One warning at most for a notify socket nobody reads (none here).
         assert "sd_notify" not in s.log()
-    finally:
-        s.close()
 
 
 def test_slow_import_extends_the_start_timeout(notify_socket, tmp_path):

@@ -156,17 +156,9 @@ extern "C" fn on_abort(_: libc::c_int) {
 fn answer_unanswered() {
     let fd = crate::wsgi::response::take_unanswered();
     if fd >= 0 {
-        let a = crate::wsgi::response::TIMEOUT_ANSWER;
-        // SAFETY: send(2) is async-signal-safe; a static buffer; never
-        // blocks (MSG_DONTWAIT) and never raises SIGPIPE (MSG_NOSIGNAL).
-        unsafe {
-            libc::send(
-                fd,
-                a.as_ptr() as *const libc::c_void,
-                a.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
+        // One send(2) (async-signal-safe) from a static buffer, which never
+        // blocks and never raises SIGPIPE.
+        crate::wsgi::response::send_nowait(fd, crate::wsgi::response::TIMEOUT_ANSWER);
     }
 }
 

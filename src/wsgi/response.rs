@@ -1694,7 +1694,8 @@ fn send_slice(py: Python<'_>, sock: RawFd, data: &[u8]) -> usize {
     py.detach(|| send_nowait(sock, data))
 }
 
-/// One non-blocking send of `data`: how much went, 0 on an error.
+/// One non-blocking send of `data`: how much went, 0 on an error. A
+/// plain system call, so a signal handler may use it too.
 pub fn send_nowait(sock: RawFd, data: &[u8]) -> usize {
     // SAFETY: send(2) from a live buffer (ours, or a bytes object we hold a
     // reference to, immutable) on the connection's socket; MSG_NOSIGNAL: a
