@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -340,6 +341,32 @@ def test_c_extensions_and_sys_executable(tmp_path):
         assert j["child"] == str(VENV), j
         assert j["spawned"] is True
         assert (j["sqlite"], j["ctypes"], j["speedups"]) == (42, 1, True), j
+        # a venv made by the embedded Python draws no warning about it
+        assert "was made by the Python" not in s.log()
+    finally:
+        s.close()
+
+
+def test_venv_of_another_python_installation_is_warned_about(tmp_path):
+    """A venv of the embedded Python's version, made by another install of it
+    (pyenv, /usr/local): served, with a warning naming both, since processes
+    started from its python then run a foreign interpreter."""
+    venv = tmp_path / "venv"
+    site = venv / "lib" / ("python%d.%d" % sys.version_info[:2]) / "site-packages"
+    site.mkdir(parents=True)
+    cfg = Path(VENV, "pyvenv.cfg").read_text()
+    (venv / "pyvenv.cfg").write_text(
+        re.sub(r"(?m)^home\s*=.*$", "home = /opt/other-python/bin", cfg))
+    (tmp_path / "plain.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n")
+    s = Server(["-b", "127.0.0.1:0", "--virtualenv", str(venv), "-w", "1", "plain:app"], tmp_path, {})
+    try:
+        st, _, body = s.request("GET", "/")
+        assert (st, body) == (200, b"ok"), s.log()
+        s.wait_log(r"virtualenv .*venv was made by the Python in /opt/other-python/bin, "
+                   r"not the one ferricorn embeds")
     finally:
         s.close()
 

@@ -67,6 +67,37 @@ pub fn venv_site_packages(venv: &Path) -> Result<PathBuf, String> {
     Ok(venv.join(format!("lib/python{lmaj}.{lmin}/site-packages")))
 }
 
+/// A venv of the right version made by another installation of it (pyenv,
+/// a /usr/local build): pyvenv.cfg's `home` is not the embedded Python's
+/// bin directory. Imports mostly work, but a process started from the
+/// venv's `python` (multiprocessing's spawn, `sys.executable`) runs that
+/// other interpreter against our sys.path, and its compiled modules may
+/// not match: say so once at boot rather than leave a hang to explain.
+fn foreign_venv_warning(venv: &Path, base_prefix: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    let home = text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == "home").then(|| PathBuf::from(v.trim()))
+    })?;
+    let ours = base_prefix.join("bin");
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(&home, &ours) {
+        return None;
+    }
+    Some(format!(
+        "virtualenv {} was made by the Python in {}, not the one ferricorn embeds ({}): \
+         processes started from its python (multiprocessing's spawn) may fail; \
+         recreate it with {}/python3 -m venv",
+        venv.display(),
+        home.display(),
+        ours.display(),
+        ours.display()
+    ))
+}
+
 /// Process-level setup that must precede `Py_Initialize`: the app's
 /// environment variables and working directory.
 pub fn prepare_process(s: &Settings) -> Result<(), String> {
@@ -109,6 +140,10 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
             path.insert(i + 1, p.display().to_string())?;
         }
         if let (Some(sp), Some(venv)) = (&site_packages, &s.virtualenv) {
+            let base: String = sys.getattr("base_prefix")?.extract()?;
+            if let Some(warning) = foreign_venv_warning(venv, Path::new(&base)) {
+                crate::log::warning(&warning);
+            }
             add_site_dir(py, sp)?;
             sys.setattr("prefix", venv.display().to_string())?;
             sys.setattr("exec_prefix", venv.display().to_string())?;
@@ -258,4 +293,41 @@ pub fn load_app(py: Python<'_>, spec: &str) -> Result<Py<PyAny>, LoadError> {
         )));
     }
     Ok(app.unbind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn venv_with_home(name: &str, home: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ferricorn-venv-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("pyvenv.cfg"),
+            format!("home = {home}\ninclude-system-site-packages = false\nversion = 3.11.2\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_venv_of_the_embedded_python_draws_no_warning() {
+        let v = venv_with_home("same", "/usr/bin");
+        assert_eq!(foreign_venv_warning(&v, Path::new("/usr")), None);
+        // /bin is a symlink to /usr/bin on merged-/usr systems: compared
+        // after resolving, as the same directory.
+        if Path::new("/bin").canonicalize().ok() == Some(PathBuf::from("/usr/bin")) {
+            let v = venv_with_home("merged", "/bin");
+            assert_eq!(foreign_venv_warning(&v, Path::new("/usr")), None);
+        }
+    }
+
+    #[test]
+    fn a_venv_of_another_installation_is_named() {
+        let v = venv_with_home("pyenv", "/root/.pyenv/versions/3.11.7/bin");
+        let w = foreign_venv_warning(&v, Path::new("/usr")).expect("a warning");
+        assert!(w.contains("/root/.pyenv/versions/3.11.7/bin"), "{w}");
+        assert!(w.contains("/usr/bin/python3 -m venv"), "{w}");
+    }
 }

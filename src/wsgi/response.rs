@@ -512,22 +512,34 @@ impl SrState {
         // Known before the headers: 204 and 205 drop the app's
         // Content-Length (RFC 9110 §8.6, §15.3.6).
         self.code = code;
-        // PEP 3333 asks for a list of tuples; Gunicorn takes any sequence
-        // of pairs, and so do we for a tuple of them, or a [name, value]
-        // list (apps migrating from Gunicorn do send those).
-        let (list, tuple) = (
+        // PEP 3333 asks for a list of tuples; Gunicorn takes any iterable
+        // of pairs, and so do we: a tuple of them, a [name, value] list
+        // (apps migrating from Gunicorn do send those), or an iterable
+        // such as `dict.items()`, read into a list first.
+        let gathered;
+        let (list, tuple) = match (
             headers.cast::<PyList>().ok(),
             headers.cast::<PyTuple>().ok(),
-        );
+        ) {
+            (None, None) => {
+                let items = headers.try_iter().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "headers must be a list of (name, value) tuples, not {}",
+                        type_name(headers)
+                    ))
+                })?;
+                gathered = PyList::empty(headers.py());
+                for item in items {
+                    gathered.append(item?)?;
+                }
+                (Some(&gathered), None)
+            }
+            found => found,
+        };
         let len = match (list, tuple) {
             (Some(l), _) => l.len(),
             (None, Some(t)) => t.len(),
-            (None, None) => {
-                return Err(PyTypeError::new_err(format!(
-                    "headers must be a list of (name, value) tuples, not {}",
-                    type_name(headers)
-                )));
-            }
+            (None, None) => unreachable!("gathered above"),
         };
         // By index: nothing below runs Python code, so the list cannot
         // change under us.
@@ -622,7 +634,20 @@ impl SrState {
         let name_end = block.len();
         block.extend_from_slice(b": ");
         push_latin1(&value, "header value", block)?;
-        let (name, value) = (&block[start..name_end], &block[name_end + 2..]);
+        // RFC 9110 §5.5: whitespace around a field value is not part of
+        // it, and §5.6.3 says not to send it. Gunicorn strips it too;
+        // Django's Set-Cookie values, for one, start with a space.
+        let value_start = name_end + 2;
+        let v = &block[value_start..];
+        let lead = v.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        let trail = v[lead..]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        block.truncate(block.len() - trail);
+        block.drain(value_start..value_start + lead);
+        let (name, value) = (&block[start..name_end], &block[value_start..]);
         check_field("header", name, value)?;
         let kind = if is_hop_by_hop(name) {
             HeaderKind::HopByHop {

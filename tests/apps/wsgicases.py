@@ -338,6 +338,11 @@ def app(environ, start_response):
             start_response("200 OK", (("X-Lenient", "a\tb"),))
         elif kind == "header-list-pairs":
             start_response("200 OK", [["X-Lenient", "a\tb"], ("Content-Type", "text/plain")])
+        elif kind == "headers-items":
+            start_response("200 OK", {"X-Lenient": "a\tb"}.items())
+        elif kind == "header-value-spaces":
+            # Django's Set-Cookie values start with a space (Morsel.output(header="")).
+            start_response("200 OK", [("X-Lenient", " \ta\tb \t"), ("Set-Cookie", " k=v; Path=/")])
         elif kind == "status-tab":
             start_response("200 OK\tfine", [("X-Lenient", "a\tb")])
         else:
