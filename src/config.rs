@@ -175,11 +175,12 @@ pub struct Options {
     /// Maximum number of header fields [default: 100]
     #[arg(long = "limit-request-fields")]
     pub limit_request_fields: Option<usize>,
-    /// Maximum size of one header field line in bytes; 0 = unlimited [default: 8190]
+    /// Maximum size of one header field line in bytes, its CRLF included (as
+    /// Gunicorn counts); 0 = unlimited [default: 8190]
     #[arg(long = "limit-request-field_size", alias = "limit-request-field-size")]
     pub limit_request_field_size: Option<usize>,
     /// Accept methods Gunicorn calls unconventional: shorter than 3 or
-    /// longer than 20 characters, or with lowercase letters (400 otherwise).
+    /// longer than 20 characters, or with lowercase letters or `#` (400 otherwise).
     #[arg(long = "permit-unconventional-http-method")]
     pub permit_unconventional_http_method: bool,
     /// Upper-case the request method before the app sees it.

@@ -317,7 +317,9 @@ impl Bounds {
             }
         };
         let request_line = cap(l.request_line);
-        let field_size = cap(l.field_size);
+        // A field line's size counts its CRLF, as Gunicorn counts it: with
+        // the default 8190, 8188 bytes of name, colon and value.
+        let field_size = cap(l.field_size).saturating_sub(2);
         let fields = if l.fields == 0 || l.fields > MAX_FIELDS {
             MAX_FIELDS
         } else {
@@ -778,13 +780,13 @@ static REG_NAME: [bool; 256] = {
 
 /// Gunicorn's default rule for methods (unless
 /// `permit_unconventional_http_method`), stricter than RFC 9110's token: 3
-/// to 20 characters and no lowercase letter. Methods are case-sensitive,
+/// to 20 characters, no lowercase letter and no `#`. Methods are case-sensitive,
 /// so `delete` is not DELETE, yet a framework that upper-cases it would
 /// run a DELETE view for a request a proxy's rule for DELETE never saw.
 #[inline]
 fn check_conventional_method(method: &str) -> Result<(), HttpError> {
     let m = method.as_bytes();
-    if !(3..=20).contains(&m.len()) || m.iter().any(u8::is_ascii_lowercase) {
+    if !(3..=20).contains(&m.len()) || m.iter().any(|&b| b.is_ascii_lowercase() || b == b'#') {
         return Err(HttpError::BadRequest("invalid HTTP method"));
     }
     Ok(())
@@ -1425,7 +1427,7 @@ mod tests {
         );
         assert_eq!(status(b"GE(T / HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
         // Gunicorn's conventions by default: 3 to 20 characters, no lowercase
-        for m in ["get", "Get", "GE", "ABCDEFGHIJKLMNOPQRSTU"] {
+        for m in ["get", "Get", "GE", "ABCDEFGHIJKLMNOPQRSTU", "G#T"] {
             let req = format!("{m} / HTTP/1.1\r\nHost: h\r\n\r\n");
             assert_eq!(status(req.as_bytes()), 400, "{m}");
         }
@@ -2125,19 +2127,20 @@ mod tests {
 
     #[test]
     fn field_size_limit() {
-        ok(&get_with(&format!("{}\r\n", field_of(8190))));
-        assert_eq!(status(&get_with(&format!("{}\r\n", field_of(8191)))), 431);
+        // 8190 with the CRLF, as Gunicorn counts.
+        ok(&get_with(&format!("{}\r\n", field_of(8188))));
+        assert_eq!(status(&get_with(&format!("{}\r\n", field_of(8189)))), 431);
         // Trailing whitespace counts: it is on the line.
-        assert_eq!(status(&get_with(&format!("{}  \r\n", field_of(8189)))), 431);
+        assert_eq!(status(&get_with(&format!("{}  \r\n", field_of(8187)))), 431);
         // Incomplete but already too long.
-        let open = format!("GET / HTTP/1.1\r\nHost: h\r\n{}", field_of(8191));
+        let open = format!("GET / HTTP/1.1\r\nHost: h\r\n{}", field_of(8189));
         assert_eq!(status(open.as_bytes()), 431);
-        let open = format!("GET / HTTP/1.1\r\nHost: h\r\n{}", field_of(8190));
+        let open = format!("GET / HTTP/1.1\r\nHost: h\r\n{}", field_of(8188));
         assert!(parse(open.as_bytes()).unwrap().is_none());
         assert!(parse(format!("{open}\r").as_bytes()).unwrap().is_none());
         assert_eq!(status(format!("{open}x\r").as_bytes()), 431);
         // The Host line is a field like any other.
-        let long_host = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "h".repeat(8190));
+        let long_host = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "h".repeat(8183));
         assert_eq!(status(long_host.as_bytes()), 431);
         // Unlimited (0), with the safety cap.
         let lim = Limits {
