@@ -1577,3 +1577,28 @@ def test_silent_worker_is_killed_after_timeout(start_server):
     assert took < 6.0, took
     s.wait_log(r"WORKER TIMEOUT")
     wait_for(lambda: s.request()[0] == 200, 5.0, what="serving again")
+
+
+def test_a_recycled_worker_ends_a_crash_loop(start_server):
+    """Two quick deaths (OOM kills) start the back-off; a worker that then
+    reaches --max-requests and leaves proves the code works, so the count
+    starts over: workers recycling faster than the 5 s it otherwise takes
+    to reset must not keep the pool throttled."""
+    s = start_server("basic:app", "-w", "1", "--max-requests", "5")
+    for _ in range(2):
+        pid = s.worker_pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: s.worker_pids() and s.worker_pids()[0] != pid, 5.0, what="a respawn")
+    s.wait_log(r"keep dying right after start \(2 in a row\)")
+    recycled = s.worker_pids()[0]
+    for _ in range(5):
+        assert get(s.port, "/pid")[0] == 200
+    wait_for(lambda: s.worker_pids() and s.worker_pids()[0] != recycled, 5.0, what="the recycle")
+    s.wait_log(r"Autorestarting worker after 5 requests")
+    # One more kill is a first quick death again: replaced at once, no back-off.
+    pid = s.worker_pids()[0]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: s.worker_pids() and s.worker_pids()[0] != pid, 5.0, what="a respawn")
+    time.sleep(0.3)
+    assert "(3 in a row)" not in s.log(), s.log()
+    assert get(s.port, "/pid")[0] == 200

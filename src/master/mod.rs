@@ -921,6 +921,13 @@ impl Master {
                         self.quick_deaths += 1;
                     }
                 }
+            } else if planned {
+                // It booted, served its share and left by its own decision
+                // (max_requests, --reload): the code works, so a crash loop
+                // is over, however short the life (max_requests can come
+                // well within QUICK_DEATH, and the reset below, which waits
+                // for a worker QUICK_DEATH old, would then never come).
+                self.quick_deaths = 0;
             } else if !expected && !matches!(self.mode, Mode::Stopping { .. }) {
                 if code == Some(0) && w.state == WorkerState::Serving {
                     // A clean exit after serving (TERM sent to one worker by
