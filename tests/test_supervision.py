@@ -1602,3 +1602,25 @@ def test_a_recycled_worker_ends_a_crash_loop(start_server):
     time.sleep(0.3)
     assert "(3 in a row)" not in s.log(), s.log()
     assert get(s.port, "/pid")[0] == 200
+
+
+def test_a_paced_keepalive_client_of_a_recycling_worker_is_answered(start_server):
+    """A draining worker keeps an idle keep-alive connection open for the
+    next request its client sends (up to the keep-alive time, 2 s) and
+    answers it with Connection: close; a client pausing 0.8 s between
+    requests (a pool behind a proxy) loses nothing to the recycle."""
+    s = start_server("basic:app", "-w", "1", "--max-requests", "3")
+    worker = s.worker_pids()[0]
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+    c.request("GET", "/pid")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, str(worker).encode())
+    for _ in range(2):  # the worker's 2nd and 3rd requests: it starts to drain
+        assert get(s.port, "/pid") == (200, str(worker).encode())
+    time.sleep(0.8)
+    c.request("GET", "/pid")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, str(worker).encode())
+    assert r.getheader("Connection") == "close"
+    c.close()
+    wait_for(lambda: worker not in s.worker_pids(), 5.0, what="the recycled worker gone")
