@@ -61,15 +61,19 @@ def test_invalid_status_is_500(start_server):
     assert s.request("GET", "/bad-status")[0] == 500
 
 
-def test_import_error_exits_3_with_traceback():
+@pytest.mark.parametrize("preload", [False, True])
+def test_import_error_exits_3_with_traceback(tmp_path, preload):
+    pidfile = tmp_path / "app.pid"
     p = subprocess.run(
-        [BIN, "-b", "127.0.0.1:0", "-w", "2", "broken:app"],
+        [BIN, "-b", "127.0.0.1:0", "-w", "2", "-p", str(pidfile)]
+        + (["--preload"] if preload else []) + ["broken:app"],
         cwd=APPS, capture_output=True, text=True, timeout=30,
     )
     assert p.returncode == 3, p.stderr
     assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
     assert "[ERROR] Reason: Worker failed to boot." in p.stderr, "Gunicorn's halt reason"
     assert "[ERROR] Shutting down: Master" in p.stderr
+    assert not pidfile.exists()
 
 
 @pytest.mark.parametrize("spec,why", [("basic:no_such_app", "Failed to find attribute"),
@@ -85,8 +89,7 @@ def test_app_object_not_found_exits_4(spec, why, preload):
     assert why in p.stderr and "Traceback" not in p.stderr, p.stderr
     # Not a respawn loop: each of the two workers failed once at most.
     assert p.stderr.count("Failed to load application") <= 2
-    if not preload:
-        assert "Reason: App failed to load." in p.stderr, "Gunicorn's halt reason"
+    assert "Reason: App failed to load." in p.stderr, "Gunicorn's halt reason"
 
 
 def test_config_error_names_the_key():

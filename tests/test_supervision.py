@@ -438,6 +438,11 @@ def test_usr2_starts_a_second_master_as_gunicorn_does(start_server, tmp_path, ne
         # A second USR2 is refused while the new master runs.
         s.kill(signal.SIGUSR2)
         s.wait_log(r"USR2 signal ignored. Child exists")
+        # Gunicorn's recipe sends WINCH next: said, and nothing changes.
+        children = s.worker_pids()  # (the new master among them)
+        s.kill(signal.SIGWINCH)
+        s.wait_log(r"Handling signal: winch; ignored")
+        assert s.worker_pids() == children
         s.kill(signal.SIGTERM)
         assert s.proc.wait(20) == 0
         done = time.monotonic()

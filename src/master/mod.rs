@@ -358,6 +358,15 @@ impl Master {
                         self.settings.wsgi_app, tb
                     ));
                     self.notify(|n| n.errno_status(libc::ENOEXEC, "application failed to load"));
+                    // The same closing lines as a start whose workers
+                    // failed to import, and the pid file goes.
+                    log::error(if status == crate::config::EXIT_APP_NOT_FOUND {
+                        "Reason: App failed to load."
+                    } else {
+                        "Reason: Worker failed to boot."
+                    });
+                    log::error("Shutting down: Master");
+                    self.cleanup();
                     return status;
                 }
             }
@@ -497,6 +506,12 @@ impl Master {
                 log::info("Handling signal: usr2; upgrading in place (re-exec)");
                 hooks::run_master_hook(&self.settings, "pre_exec", None, None);
                 self.upgrade_pending = true;
+            }
+            Signal::SIGWINCH => {
+                // Gunicorn stops its workers on WINCH only when daemonized;
+                // ferricorn never is. Say it arrived, for the operator
+                // following the USR2-then-WINCH upgrade recipe.
+                log::info("Handling signal: winch; ignored (the master is not daemonized)");
             }
             _ => {}
         }
