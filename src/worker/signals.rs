@@ -59,11 +59,15 @@ extern "C" fn on_quit(_: libc::c_int) {
         wake();
         return;
     }
+    answer_unanswered();
     // SAFETY: _exit is async-signal-safe.
     unsafe { libc::_exit(0) };
 }
 
 extern "C" fn on_quit_timeout(_: libc::c_int) {
+    // The app still holds the loop: its client gets a 500, as from
+    // Gunicorn's sync worker (SystemExit in the app), not an empty reply.
+    answer_unanswered();
     // SAFETY: _exit is async-signal-safe.
     unsafe { libc::_exit(0) };
 }
@@ -151,8 +155,9 @@ extern "C" fn on_abort(_: libc::c_int) {
     unsafe { libc::write(fd, b"a".as_ptr() as *const libc::c_void, 1) };
 }
 
-/// A 500 to the client of the app call the timeout interrupts, if nothing
-/// of its response went out yet (`response::take_unanswered`).
+/// A 500 to the client of the app call a timeout or a fast stop
+/// interrupts, if nothing of its response went out yet
+/// (`response::take_unanswered`).
 fn answer_unanswered() {
     let fd = crate::wsgi::response::take_unanswered();
     if fd >= 0 {
