@@ -176,7 +176,9 @@ fn check_config(opts: &config::Options, settings: &Settings) -> i32 {
         eprintln!("Error: invalid setting `user`/`group`: {e}");
         return 1;
     }
-    if let Err(e) = wsgi::prepare_process(settings).and_then(|_| wsgi::init_interpreter(settings)) {
+    if let Err(e) =
+        wsgi::prepare_process(settings).and_then(|_| wsgi::init_interpreter(settings, true))
+    {
         eprintln!("Error: {e}");
         return 1;
     }

@@ -16,7 +16,7 @@ use crate::config::{EXIT_APP_LOAD_ERROR, Settings};
 pub fn load(s: &Settings) -> Result<Py<PyAny>, (i32, String)> {
     let boot_error = |e: String| (EXIT_APP_LOAD_ERROR, e);
     crate::wsgi::prepare_process(s).map_err(boot_error)?;
-    crate::wsgi::init_interpreter(s).map_err(boot_error)?;
+    crate::wsgi::init_interpreter(s, true).map_err(boot_error)?;
     Python::attach(|py| {
         let app = crate::wsgi::load_app(py, &s.wsgi_app)
             .map_err(|e| (e.exit_status(), e.describe(py)))?;

@@ -4,7 +4,9 @@ made with /usr/bin/python3): a Flask app, a Django project created with
 import hashlib
 import http.client
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -361,12 +363,20 @@ def test_venv_of_another_python_installation_is_warned_about(tmp_path):
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [b'ok']\n")
-    s = Server(["-b", "127.0.0.1:0", "--virtualenv", str(venv), "-w", "1", "plain:app"], tmp_path, {})
+    s = Server(["-b", "127.0.0.1:0", "--virtualenv", str(venv), "-w", "2", "plain:app"], tmp_path, {})
     try:
         st, _, body = s.request("GET", "/")
         assert (st, body) == (200, b"ok"), s.log()
         s.wait_log(r"virtualenv .*venv was made by the Python in /opt/other-python/bin, "
                    r"not the one ferricorn embeds")
+        # said once (by the first worker), not by every worker and respawn
+        pid = s.worker_pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        wait_until = time.monotonic() + 10
+        while time.monotonic() < wait_until and (len(s.worker_pids()) < 2 or pid in s.worker_pids()):
+            time.sleep(0.05)
+        assert s.request("GET", "/")[0] == 200
+        assert s.log().count("was made by the Python in") == 1, s.log()
     finally:
         s.close()
 

@@ -323,8 +323,8 @@ pub fn run(
 /// The app, and with `--reload` after an import that raised, the files to
 /// watch besides the imported modules (the app is then a 500 stand-in).
 fn boot_python(settings: &Settings, age: u64, master: i32) -> (Py<PyAny>, Vec<String>) {
-    if let Err(e) =
-        crate::wsgi::prepare_process(settings).and_then(|_| crate::wsgi::init_interpreter(settings))
+    if let Err(e) = crate::wsgi::prepare_process(settings)
+        .and_then(|_| crate::wsgi::init_interpreter(settings, age == 1))
     {
         crate::log::critical(&format!("Worker failed to boot: {e}"));
         exit(EXIT_APP_LOAD_ERROR);

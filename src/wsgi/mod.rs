@@ -121,7 +121,11 @@ pub fn add_site_dir(py: Python<'_>, site_packages: &Path) -> PyResult<()> {
 }
 
 /// Start CPython and make the app importable (cwd, --pythonpath, venv).
-pub fn init_interpreter(s: &Settings) -> Result<(), String> {
+/// `first` says this process is the first to do so for the server (the
+/// master with --preload, the first worker, --check-config): warnings
+/// about the set-up are logged there only, not by every worker and every
+/// respawn.
+pub fn init_interpreter(s: &Settings, first: bool) -> Result<(), String> {
     let site_packages = match &s.virtualenv {
         Some(v) => Some(venv_site_packages(v)?),
         None => None,
@@ -141,7 +145,7 @@ pub fn init_interpreter(s: &Settings) -> Result<(), String> {
         }
         if let (Some(sp), Some(venv)) = (&site_packages, &s.virtualenv) {
             let base: String = sys.getattr("base_prefix")?.extract()?;
-            if let Some(warning) = foreign_venv_warning(venv, Path::new(&base)) {
+            if let Some(warning) = foreign_venv_warning(venv, Path::new(&base)).filter(|_| first) {
                 crate::log::warning(&warning);
             }
             add_site_dir(py, sp)?;

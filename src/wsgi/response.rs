@@ -536,11 +536,8 @@ impl SrState {
             }
             found => found,
         };
-        let len = match (list, tuple) {
-            (Some(l), _) => l.len(),
-            (None, Some(t)) => t.len(),
-            (None, None) => unreachable!("gathered above"),
-        };
+        // (One of the two is there: an iterable was gathered into a list.)
+        let len = list.map_or_else(|| tuple.map_or(0, |t| t.len()), |l| l.len());
         // By index: nothing below runs Python code, so the list cannot
         // change under us.
         for i in 0..len {
