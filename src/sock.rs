@@ -349,6 +349,14 @@ fn open_unix(spec: &str, path: &PathBuf, opts: SocketOptions) -> Result<Listener
     })
 }
 
+/// Whether a bind list picks sockets by `fd://`: without one, the sockets
+/// systemd passes replace the list (Gunicorn's rule), at start and on HUP.
+pub fn selects_fd(bind_specs: &[String]) -> bool {
+    bind_specs
+        .iter()
+        .any(|b| matches!(BindSpec::parse(b), Ok(BindSpec::Fd(_))))
+}
+
 /// Open every socket the settings ask for. `activated` holds what systemd
 /// passed (already validated); unless a `--bind` is `fd://`, all of those
 /// are served and the other `--bind` addresses are not bound (Gunicorn's
@@ -361,9 +369,7 @@ pub fn open_listeners(
     activated: Vec<ActivatedSocket>,
 ) -> Result<Vec<Listener>, ListenError> {
     let mut out = Vec::new();
-    let selects = bind_specs
-        .iter()
-        .any(|b| matches!(BindSpec::parse(b), Ok(BindSpec::Fd(_))));
+    let selects = selects_fd(bind_specs);
     if !activated.is_empty() && (bind_is_default || !selects) {
         // Gunicorn's rule: sockets passed by systemd replace the --bind
         // addresses (the usual unit pairs a .socket with the same address

@@ -127,6 +127,40 @@ def test_socket_activation_replaces_the_same_bind(activate, tmp_path, kind):
         assert os.stat(path).st_ino == inode  # not removed: it is systemd's
 
 
+def test_socket_activation_still_replaces_the_bind_after_a_reload(activate, tmp_path):
+    """The start's rule holds on HUP: a config whose `bind` changed, still with no
+    fd://, does not make the master drop systemd's socket and bind the new address
+    (systemd's clients would queue on a socket nobody serves); fd://NAME in the new
+    list keeps the passed socket by name and binds the rest."""
+    port, other, third = free_port(), free_port(), free_port()
+    conf = tmp_path / "app.toml"
+    conf.write_text(f'bind = ["127.0.0.1:{other}"]\n')
+    p = activate(["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=web",
+                  BIN, "-w", "1", "-c", str(conf), "basic:app"])
+    time.sleep(0.3)
+    assert get(port) == (200, b"Hello, World!")
+    conf.write_text(f'bind = ["127.0.0.1:{third}"]\n')
+    p.send_signal(signal.SIGHUP)
+    time.sleep(1.5)  # a reload takes 40-60 ms here
+    assert get(port) == (200, b"Hello, World!")
+    with pytest.raises(ConnectionRefusedError):
+        get(third)
+    conf.write_text(f'bind = ["fd://web", "127.0.0.1:{third}"]\n')
+    p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if get(third) == (200, b"Hello, World!"):
+                break
+        time.sleep(0.1)
+    assert get(third) == (200, b"Hello, World!")
+    assert get(port) == (200, b"Hello, World!")
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=15)[0].decode()
+    assert "still serving the 1 socket(s) systemd passed instead of --bind" in out, out
+    assert f"Closing listener: http://127.0.0.1:{port}" not in out, out
+
+
 def test_socket_activation_unknown_name_is_an_error(activate):
     port = free_port()
     p = activate([

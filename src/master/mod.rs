@@ -691,7 +691,20 @@ impl Master {
                 // After the chdir: a relative unix: path is taken from the new one.
                 let mut s = s;
                 if s.bind != self.settings.bind {
-                    self.rebind(&mut s);
+                    if self.serving_all_activated() && !crate::sock::selects_fd(&s.bind) {
+                        // The rule of the start holds on a reload too: with
+                        // no fd:// in the list, systemd's sockets replace
+                        // it (dropping them would leave systemd's clients
+                        // queued on a socket nobody serves).
+                        log::info(&format!(
+                            "socket activation: still serving the {} socket(s) systemd passed \
+                             instead of --bind {} (select some with -b fd://NAME to bind others as well)",
+                            self.listeners.len(),
+                            s.bind.join(", ")
+                        ));
+                    } else {
+                        self.rebind(&mut s);
+                    }
                 }
                 if let Err(e) = log::init(&s) {
                     log::error(&format!("reloading log settings: {e}"));
@@ -724,6 +737,18 @@ impl Master {
             generation: self.generation,
         };
         self.reload_started = Some(Instant::now());
+    }
+
+    /// Whether the sockets served are the ones systemd passed, taken in
+    /// place of a bind list that selects none of them by `fd://` (the rule
+    /// of `sock::open_listeners`): then no listener is named by the list.
+    fn serving_all_activated(&self) -> bool {
+        !crate::sock::selects_fd(&self.settings.bind)
+            && !self.listeners.is_empty()
+            && self
+                .listeners
+                .iter()
+                .all(|l| !l.owns_path && !self.settings.bind.contains(&l.name))
     }
 
     /// HUP with another `bind`: the new generation listens on the new
