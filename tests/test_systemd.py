@@ -472,6 +472,27 @@ def test_journald_fields_priorities_and_tracebacks(tmp_path):
         j.close()
 
 
+def test_journald_timeout_stacks_are_one_entry(tmp_path):
+    """faulthandler's dump of a worker killed for a timeout goes to a file the
+    master reads when it reaps the worker: one entry with WORKER_PID, not a line
+    per entry on the journal stream (stderr)."""
+    j = JournalSocket(str(tmp_path / "journal"))
+    args = ["--log-target", "journald", "-w", "1", "-t", "2", "basic:app"]
+    s = start_journald(args, {"FERRICORN_JOURNAL_SOCKET": j.path})
+    try:
+        worker = s.worker_pids()[0]
+        # the sync worker's kill: the request outlives --timeout
+        assert s.request("GET", "/sleep?6", timeout=20)[0] == 500
+        e = j.wait(lambda e: e.get("MESSAGE", b"").startswith(b"Python stacks of worker"), timeout=20)
+        assert e["WORKER_PID"] == str(worker).encode(), e
+        assert e["PRIORITY"] == b"3"
+        assert b"\n" in e["MESSAGE"] and b"basic.py" in e["MESSAGE"], e["MESSAGE"]
+        assert "basic.py" not in s.log(), s.log()  # nothing of it on stderr
+    finally:
+        s.close()
+        j.close()
+
+
 def test_journald_large_entry_uses_memfd(tmp_path):
     j = JournalSocket(str(tmp_path / "journal"))
     s = start_journald(["--log-target", "journald", "basic:app"], {"FERRICORN_JOURNAL_SOCKET": j.path})

@@ -69,6 +69,11 @@ struct Worker {
     /// Its number in spawn order (`worker.age` for hooks; 0 when adopted
     /// across an in-place upgrade).
     age: u64,
+    /// Under journald: the file (a memfd both hold) faulthandler writes the
+    /// worker's Python stacks to when it is killed (a timeout) or crashes,
+    /// so that the master logs them as one entry once it is reaped; on
+    /// stderr, the journal stream, they would be one entry per line.
+    stacks: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +217,7 @@ impl Master {
                                 retire_deadline: (state == WorkerState::Retiring)
                                     .then_some(now + graceful),
                                 age: 0,
+                                stacks: None,
                             },
                         );
                     }
@@ -876,6 +882,13 @@ impl Master {
             let Some(w) = self.workers.remove(&pid) else {
                 continue;
             };
+            if let Some(text) = w.stacks.as_ref().and_then(read_stacks) {
+                log::event(
+                    LogLevel::Error,
+                    &format!("Python stacks of worker (pid:{pid}):\n{}", text.trim_end()),
+                    &[("WORKER_PID", pid.to_string())],
+                );
+            }
             hooks::run_master_hook(
                 &self.settings,
                 "child_exit",
@@ -1198,6 +1211,13 @@ impl Master {
             Some(hooks::WorkerRef { age, pid: None }),
             None,
         );
+        let stacks = log::journal().and_then(|_| {
+            nix::sys::memfd::memfd_create(
+                c"ferricorn-stacks",
+                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            )
+            .ok()
+        });
         // SAFETY: the master is single-threaded, so the child starts with a
         // consistent copy of everything; it never returns from worker::run.
         // With --preload CPython lives in this process (even when the
@@ -1235,7 +1255,16 @@ impl Master {
                 }
                 crate::proctitle::set(&format!("ferricorn: worker [{}]", settings.proc_name));
                 let app = self.preloaded.take();
-                crate::worker::run(settings, &self.listeners, sb_slot, balance, app, age);
+                let stacks_fd = stacks.as_ref().map(|f| f.as_raw_fd());
+                crate::worker::run(
+                    settings,
+                    &self.listeners,
+                    sb_slot,
+                    balance,
+                    app,
+                    age,
+                    stacks_fd,
+                );
             }
             Ok(ForkResult::Parent { child }) => {
                 self.scoreboard.slot(slot).set_pid(child.as_raw());
@@ -1249,6 +1278,7 @@ impl Master {
                         aborted: None,
                         retire_deadline: None,
                         age,
+                        stacks,
                     },
                 );
                 Ok(())
@@ -1458,4 +1488,12 @@ impl Master {
             crate::pidfile::remove(&p);
         }
     }
+}
+
+/// What faulthandler wrote to a worker's stacks file (`Worker::stacks`),
+/// if anything.
+fn read_stacks(f: &std::os::fd::OwnedFd) -> Option<String> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = nix::sys::uio::pread(f, &mut buf, 0).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }

@@ -144,6 +144,7 @@ pub fn run(
     balance: Option<crate::balance::Mine>,
     preloaded: Option<Py<PyAny>>,
     age: u64,
+    stacks: Option<RawFd>,
 ) -> ! {
     signals::install();
     let master = nix::unistd::getppid();
@@ -200,11 +201,17 @@ pub fn run(
             } else {
                 signals::answer_on_abort();
             }
-            faulthandler.call_method0("enable")?;
+            enable_faulthandler(py, stacks)?;
             Ok(())
         });
         if let Err(e) = r {
             crate::log::error(&format!("cannot set up the SIGABRT handler: {e}"));
+        }
+    } else if stacks.is_some() {
+        if let Err(e) = Python::attach(|py| enable_faulthandler(py, stacks)) {
+            crate::log::error(&format!(
+                "cannot send faulthandler's dumps to the master: {e}"
+            ));
         }
     }
     let lst: Vec<(RawFd, ListenAddr)> = listeners
@@ -385,6 +392,25 @@ fn boot_hooks(settings: &Settings, age: u64, master: i32) {
     if let Err(e) = r {
         boot_failed(&e);
     }
+}
+
+/// (Re-)enable faulthandler: on stderr, or under journald on the stacks
+/// file the master reads when it reaps us, so a dump becomes one journal
+/// entry instead of one per line on the journal stream.
+fn enable_faulthandler(py: Python<'_>, stacks: Option<RawFd>) -> PyResult<()> {
+    let faulthandler = py.import("faulthandler")?;
+    match stacks {
+        Some(fd) => {
+            let kw = pyo3::types::PyDict::new(py);
+            kw.set_item("file", fd)?;
+            kw.set_item("all_threads", true)?;
+            faulthandler.call_method("enable", (), Some(&kw))?;
+        }
+        None => {
+            faulthandler.call_method0("enable")?;
+        }
+    }
+    Ok(())
 }
 
 /// A boot error outside the app's import (a hook raised): Gunicorn's
