@@ -465,6 +465,9 @@ def test_journald_fields_priorities_and_tracebacks(tmp_path):
         s.proc.wait(timeout=20)
         ex = j.wait(lambda e: "EXIT_STATUS" in e)
         assert ex["WORKER_PID"].isdigit()
+        # and the worker's own last words, under its pid
+        bye = j.wait(lambda e: e.get("MESSAGE", b"").startswith(b"Worker exiting"))
+        assert bye["WORKER_PID"] == bye["MESSAGE"].split()[-1].rstrip(b")"), bye
         # Nothing of this went to stderr as text.
         assert "Hello" not in s.log() and "RuntimeError" not in s.log()
     finally:

@@ -446,7 +446,12 @@ fn jitter(max: u64) -> u64 {
 /// app's atexit hooks, then `_exit` (no Rust destructors on shared state).
 fn exit(code: i32) -> ! {
     // Gunicorn's worker says so itself, under its own pid, on every way out.
-    crate::log::info(&format!("Worker exiting (pid: {})", std::process::id()));
+    let pid = std::process::id();
+    crate::log::event(
+        crate::config::LogLevel::Info,
+        &format!("Worker exiting (pid: {pid})"),
+        &[("WORKER_PID", pid.to_string())],
+    );
     // SAFETY: only checks whether the interpreter exists.
     if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
         Python::attach(|py| {
