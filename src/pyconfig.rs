@@ -128,6 +128,9 @@ def evaluate(location, known, gunicorn_only, hooks_module):
     for k, v in ns.items():
         if k in hooks_module.HOOKS and callable(v):
             hooks.append(hooks_module.check(k, v))
+        elif k in hooks_module.HOOKS and v is not None:
+            # Gunicorn's validate_callable: "Value is not callable".
+            hooks.append("!%s:must be a function; %r is not callable" % (k, v))
         elif k in known:
             if v is not None:
                 lines.append("%s = %s" % (k, _toml(k, _coerce(k, v))))

@@ -258,6 +258,33 @@ def test_arbiter_hooks_run_as_in_gunicorn(tmp_path, start_server, preload):
         "a reload (an in-place re-exec with --preload) does not start the master again"
 
 
+@pytest.mark.parametrize("hook", ["on_starting", "when_ready"])
+def test_a_start_hook_that_raises_stops_the_start(tmp_path, hook):
+    """Gunicorn lets on_starting/when_ready raise out of its arbiter's start: the
+    server does not start (exit 1). A hook can so refuse to start a server."""
+    conf = tmp_path / "gunicorn.conf.py"
+    pidfile = tmp_path / "app.pid"
+    conf.write_text(f"def {hook}(server):\n    raise RuntimeError('{hook} says no')\n")
+    r = subprocess.run([BIN, "-c", str(conf), "-b", "127.0.0.1:0", "-p", str(pidfile), "basic:app"],
+                       cwd=APPS, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert f"Exception in {hook} hook" in r.stderr and f"RuntimeError: {hook} says no" in r.stderr
+    assert "Reason: a start hook (on_starting, when_ready) raised." in r.stderr
+    assert "Booting worker" not in r.stderr
+    assert not pidfile.exists()
+
+
+def test_a_hook_that_is_not_callable_is_a_config_error(tmp_path):
+    # Gunicorn's validate_callable refuses it ("Value is not callable").
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("post_fork = 5\n")
+    r = subprocess.run([BIN, "-c", str(conf), "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "post_fork" in r.stderr and "not callable" in r.stderr, r.stderr
+    assert "does not have" not in r.stderr
+
+
 def test_arbiter_hook_errors_are_logged_and_the_master_goes_on(tmp_path, start_server):
     conf = tmp_path / "gunicorn.conf.py"
     conf.write_text("def when_ready(server):\n    raise RuntimeError('when_ready failed')\n"
@@ -265,10 +292,11 @@ def test_arbiter_hook_errors_are_logged_and_the_master_goes_on(tmp_path, start_s
     r = subprocess.run([BIN, "-c", str(conf), "-b", "127.0.0.1:0", "basic:app"], cwd=APPS,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "nworkers_changed" in r.stderr and "3 arguments" in r.stderr
-    conf.write_text("def when_ready(server):\n    raise RuntimeError('when_ready failed')\n")
+    # Past the start, a hook that raises is logged and the master goes on.
+    conf.write_text("def pre_fork(server, worker):\n    raise RuntimeError('pre_fork failed')\n")
     s = start_server("basic:app", "-c", str(conf))
-    s.wait_log("RuntimeError: when_ready failed")
-    assert "Exception in when_ready hook" in s.log()
+    s.wait_log("RuntimeError: pre_fork failed")
+    assert "Exception in pre_fork hook" in s.log()
     st, _, body = s.request("GET", "/")
     assert (st, body) == (200, b"Hello, World!")
 

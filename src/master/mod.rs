@@ -410,8 +410,20 @@ impl Master {
                 None,
                 Some((self.target, None)),
             );
-            hooks::run_master_hook(&self.settings, "on_starting", None, None);
-            hooks::run_master_hook(&self.settings, "when_ready", None, None);
+            let started = hooks::run_master_hook(&self.settings, "on_starting", None, None)
+                && hooks::run_master_hook(&self.settings, "when_ready", None, None);
+            if !started {
+                // Gunicorn's arbiter lets these two raise out of its start:
+                // the server does not start (a hook that checks for a
+                // secret or a migration can refuse it), exit status 1.
+                log::error("Reason: a start hook (on_starting, when_ready) raised.");
+                log::error("Shutting down: Master");
+                self.notify(|n| {
+                    n.errno_status(libc::ECANCELED, "a start hook raised; see the log")
+                });
+                self.cleanup();
+                return 1;
+            }
         }
         self.notify(|n| n.status("booting workers"));
         // Fork the first workers before waiting on anything.

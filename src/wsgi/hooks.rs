@@ -347,17 +347,19 @@ pub struct WorkerRef {
 /// (unless --preload), so a child does: it starts CPython (or inherits the
 /// preloaded one), runs the config file and calls the hook, while the
 /// master waits for it, as Gunicorn's arbiter waits for its hooks. A hook
-/// that raises is logged with its traceback; the master goes on.
+/// that raises is logged with its traceback, and false comes back: the
+/// caller decides (a start hook stops the start, as in Gunicorn; the others
+/// leave the master going on).
 pub fn run_master_hook(
     s: &Settings,
     name: &str,
     worker: Option<WorkerRef>,
     nworkers: Option<(usize, Option<usize>)>,
-) {
-    use nix::sys::wait::waitpid;
+) -> bool {
+    use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::ForkResult;
     let Some(h) = s.hooks.as_ref().filter(|_| defines(s, name)) else {
-        return;
+        return true;
     };
     let master_pid = std::process::id() as i32;
     // SAFETY: Py_IsInitialized only reads a flag.
@@ -384,9 +386,12 @@ pub fn run_master_hook(
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => {
-            let _ = waitpid(child, None);
+            matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0)))
         }
-        Err(e) => crate::log::error(&format!("cannot run the {name} hook: fork: {e}")),
+        Err(e) => {
+            crate::log::error(&format!("cannot run the {name} hook: fork: {e}"));
+            false
+        }
     }
 }
 
