@@ -784,6 +784,29 @@ fn load_python(
 /// A TOML error as a ConfigError that names the setting: the key on the
 /// line the error points at (`workers = "two"`), else `config` with
 /// toml's whole report (a syntax error: the line and a caret).
+/// serde's reason in the words of the settings page: its Rust type names
+/// (`usize`, `u64`, an untagged enum) mean nothing to an operator.
+fn plain_reason(msg: &str) -> String {
+    let msg = msg.trim_end();
+    if msg.contains("untagged enum OneOrMany") {
+        return "expected a string or a list of strings".to_string();
+    }
+    let mut out = msg.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(head) = out.strip_suffix(rust) {
+            out = format!("{head}{plain}");
+        }
+    }
+    out
+}
+
 fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> ConfigError {
     let located = e.span().and_then(|span| {
         let start = text[..span.start.min(text.len())]
@@ -804,12 +827,12 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> 
             format!(
                 "{} line {line_no}: {}",
                 path.display(),
-                e.message().trim_end()
+                plain_reason(e.message())
             ),
         ),
         Some((key, _)) => err(
             &key,
-            format!("{}: {}", path.display(), e.message().trim_end()),
+            format!("{}: {}", path.display(), plain_reason(e.message())),
         ),
         None => err(
             "config",
@@ -1429,6 +1452,30 @@ fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_errors_are_said_in_plain_words() {
+        let reason = |text: &str| {
+            let e = toml::from_str::<FileOptions>(text).unwrap_err();
+            let ConfigError { key, reason } = file_error(Path::new("app.toml"), text, &e, false);
+            (key, reason)
+        };
+        let (key, msg) = reason("workers = \"four\"");
+        assert_eq!(key, "workers");
+        assert!(
+            msg.ends_with("invalid type: string \"four\", expected a whole number, 0 or more"),
+            "{msg}"
+        );
+        let (key, msg) = reason("timeout = -1");
+        assert_eq!(key, "timeout");
+        assert!(msg.ends_with("expected a whole number, 0 or more"), "{msg}");
+        let (key, msg) = reason("bind = 8000");
+        assert_eq!(key, "bind");
+        assert!(
+            msg.ends_with("expected a string or a list of strings"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn python_config_names_are_the_toml_keys() {
