@@ -392,7 +392,13 @@ def test_capture_output_sends_app_stdout_to_the_error_log(start_server, tmp_path
         return s
 
     plain_log = tmp_path / "plain.log"
-    plain = started(plain_log)
+    old_umask = os.umask(0o022)
+    try:
+        plain = started(plain_log)
+    finally:
+        os.umask(old_umask)
+    # 0666 less the umask, as Gunicorn (Python's logging) creates it
+    assert stat.S_IMODE(os.stat(plain_log).st_mode) == 0o644
     log = tmp_path / "error.log"
     started(log, "--capture-output")
     deadline = time.time() + 5

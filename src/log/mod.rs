@@ -105,12 +105,14 @@ pub fn reopen() -> std::io::Result<()> {
 }
 
 /// Open the file of setting `key` for appending; an error names both.
+/// A new file gets 0666 less the umask, as Python's logging (Gunicorn's)
+/// creates it: 0644 under the usual 022, 0640 under the units' 0027.
 fn open_append(key: &str, path: &str) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o640)
+        .mode(0o666)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {path:?}: {e}")))
