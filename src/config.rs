@@ -781,9 +781,6 @@ fn load_python(
     Ok(file)
 }
 
-/// A TOML error as a ConfigError that names the setting: the key on the
-/// line the error points at (`workers = "two"`), else `config` with
-/// toml's whole report (a syntax error: the line and a caret).
 /// serde's reason in the words of the settings page: its Rust type names
 /// (`usize`, `u64`, an untagged enum) mean nothing to an operator.
 fn plain_reason(msg: &str) -> String {
@@ -807,6 +804,9 @@ fn plain_reason(msg: &str) -> String {
     out
 }
 
+/// A TOML error as a ConfigError that names the setting: the key on the
+/// line the error points at (`workers = "two"`), else `config` with
+/// toml's whole report (a syntax error: the line and a caret).
 fn file_error(path: &Path, text: &str, e: &toml::de::Error, show_line: bool) -> ConfigError {
     let located = e.span().and_then(|span| {
         let start = text[..span.start.min(text.len())]
