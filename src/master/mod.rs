@@ -1103,7 +1103,7 @@ impl Master {
                 log::event(
                     LogLevel::Critical,
                     &format!(
-                        "WORKER TIMEOUT (pid:{pid}): {why}; sending SIGABRT (Python traceback follows from the worker)"
+                        "WORKER TIMEOUT (pid:{pid}): {why}; sending SIGABRT (the Python stacks of its threads follow)"
                     ),
                     &[("WORKER_PID", pid.to_string())],
                 );
