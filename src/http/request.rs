@@ -634,8 +634,9 @@ fn version_error(
 }
 
 /// Strips SP and HTAB (RFC 9110 OWS) — and nothing else — from both ends.
+/// (Also what the response side strips from the app's header values.)
 #[inline]
-fn trim_ows(mut v: &[u8]) -> &[u8] {
+pub fn trim_ows(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
     }

@@ -366,11 +366,7 @@ impl Master {
                     self.notify(|n| n.errno_status(libc::ENOEXEC, "application failed to load"));
                     // The same closing lines as a start whose workers
                     // failed to import, and the pid file goes.
-                    log::error(if status == crate::config::EXIT_APP_NOT_FOUND {
-                        "Reason: App failed to load."
-                    } else {
-                        "Reason: Worker failed to boot."
-                    });
+                    log::error(load_failure_reason(status));
                     log::error("Shutting down: Master");
                     self.cleanup();
                     return status;
@@ -969,11 +965,7 @@ impl Master {
                         );
                         // Gunicorn's HaltServer reason, for those who grep for
                         // it, at its level: ERROR, as the exit status is not 0.
-                        log::error(if status == crate::config::EXIT_APP_NOT_FOUND {
-                            "Reason: App failed to load."
-                        } else {
-                            "Reason: Worker failed to boot."
-                        });
+                        log::error(load_failure_reason(status));
                         self.notify(|n| {
                             n.errno_status(libc::ENOEXEC, "application failed to load; see the log")
                         });
@@ -1508,4 +1500,14 @@ fn read_stacks(f: &std::os::fd::OwnedFd) -> Option<String> {
     let mut buf = vec![0u8; 256 * 1024];
     let n = nix::sys::uio::pread(f, &mut buf, 0).ok()?;
     (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Gunicorn's HaltServer reason for a start whose app did not load (in the
+/// master with --preload, or in the workers), by the exit status.
+fn load_failure_reason(status: i32) -> &'static str {
+    if status == crate::config::EXIT_APP_NOT_FOUND {
+        "Reason: App failed to load."
+    } else {
+        "Reason: Worker failed to boot."
+    }
 }

@@ -22,6 +22,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
+use crate::http::request::trim_ows;
 use crate::http::response::{
     is_hop_by_hop, parse_status, status_has_no_body, valid_header_name, valid_header_value,
 };
@@ -636,13 +637,10 @@ impl SrState {
         // Django's Set-Cookie values, for one, start with a space.
         let value_start = name_end + 2;
         let v = &block[value_start..];
-        let lead = v.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
-        let trail = v[lead..]
-            .iter()
-            .rev()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-        block.truncate(block.len() - trail);
+        let kept = trim_ows(v);
+        let lead = kept.as_ptr() as usize - v.as_ptr() as usize;
+        let end = value_start + lead + kept.len();
+        block.truncate(end);
         block.drain(value_start..value_start + lead);
         let (name, value) = (&block[start..name_end], &block[value_start..]);
         check_field("header", name, value)?;
@@ -961,9 +959,8 @@ fn early_hints(py: Python<'_>, this: &StartResponse, headers: &Bound<'_, PyAny>)
         check_field("early hint", &n, &v)?;
         out.extend_from_slice(&n);
         out.extend_from_slice(b": ");
-        // Only SP and HTAB are left to trim (RFC 9110 §5.5: not part of
-        // the value).
-        out.extend_from_slice(v.trim_ascii());
+        // RFC 9110 §5.5: SP and HTAB around a value are not part of it.
+        out.extend_from_slice(trim_ows(&v));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
